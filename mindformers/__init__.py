@@ -1,0 +1,28 @@
+"""mindformers: a MindSpore suite for large language models.
+
+The public API; importing it registers the built-in models, tokenizers and processors and has no other
+side effect.
+"""
+from .auto import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
+from .configuration_utils import PretrainedConfig
+from .modeling_utils import CheckpointMismatchError, PreTrainedModel
+from .models.gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+from .models.llama import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+)
+from .presets import list_presets
+from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, Registry
+
+__version__ = "0.1.0"

@@ -1,0 +1,186 @@
+"""AutoConfig / AutoModel / AutoTokenizer / AutoProcessor: thin lookups into the registries.
+
+Every ``from_pretrained`` accepts:
+- a preset name (``"gpt2"``, ``"smollm2_135m_instruct"``; see :func:`mindformers.list_presets`),
+- a Hugging Face directory (``config.json`` of transformers v4 or v5, safetensors weights, tokenizer files),
+- a MindFormers-style YAML file (``model:`` / ``processor:`` sections, see :mod:`mindformers.presets`),
+- a llama.cpp ``.gguf`` file (config, weights and tokenizer in one file).
+"""
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from .checkpoint import load_gguf, load_state_dict, read_gguf_config
+from .configuration_utils import PretrainedConfig
+from .modeling_utils import PreTrainedModel
+from .presets import load_yaml, parse_model_section, preset_path
+from .registry import CONFIGS, MODELS
+from .utils import resolve_resource
+
+
+def _locate(source: str) -> Tuple[str, str]:
+    """Classify ``source``: returns ``(kind, path)`` with kind in {"dir", "yaml", "json", "gguf"}."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        return "dir", source
+    if os.path.isfile(source):
+        ext = os.path.splitext(source)[1].lower()
+        kinds = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".gguf": "gguf"}
+        if ext not in kinds:
+            raise ValueError(f"{source}: expected a directory, a .yaml, config .json or .gguf file; found a {ext or 'extensionless'} file")
+        return kinds[ext], source
+    if os.sep in source or source.endswith((".yaml", ".yml", ".json", ".gguf")):
+        raise FileNotFoundError(f"no such file or directory: {source}")
+    return "yaml", preset_path(source)
+
+
+def _read_config_json(path: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        found = sorted(os.listdir(os.path.dirname(path) or "."))
+        raise FileNotFoundError(f"no config.json in {os.path.dirname(path)}; found {found}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _config_from_hf_dict(data: Dict[str, Any], where: str) -> PretrainedConfig:
+    model_type = data.get("model_type")
+    if model_type is None:
+        raise ValueError(f"{where}: config has no `model_type`; supported: {CONFIGS.names()}")
+    if model_type not in CONFIGS:
+        raise ValueError(f"{where}: unsupported model_type {model_type!r}; supported: {CONFIGS.names()}")
+    arch = (data.get("architectures") or [None])[0]
+    if arch is not None and arch not in MODELS:
+        raise ValueError(f"{where}: unsupported architecture {arch!r}; supported: {MODELS.names()}")
+    try:
+        return CONFIGS.get(model_type).from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _resolve(source: str, overrides: Dict[str, Any]):
+    """Read ``source`` into ``(config, architecture name or None, checkpoint path or None, yaml dict or None)``."""
+    kind, path = _locate(source)
+    if kind == "yaml":
+        data = load_yaml(path)
+        config, arch, checkpoint = parse_model_section(data, path)
+        if overrides:
+            config = type(config).from_dict({**config.to_dict(), **overrides})
+        return config, arch, (resolve_resource(checkpoint) if checkpoint else None), data
+    if kind == "gguf":
+        data = read_gguf_config(path)
+        return _config_from_hf_dict({**data, **overrides}, path), None, path, None
+    config_path = path if kind == "json" else os.path.join(path, "config.json")
+    data = _read_config_json(config_path)
+    arch = (data.get("architectures") or [None])[0]
+    checkpoint = path if kind == "dir" else os.path.dirname(path)
+    return _config_from_hf_dict({**data, **overrides}, config_path), arch, checkpoint, None
+
+
+class AutoConfig:
+    """Build the right config class from a preset, directory, YAML, config.json or GGUF file."""
+
+    @staticmethod
+    def from_pretrained(source: str, **overrides: Any) -> PretrainedConfig:
+        """Args:
+            source: preset name or path (see the module docstring).
+            overrides: config fields to set, in any accepted spelling.
+        """
+        return _resolve(source, overrides)[0]
+
+    @staticmethod
+    def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
+        """A config of ``model_type`` ("llama", "gpt2", ...) from keyword arguments."""
+        return CONFIGS.get(model_type)(**kwargs)
+
+
+def model_class_for(config: PretrainedConfig, task: Optional[str], arch: Optional[str] = None):
+    """The registered model class for ``config``: ``arch`` if given and fitting ``task``, else the
+    class registered for the config's type and ``task`` (default causal LM)."""
+    if arch is not None:
+        cls = MODELS.get(arch)
+        if task is None or cls.task == task:
+            return cls
+    task = task or "causal_lm"
+    for name in MODELS.names():
+        cls = MODELS.get(name)
+        if cls.config_class is type(config) and cls.task == task:
+            return cls
+    raise ValueError(f"no {task} model is registered for model_type {config.model_type!r}")
+
+
+class AutoModel:
+    """Build or load the model a config describes. ``AutoModel`` gives the architecture the source names
+    (a causal LM by default); the subclasses fix the task."""
+
+    task: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, seed: Optional[int] = None) -> PreTrainedModel:
+        """A randomly initialised model for ``config`` (see :meth:`PreTrainedModel.from_config`)."""
+        return model_class_for(config, cls.task).from_config(config, seed=seed)
+
+    @classmethod
+    def from_pretrained(cls, source: str, **overrides: Any) -> PreTrainedModel:
+        """Load weights from a preset, Hugging Face directory, YAML (``checkpoint_name_or_path``) or GGUF."""
+        config, arch, checkpoint, _ = _resolve(source, overrides)
+        return model_class_for(config, cls.task, arch).from_state_dict(config, load_checkpoint(checkpoint, source))
+
+
+def load_checkpoint(checkpoint: Optional[str], source: str) -> Dict[str, Any]:
+    """The numpy state dict at ``checkpoint`` (GGUF file, safetensors file or directory)."""
+    if checkpoint is None:
+        raise ValueError(
+            f"{source!r} names no checkpoint (model.model_config.checkpoint_name_or_path is unset), so there "
+            f"are no weights to load; for random weights use AutoModel.from_config(AutoConfig.from_pretrained({source!r}))"
+        )
+    if checkpoint.endswith(".gguf"):
+        return load_gguf(checkpoint)[1]
+    return load_state_dict(checkpoint)
+
+
+class AutoModelForCausalLM(AutoModel):
+    task = "causal_lm"
+
+
+class AutoModelForSequenceClassification(AutoModel):
+    task = "sequence_classification"
+
+
+class AutoTokenizer:
+    """Load the tokenizer of a preset, Hugging Face directory, YAML or tokenizer file."""
+
+    @staticmethod
+    def from_pretrained(source: str, **kwargs: Any):
+        from .tokenizers import load_tokenizer
+
+        if os.path.isfile(source) and not source.endswith((".yaml", ".yml")):
+            return load_tokenizer(source, **kwargs)
+        kind, path = _locate(source)
+        if kind == "yaml":
+            section = (load_yaml(path).get("processor") or {}).get("tokenizer")
+            if not section:
+                raise ValueError(f"{path}: no `processor.tokenizer` section, so no tokenizer is defined")
+            return load_tokenizer(section, **kwargs)
+        return load_tokenizer(path, **kwargs)
+
+
+class AutoProcessor:
+    """Load the processor (tokenizer + fixed-length batching) of a preset, directory or YAML."""
+
+    @staticmethod
+    def from_pretrained(source: str, **kwargs: Any):
+        from .processors import load_processor
+        from .tokenizers import load_tokenizer
+
+        kind, path = _locate(source)
+        if kind == "yaml":
+            section = load_yaml(path).get("processor")
+            if not section:
+                raise ValueError(f"{path}: no `processor:` section")
+            return load_processor(section, **kwargs)
+        config = _resolve(path, {})[0]
+        tokenizer = load_tokenizer(path)
+        return load_processor({"type": config.processor_type}, tokenizer=tokenizer, **kwargs)

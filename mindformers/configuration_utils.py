@@ -1,0 +1,174 @@
+"""Model configs: one dataclass per model family, built from keyword arguments in either MindFormers'
+or Hugging Face's spelling, and saved in Hugging Face's.
+
+A config accepts three spellings of the same field: the canonical one (Hugging Face Llama names such as
+``num_hidden_layers``), MindFormers' (``num_layers``, ``num_heads``, ``seq_length``) and, per family,
+Hugging Face's own (``n_layer``, ``n_embd`` for GPT-2). Unknown keys are an error that names the key and
+lists the valid ones.
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Union
+
+from .utils import atomic_write_text
+
+# Keys a Hugging Face ``config.json`` carries that describe the file or the torch runtime, not the model.
+# They are accepted and dropped when a config is read.
+HF_BOOKKEEPING_KEYS = frozenset({
+    "architectures", "transformers_version", "_name_or_path", "model_type", "use_cache",
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript", "is_encoder_decoder",
+    "_attn_implementation_autoset", "attn_implementation", "chunk_size_feed_forward",
+    "tf_legacy_loss", "use_bfloat16", "pruned_heads", "is_decoder", "add_cross_attention",
+})
+
+# Spellings used by MindFormers YAML files for fields shared by every family.
+COMMON_ALIASES = {
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "seq_length": "max_position_embeddings",
+    "torch_dtype": "dtype",
+    "param_init_type": "dtype",
+    "compute_dtype": "dtype",
+}
+
+SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(init=False)
+class PretrainedConfig:
+    """Base of every model config.
+
+    Subclasses are dataclasses declared with ``@dataclass(init=False)``; this ``__init__`` takes any
+    spelling of their fields (see the module docstring), fills defaults and calls ``__post_init__``.
+    """
+
+    model_type: ClassVar[str] = ""
+    # other spelling -> canonical field name (family specific, added to COMMON_ALIASES)
+    aliases: ClassVar[Dict[str, str]] = {}
+    # canonical field name -> name written to config.json (when it differs)
+    hf_names: ClassVar[Dict[str, str]] = {}
+    # registered processor class that prepares text for this family
+    processor_type: ClassVar[str] = ""
+
+    vocab_size: int = 32000
+    """Number of tokens in the vocabulary."""
+    hidden_size: int = 4096
+    """Width of the residual stream."""
+    num_hidden_layers: int = 32
+    """Number of transformer blocks."""
+    num_attention_heads: int = 32
+    """Number of query heads."""
+    max_position_embeddings: int = 2048
+    """Longest sequence the model is meant for (MindFormers: ``seq_length``)."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal initialiser used by ``from_config``."""
+    bos_token_id: Optional[int] = None
+    """Beginning-of-sequence token id."""
+    eos_token_id: Optional[Union[int, List[int]]] = None
+    """End-of-sequence token id, or a list of them."""
+    pad_token_id: Optional[int] = None
+    """Padding token id; the classification head pools the last token that is not padding."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding matrix with the output projection."""
+    num_labels: int = 2
+    """Number of classes of the sequence-classification head."""
+    id2label: Optional[Dict[int, str]] = None
+    """Class names of the classification head, by class index."""
+    problem_type: Optional[str] = None
+    """Classification loss: ``regression``, ``single_label_classification`` or ``multi_label_classification``."""
+    dtype: str = "float32"
+    """Parameter and compute dtype (MindFormers: ``param_init_type``/``compute_dtype``)."""
+
+    def __init__(self, **kwargs: Any):
+        values = self._canonicalize(kwargs)
+        for f in dataclasses.fields(self):
+            if f.name in values:
+                setattr(self, f.name, values[f.name])
+            elif f.default is not dataclasses.MISSING:
+                setattr(self, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                setattr(self, f.name, f.default_factory())
+        self.__post_init__()
+
+    def __post_init__(self):
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, found {self.dtype!r}")
+        if self.id2label is not None:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+            self.num_labels = len(self.id2label)
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, found {value!r}")
+
+    # ---------------------------------------------------------------- reading
+    @classmethod
+    def _canonicalize(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """Map every spelling onto canonical field names; reject unknown keys and conflicting duplicates."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        aliases = {**COMMON_ALIASES, **cls.aliases, **{hf: name for name, hf in cls.hf_names.items()}}
+        out: Dict[str, Any] = {}
+        source: Dict[str, str] = {}
+        unknown = []
+        for key, value in kwargs.items():
+            if key in HF_BOOKKEEPING_KEYS or key == "label2id":
+                continue
+            name = key if key in valid else aliases.get(key)
+            if name not in valid:
+                unknown.append(key)
+                continue
+            if name in out and out[name] != value:
+                raise ValueError(
+                    f"{cls.__name__}: {source[name]!r}={out[name]!r} and {key!r}={value!r} set the same field "
+                    f"{name!r} to different values; give only one of them"
+                )
+            out[name], source[name] = value, key
+        if unknown:
+            spellings = sorted(valid | {a for a, n in aliases.items() if n in valid})
+            raise ValueError(
+                f"unknown key(s) {sorted(unknown)} for {cls.__name__} (model_type {cls.model_type!r}); "
+                f"valid keys: {', '.join(spellings)}"
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, config: Dict[str, Any]) -> "PretrainedConfig":
+        """Build a config from a dict in any supported spelling (HF ``config.json`` or MindFormers YAML)."""
+        return cls(**cls.normalize_hf_dict(dict(config)))
+
+    @classmethod
+    def normalize_hf_dict(cls, config: Dict[str, Any]) -> Dict[str, Any]:
+        """Hook for families whose ``config.json`` needs restructuring before the field mapping."""
+        return config
+
+    # ---------------------------------------------------------------- writing
+    def to_dict(self) -> Dict[str, Any]:
+        """Canonical field names and values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_hf_dict(self, architecture: Optional[str] = None) -> Dict[str, Any]:
+        """The ``config.json`` that Hugging Face transformers reads (v4 and v5)."""
+        out: Dict[str, Any] = {"model_type": self.model_type}
+        if architecture:
+            out["architectures"] = [architecture]
+        for key, value in self.to_dict().items():
+            if key == "id2label":
+                if value is None:
+                    continue
+                out["id2label"] = {str(k): v for k, v in value.items()}
+                out["label2id"] = {v: k for k, v in value.items()}
+                continue
+            if key == "dtype":
+                out["torch_dtype"] = value  # transformers v4 spelling; v5 reads it too
+            out[self.hf_names.get(key, key)] = value
+        return out
+
+    def save_pretrained(self, save_directory: str, architecture: Optional[str] = None) -> str:
+        """Write ``config.json`` into ``save_directory`` atomically; return its path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, "config.json")
+        atomic_write_text(path, json.dumps(self.to_hf_dict(architecture), indent=2, sort_keys=True) + "\n")
+        return path

@@ -1,0 +1,184 @@
+"""Base class of every model: building from a config, loading and saving Hugging Face checkpoints.
+
+Parameter names equal Hugging Face's tensor names, so loading is a checked name-by-name copy. A missing,
+unexpected or wrongly shaped tensor is an error listing all of them; the only exception is a task head
+that a checkpoint cannot have (``score.weight`` when a causal-LM checkpoint seeds a classifier), which is
+initialised and reported, as transformers does.
+"""
+from typing import Any, Dict, Iterable, Optional, Union
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from .checkpoint import save_state_dict
+from .configuration_utils import PretrainedConfig
+from .models.common.layers import Conv1D, Embedding, LayerNorm, Linear, RMSNorm
+from .utils import logger
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model (names or shapes)."""
+
+
+class PreTrainedModel(nn.Cell):
+    """A model built from a :class:`PretrainedConfig`, with Hugging Face checkpoint I/O.
+
+    Subclasses set ``config_class``, ``base_model_prefix`` (``"model"``, ``"transformer"``) and ``task``
+    (``"causal_lm"`` or ``"sequence_classification"``).
+    """
+
+    config_class = PretrainedConfig
+    base_model_prefix = ""
+    task = ""
+    # Tensors a checkpoint of another task may lack; initialised (with a warning) instead of failing.
+    _head_keys: tuple = ()
+    # Checkpoint tensors that are runtime buffers in torch (e.g. GPT-2's causal mask); dropped on load.
+    _ignored_checkpoint_keys: tuple = ()
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, seed: Optional[int] = None) -> "PreTrainedModel":
+        """A randomly initialised model (normal(0, ``initializer_range``) weights, as transformers does).
+
+        Args:
+            config: the model config.
+            seed: seed of the numpy generator used for the weights (None: nondeterministic).
+        """
+        model = cls(config)
+        model.init_weights(seed)
+        return model
+
+    def init_weights(self, seed: Optional[int] = None) -> None:
+        """Fill every parameter with transformers' initialisation for its kind of layer."""
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, (Linear, Conv1D, Embedding)):
+                _fill(cell.weight, rng.normal(0.0, std, cell.weight.shape))
+                if getattr(cell, "bias", None) is not None:
+                    _fill(cell.bias, np.zeros(cell.bias.shape))
+            elif isinstance(cell, (RMSNorm, LayerNorm)):
+                _fill(cell.weight, np.ones(cell.weight.shape))
+                if getattr(cell, "bias", None) is not None:
+                    _fill(cell.bias, np.zeros(cell.bias.shape))
+        self._post_init_weights(rng)
+
+    def _post_init_weights(self, rng: np.random.Generator) -> None:
+        """Hook for family-specific initialisation (GPT-2 scales its residual projections)."""
+
+    @classmethod
+    def from_pretrained(cls, source: str, **config_overrides: Any) -> "PreTrainedModel":
+        """Load a model from a preset name, a Hugging Face directory, a MindFormers YAML or a GGUF file.
+
+        Args:
+            source: where the checkpoint is (see :mod:`mindformers.auto`).
+            config_overrides: config fields to change (e.g. ``num_labels=3`` for a classifier).
+        """
+        from .auto import _resolve, load_checkpoint  # the Auto layer owns source resolution
+
+        config, _, checkpoint, _ = _resolve(source, config_overrides)
+        if not isinstance(config, cls.config_class):
+            raise TypeError(
+                f"{source!r} holds a {type(config).__name__} (model_type {config.model_type!r}); "
+                f"{cls.__name__} needs a {cls.config_class.__name__}"
+            )
+        return cls.from_state_dict(config, load_checkpoint(checkpoint, source))
+
+    @classmethod
+    def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray]) -> "PreTrainedModel":
+        """Build a model from ``config`` and copy ``state`` (numpy arrays by HF name) into it."""
+        model = cls(config)
+        missing = model.load_state_dict(state, strict=True)
+        if missing:
+            rng = np.random.default_rng()
+            params = model.parameters_dict()
+            for name in missing:
+                init = np.zeros(params[name].shape) if name.endswith("bias") else rng.normal(0.0, config.initializer_range, params[name].shape)
+                _fill(params[name], init)
+            logger.warning("%s: newly initialised (not in the checkpoint): %s; train them before use", cls.__name__, missing)
+        return model
+
+    # ------------------------------------------------------------------ state dicts
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """``{Hugging Face tensor name: numpy array}`` of every parameter."""
+        return {name: param.asnumpy() for name, param in self.parameters_and_names()}
+
+    def _rename_checkpoint_key(self, key: str) -> str:
+        """Map a checkpoint key onto this model's names (e.g. add a missing ``transformer.`` prefix)."""
+        return key
+
+    def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> list:
+        """Copy arrays into the parameters of the same name.
+
+        Args:
+            state: ``{name: array}``; names are Hugging Face's.
+            strict: raise :class:`CheckpointMismatchError` on missing, unexpected or mis-shaped tensors.
+                Task-head tensors of ``_head_keys`` may be missing either way.
+        Returns:
+            The names of head parameters the checkpoint lacked (left for the caller to initialise).
+        """
+        params = self.parameters_dict()
+        renamed = {}
+        for key, value in state.items():
+            if any(key.endswith(suffix) for suffix in self._ignored_checkpoint_keys):
+                continue
+            renamed[self._rename_checkpoint_key(key)] = value
+        unexpected = sorted(set(renamed) - set(params))
+        # a causal-LM checkpoint seeding a classifier brings an lm_head the classifier has no use for
+        if self.task != "causal_lm":
+            unexpected = [k for k in unexpected if not k.startswith("lm_head.")]
+        missing = sorted(set(params) - set(renamed))
+        head_missing = [k for k in missing if k in self._head_keys]
+        missing = [k for k in missing if k not in self._head_keys]
+        wrong_shape = [
+            f"{k}: checkpoint {tuple(renamed[k].shape)} vs model {tuple(params[k].shape)}"
+            for k in sorted(set(renamed) & set(params))
+            if tuple(renamed[k].shape) != tuple(params[k].shape)
+        ]
+        if strict and (missing or unexpected or wrong_shape):
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s): {_short(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} tensor(s): {_short(unexpected)}")
+            if wrong_shape:
+                parts.append(f"wrong shape for {len(wrong_shape)} tensor(s): {_short(wrong_shape)}")
+            raise CheckpointMismatchError(
+                f"checkpoint does not fit {type(self).__name__} ({self.config.model_type}, "
+                f"{self.config.num_hidden_layers} layers, hidden {self.config.hidden_size}): " + "; ".join(parts)
+                + ". Is the checkpoint for this model and config?"
+            )
+        for key, value in renamed.items():
+            if key in params and tuple(value.shape) == tuple(params[key].shape):
+                _fill(params[key], value)
+        return head_missing
+
+    def save_pretrained(self, save_directory: str, max_shard_size: Union[int, str] = "5GB") -> None:
+        """Write ``config.json`` and safetensors weights in Hugging Face's layout and tensor names.
+
+        Tied output embeddings are not written (transformers re-ties them on load). Each file is written
+        atomically; a sharded save writes ``model.safetensors.index.json``.
+        """
+        save_state_dict(self.state_dict(), save_directory, max_shard_size)
+        self.config.save_pretrained(save_directory, architecture=type(self).__name__)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalar parameters (shared tensors counted once)."""
+        params: Iterable = self.trainable_params() if trainable_only else self.get_parameters()
+        return int(sum(np.prod(p.shape) for p in params))
+
+
+def _fill(param: ms.Parameter, value: np.ndarray) -> None:
+    param.set_data(Tensor(np.asarray(value, dtype=np.float32), dtype=param.dtype))
+
+
+def _short(items: list, limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")

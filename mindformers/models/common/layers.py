@@ -1,0 +1,240 @@
+"""Building blocks shared by the models: linear layers, embeddings, norms, rotary positions, attention.
+
+Parameters carry Hugging Face's names (``weight``, ``bias``) so checkpoints map 1:1. Everything here uses
+``mindspore.ops`` functions that have kernels on CPU, GPU and Ascend (several ``mint`` kernels are missing
+on CPU, see ../shared/MINDSPORE_CPU.md). Parameters are created with cheap placeholder values; a model's
+``init_weights`` fills them, or a checkpoint overwrites them.
+"""
+import math
+from typing import Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
+    return Tensor(np.full(shape, value, dtype=np.float32), dtype=dtype)
+
+
+class Linear(nn.Cell):
+    """``y = x W^T + b`` with ``W`` stored ``[out_features, in_features]`` like ``torch.nn.Linear``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=ms.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(_placeholder((out_features, in_features), dtype), name="weight")
+        self.bias = Parameter(_placeholder((out_features,), dtype), name="bias") if bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class Conv1D(nn.Cell):
+    """GPT-2's "Conv1D": a linear layer whose weight is stored ``[in_features, out_features]``."""
+
+    def __init__(self, in_features: int, out_features: int, dtype=ms.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(_placeholder((in_features, out_features), dtype), name="weight")
+        self.bias = Parameter(_placeholder((out_features,), dtype), name="bias")
+
+    def construct(self, x):
+        shape = x.shape
+        y = ops.matmul(x.reshape(-1, shape[-1]), self.weight) + self.bias
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+
+class Embedding(nn.Cell):
+    """Token (or position) embedding table ``[num_embeddings, dim]``."""
+
+    def __init__(self, num_embeddings: int, dim: int, dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(_placeholder((num_embeddings, dim), dtype), name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
+
+
+class RMSNorm(nn.Cell):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32 as Hugging Face Llama does."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, dtype=ms.float32):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(_placeholder((dim,), dtype, 1.0), name="weight")
+
+    def construct(self, x):
+        dtype = x.dtype
+        x = x.astype(ms.float32)
+        x = x * ops.rsqrt(x.pow(2).mean(-1, keep_dims=True) + self.eps)
+        return self.weight * x.astype(dtype)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm with ``weight``/``bias`` names (MindSpore's ``nn.LayerNorm`` calls them gamma/beta)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, dtype=ms.float32):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(_placeholder((dim,), dtype, 1.0), name="weight")
+        self.bias = Parameter(_placeholder((dim,), dtype), name="bias")
+
+    def construct(self, x):
+        mean = x.mean(-1, keep_dims=True)
+        var = (x - mean).pow(2).mean(-1, keep_dims=True)
+        return (x - mean) * ops.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+# ----------------------------------------------------------------------------------------- rotary
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict] = None) -> np.ndarray:
+    """Inverse frequencies of rotary embeddings (Su et al. 2021), with Llama 3 / linear scaling.
+
+    Returns:
+        float32 array ``[head_dim // 2]``.
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    kind = scaling["rope_type"]
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    # llama3: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_context = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+class RotaryEmbedding(nn.Cell):
+    """cos/sin tables for given positions, in the "rotate half" layout of Hugging Face Llama."""
+
+    def __init__(self, head_dim: int, theta: float, scaling: Optional[dict] = None):
+        super().__init__()
+        self.inv_freq = Tensor(rope_inverse_frequencies(head_dim, theta, scaling))
+
+    def construct(self, position_ids):
+        # position_ids [batch, seq] -> cos, sin [batch, 1, seq, head_dim]
+        freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq
+        emb = ops.cat((freqs, freqs), -1)
+        return ops.cos(emb).expand_dims(1), ops.sin(emb).expand_dims(1)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return ops.cat((-x[..., half:], x[..., :half]), -1)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin are given."""
+    return x * cos + rotate_half(x) * sin
+
+
+# -------------------------------------------------------------------------------------- attention
+NEG_INF = float(np.finfo(np.float32).min)
+
+
+def attention_bias(attention_mask, batch: int, q_len: int, k_len: int, dtype=ms.float32):
+    """Additive attention bias combining causality and padding.
+
+    Queries are the last ``q_len`` of ``k_len`` key positions (a KV cache prefix comes first).
+
+    Args:
+        attention_mask: ``[batch, k_len]`` with 1 for real tokens and 0 for padding, or None.
+    Returns:
+        ``[batch, 1, q_len, k_len]``: 0 where a query may attend, the most negative float elsewhere.
+    """
+    q_pos = ops.arange(k_len - q_len, k_len).reshape(q_len, 1)
+    k_pos = ops.arange(0, k_len).reshape(1, k_len)
+    allowed = (k_pos <= q_pos).reshape(1, 1, q_len, k_len)
+    if attention_mask is not None:
+        allowed = ops.logical_and(allowed, attention_mask.reshape(batch, 1, 1, k_len).astype(ms.bool_))
+    else:
+        allowed = allowed.broadcast_to((batch, 1, q_len, k_len))
+    zero = ops.zeros((), dtype)
+    return ops.where(allowed, zero, ops.full((), NEG_INF, dtype=dtype))
+
+
+def scaled_dot_product_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None):
+    """softmax(q k^T * scale + bias) v, with the softmax in float32.
+
+    Args:
+        q: [batch, heads, q_len, head_dim]; k, v: [batch, heads, k_len, head_dim] (kv heads already
+           repeated to match q); bias: [batch, 1, q_len, k_len].
+    """
+    scores = ops.matmul(q, k.swapaxes(-1, -2)).astype(ms.float32) * scale + bias
+    probs = ops.softmax(scores, -1).astype(q.dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    return ops.matmul(probs, v)
+
+
+def repeat_kv(x, n_rep: int):
+    """[batch, kv_heads, seq, d] -> [batch, kv_heads * n_rep, seq, d]; kv head i serves query heads
+    i*n_rep .. (i+1)*n_rep - 1 (the grouping of Hugging Face's ``repeat_kv``)."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x.expand_dims(2).broadcast_to((b, h, n_rep, s, d)).reshape(b, h * n_rep, s, d)
+
+
+def causal_lm_loss(logits, labels):
+    """Mean next-token cross entropy: position t predicts label t+1; label -100 is ignored.
+
+    Args:
+        logits: [batch, seq, vocab]; labels: [batch, seq] int.
+    """
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1, :].reshape(-1, vocab).astype(ms.float32)
+    shift_labels = labels[:, 1:].reshape(-1).astype(ms.int32)
+    return ops.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="mean")
+
+
+def sequence_classification_loss(logits, labels, num_labels: int, problem_type: Optional[str]):
+    """Loss of a classification head, chosen like Hugging Face: regression for one label, cross entropy
+    for integer labels, binary cross entropy for multi-label float targets."""
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (ms.int32, ms.int64):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        return ops.mse_loss(logits.reshape(-1).astype(ms.float32), labels.reshape(-1).astype(ms.float32))
+    if problem_type == "single_label_classification":
+        return ops.cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32), labels.reshape(-1).astype(ms.int32))
+    target = labels.astype(ms.float32)
+    ones = ops.ones_like(target)
+    return ops.binary_cross_entropy_with_logits(logits.astype(ms.float32), target, ones, ones)
+
+
+def last_token_pool(hidden, input_ids, pad_token_id: Optional[int]):
+    """Pick each row's last non-padding position, as Hugging Face's sequence-classification heads do.
+
+    Args:
+        hidden: [batch, seq, dim]; input_ids: [batch, seq].
+    Returns:
+        [batch, dim]
+    """
+    batch, seq = input_ids.shape
+    if pad_token_id is None:
+        index = ops.full((batch,), seq - 1, dtype=ms.int32)
+    else:
+        # rightmost token that is not padding (works for left and right padding)
+        positions = ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
+        index = ops.argmax(ops.where(input_ids != pad_token_id, positions, ops.full_like(positions, -1)), -1)
+        index = index.astype(ms.int32)
+    return hidden[ops.arange(batch).astype(ms.int32), index]

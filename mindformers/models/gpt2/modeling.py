@@ -1,0 +1,178 @@
+"""GPT-2 (Radford et al. 2019).
+
+Architecture choices:
+- learned absolute position embeddings added to token embeddings
+- pre-norm blocks with LayerNorm: ``h = x + attn(ln_1(x)); out = h + mlp(ln_2(h))``
+- one fused ``c_attn`` projection for q, k, v; "Conv1D" layers store weights ``[in, out]``
+- GELU (tanh approximation) MLP of width ``4 * hidden``; output embedding tied to the input one
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from ...modeling_utils import PreTrainedModel
+from ...registry import MODELS
+from ..common.layers import (
+    MS_DTYPES,
+    Conv1D,
+    Embedding,
+    LayerNorm,
+    Linear,
+    attention_bias,
+    causal_lm_loss,
+    last_token_pool,
+    scaled_dot_product_attention,
+    sequence_classification_loss,
+)
+from ..llama.modeling import default_position_ids
+from .config import GPT2Config
+
+
+def _activation(name: str):
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: ops.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return lambda x: ops.gelu(x, approximate="none")
+    return ops.relu
+
+
+class GPT2Attention(nn.Cell):
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // self.num_heads
+        scale = self.head_dim ** -0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale = scale
+        self.c_attn = Conv1D(config.hidden_size, 3 * config.hidden_size, dtype)
+        self.c_proj = Conv1D(config.hidden_size, config.hidden_size, dtype)
+        self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
+        self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
+
+    def construct(self, x, bias):
+        batch, seq, hidden = x.shape
+        q, k, v = ops.split(self.c_attn(x), hidden, -1)
+        # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
+        q = q.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
+        k = k.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
+        v = v.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
+        out = scaled_dot_product_attention(q, k, v, bias, self.scale, self.attn_dropout)
+        return self.resid_dropout(self.c_proj(out.swapaxes(1, 2).reshape(batch, seq, hidden)))
+
+
+class GPT2MLP(nn.Cell):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.c_fc = Conv1D(config.hidden_size, config.intermediate_size, dtype)
+        self.c_proj = Conv1D(config.intermediate_size, config.hidden_size, dtype)
+        self.act = _activation(config.activation_function)
+        self.dropout = nn.Dropout(p=config.resid_pdrop)
+
+    def construct(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nn.Cell):
+    def __init__(self, config: GPT2Config, layer_idx: int):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.ln_1 = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
+        self.attn = GPT2Attention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
+        self.mlp = GPT2MLP(config)
+
+    def construct(self, x, bias):
+        x = x + self.attn(self.ln_1(x), bias)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2Model(nn.Cell):
+    """The GPT-2 stack without a head: ids -> final hidden states [batch, seq, hidden]."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.wte = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.wpe = Embedding(config.max_position_embeddings, config.hidden_size, dtype)
+        self.drop = nn.Dropout(p=config.embd_pdrop)
+        self.h = nn.CellList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None):
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, batch, seq)
+        bias = attention_bias(attention_mask, batch, seq, seq)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        for block in self.h:
+            x = block(x, bias)
+        return self.ln_f(x)
+
+
+class GPT2PreTrainedModel(PreTrainedModel):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    # torch buffers of old GPT-2 checkpoints (the causal mask), not weights
+    _ignored_checkpoint_keys = (".attn.bias", ".attn.masked_bias")
+
+    def _rename_checkpoint_key(self, key: str) -> str:
+        # The original OpenAI GPT-2 files on the Hub store the stack without the "transformer." prefix.
+        if key.startswith(("h.", "wte.", "wpe.", "ln_f.")):
+            return "transformer." + key
+        return key
+
+    def _post_init_weights(self, rng):
+        # GPT-2 paper: residual projections scaled by 1/sqrt(2 * n_layer)
+        std = self.config.initializer_range / (2 * self.config.num_hidden_layers) ** 0.5
+        for name, param in self.parameters_and_names():
+            if name.endswith("c_proj.weight"):
+                param.set_data(ms.Tensor(rng.normal(0.0, std, param.shape).astype("float32"), dtype=param.dtype))
+
+
+@MODELS.register
+class GPT2LMHeadModel(GPT2PreTrainedModel):
+    """GPT-2 with its (tied) language-model head.
+
+    ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``.
+    """
+
+    task = "causal_lm"
+
+    def __init__(self, config: GPT2Config):
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = None if config.tie_word_embeddings else Linear(
+            config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype]
+        )
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden = self.transformer(input_ids, attention_mask, position_ids)
+        if self.lm_head is None:
+            logits = ops.matmul(hidden, self.transformer.wte.weight.T)
+        else:
+            logits = self.lm_head(hidden)
+        if labels is None:
+            return logits
+        return causal_lm_loss(logits, labels), logits
+
+
+@MODELS.register
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+    """GPT-2 with a linear ``score`` head on the last non-padding token."""
+
+    task = "sequence_classification"
+    _head_keys = ("score.weight",)
+
+    def __init__(self, config: GPT2Config):
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden = self.transformer(input_ids, attention_mask, position_ids)
+        logits = self.score(last_token_pool(hidden, input_ids, self.config.pad_token_id))
+        if labels is None:
+            return logits
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type), logits

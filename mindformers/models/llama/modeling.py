@@ -1,0 +1,184 @@
+"""Llama (Touvron et al. 2023) and the models that share its shape (Llama 3, SmolLM2, Qwen2).
+
+Architecture choices:
+- pre-norm blocks with RMSNorm: ``h = x + attn(norm(x)); out = h + mlp(norm(h))``
+- rotary position embeddings in the "rotate half" layout, optional linear / llama3 frequency scaling
+- grouped-query attention: ``num_key_value_heads`` key/value heads shared by groups of query heads
+- SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``
+- optional biases on q/k/v (Qwen2) or on all attention projections; optional tied output embedding
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from ...modeling_utils import PreTrainedModel
+from ...registry import MODELS
+from ..common.layers import (
+    MS_DTYPES,
+    Embedding,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    attention_bias,
+    causal_lm_loss,
+    last_token_pool,
+    repeat_kv,
+    scaled_dot_product_attention,
+    sequence_classification_loss,
+)
+from .config import LlamaConfig, Qwen2Config
+
+
+class LlamaAttention(nn.Cell):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim ** -0.5
+        qkv_bias = config.attention_bias or config.qkv_bias
+        hidden = config.hidden_size
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim, qkv_bias, dtype)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, qkv_bias, dtype)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, qkv_bias, dtype)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, config.attention_bias, dtype)
+        self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
+
+    def construct(self, x, cos, sin, bias):
+        batch, seq, _ = x.shape
+        # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
+        q = self.q_proj(x).reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
+        k = self.k_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
+        v = self.v_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        n_rep = self.num_heads // self.num_kv_heads
+        out = scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), bias, self.scale, self.dropout)
+        return self.o_proj(out.swapaxes(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Cell):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, dtype)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, config.mlp_bias, dtype)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, config.mlp_bias, dtype)
+
+    def construct(self, x):
+        return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Cell):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = LlamaMLP(config)
+
+    def construct(self, x, cos, sin, bias):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Cell):
+    """The decoder stack without a head: ids -> final hidden states [batch, seq, hidden]."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None):
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, batch, seq)
+        cos, sin = self.rotary(position_ids)
+        bias = attention_bias(attention_mask, batch, seq, seq)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, bias)
+        return self.norm(x)
+
+
+def default_position_ids(attention_mask, batch: int, seq: int):
+    """Positions 0..seq-1, or, with a padding mask, counted over real tokens only (so a left-padded row
+    starts at position 0 on its first real token, as Hugging Face's generate does)."""
+    if attention_mask is None:
+        return ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
+    mask = attention_mask.astype(ms.int32)
+    return ops.maximum(ops.cumsum(mask, 1) - 1, 0)
+
+
+class LlamaPreTrainedModel(PreTrainedModel):
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+
+
+@MODELS.register
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    """Llama with a language-model head.
+
+    ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns
+    ``(loss, logits)`` where the loss is next-token cross entropy ignoring label -100.
+    """
+
+    task = "causal_lm"
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.lm_head = None if config.tie_word_embeddings else Linear(
+            config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype]
+        )
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden = self.model(input_ids, attention_mask, position_ids)
+        if self.lm_head is None:
+            logits = ops.matmul(hidden, self.model.embed_tokens.weight.T)
+        else:
+            logits = self.lm_head(hidden)
+        if labels is None:
+            return logits
+        return causal_lm_loss(logits, labels), logits
+
+
+@MODELS.register
+class LlamaForSequenceClassification(LlamaPreTrainedModel):
+    """Llama with a linear ``score`` head on the last non-padding token.
+
+    Returns logits [batch, num_labels], or ``(loss, logits)`` with ``labels``.
+    """
+
+    task = "sequence_classification"
+    _head_keys = ("score.weight",)
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden = self.model(input_ids, attention_mask, position_ids)
+        logits = self.score(last_token_pool(hidden, input_ids, self.config.pad_token_id))
+        if labels is None:
+            return logits
+        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type), logits
+
+
+@MODELS.register
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2: the Llama causal LM with q/k/v biases."""
+
+    config_class = Qwen2Config
+
+
+@MODELS.register
+class Qwen2ForSequenceClassification(LlamaForSequenceClassification):
+    config_class = Qwen2Config
+

