@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .configuration_utils import PretrainedConfig
-from .registry import CONFIGS
+from .registry import CONFIGS, UnknownNameError
 
 CONFIGS_DIR = os.environ.get(
     "MINDFORMERS_CONFIGS", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -42,7 +42,7 @@ def preset_path(name: str) -> str:
     """The YAML file of preset ``name``; ``KeyError`` listing the known presets if there is none."""
     files = _preset_files()
     if name not in files:
-        raise KeyError(
+        raise UnknownNameError(
             f"{name!r} is neither a local path nor a known preset; known presets: {', '.join(sorted(files))} "
             f"(from {CONFIGS_DIR}/*/{PRESET_PREFIX}*.yaml)"
         )
@@ -68,7 +68,7 @@ def config_class_for(model_config: Dict[str, Any], where: str):
     if "type" in model_config:
         by_class = {CONFIGS.get(n).__name__: CONFIGS.get(n) for n in CONFIGS.names()}
         if model_config["type"] not in by_class:
-            raise KeyError(f"{where}: unknown config type {model_config['type']!r}; known: {sorted(by_class)}")
+            raise UnknownNameError(f"{where}: unknown config type {model_config['type']!r}; known: {sorted(by_class)}")
         return by_class[model_config["type"]]
     raise ValueError(f"{where}: model_config needs `model_type` (one of {CONFIGS.names()}) or `type`")
 

