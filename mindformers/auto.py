@@ -92,8 +92,8 @@ class AutoConfig:
 
     @staticmethod
     def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
-        """A config of ``model_type`` ("llama", "gpt2", ...) from keyword arguments."""
-        return CONFIGS.get(model_type)(**kwargs)
+        """A config of ``model_type`` ("llama", "gpt2", ...) from keyword arguments in any spelling."""
+        return CONFIGS.get(model_type).from_dict(kwargs)
 
 
 def model_class_for(config: PretrainedConfig, task: Optional[str], arch: Optional[str] = None):

@@ -155,9 +155,9 @@ class PretrainedConfig:
         if architecture:
             out["architectures"] = [architecture]
         for key, value in self.to_dict().items():
+            if value is None:  # unset optional fields: transformers applies its own defaults
+                continue
             if key == "id2label":
-                if value is None:
-                    continue
                 out["id2label"] = {str(k): v for k, v in value.items()}
                 out["label2id"] = {v: k for k, v in value.items()}
                 continue

@@ -99,7 +99,7 @@ class Qwen2Config(LlamaConfig):
     """Sliding-window attention; only False is supported."""
     sliding_window: Optional[int] = None
     """Window length when ``use_sliding_window`` is set (unused here)."""
-    max_window_layers: Optional[int] = None
+    max_window_layers: int = 28
     """Layers using full attention when sliding windows are on (unused here)."""
     layer_types: Optional[List[str]] = None
     """Per-layer attention kind written by transformers v5; only "full_attention" is supported."""

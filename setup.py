@@ -1,0 +1,25 @@
+"""Install mindformers: `pip install -e .[test]` (the Makefile does this, see README)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mindformers",
+    version="0.1.0",
+    description="A MindSpore suite for large language models: models, tokenizers, generation, tuners, training",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9,<3.12",
+    packages=find_packages(include=["mindformers", "mindformers.*"]),
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy<2",  # mindspore 2.10 fails at the first tensor op with numpy 2
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
+        "sentencepiece>=0.2",
+        "protobuf>=3.20",
+        "jinja2>=3.1",
+        "pyyaml>=6.0",
+        "gguf>=0.10",
+        "tqdm>=4.66",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)
