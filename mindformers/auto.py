@@ -66,17 +66,15 @@ def _resolve(source: str, overrides: Dict[str, Any]):
     if kind == "yaml":
         data = load_yaml(path)
         config, arch, checkpoint = parse_model_section(data, path)
-        if overrides:
-            config = type(config).from_dict({**config.to_dict(), **overrides})
-        return config, arch, (resolve_resource(checkpoint) if checkpoint else None), data
+        return config.replace(**overrides), arch, (resolve_resource(checkpoint) if checkpoint else None), data
     if kind == "gguf":
         data = read_gguf_config(path)
-        return _config_from_hf_dict({**data, **overrides}, path), None, path, None
+        return _config_from_hf_dict(data, path).replace(**overrides), None, path, None
     config_path = path if kind == "json" else os.path.join(path, "config.json")
     data = _read_config_json(config_path)
     arch = (data.get("architectures") or [None])[0]
     checkpoint = path if kind == "dir" else os.path.dirname(path)
-    return _config_from_hf_dict({**data, **overrides}, config_path), arch, checkpoint, None
+    return _config_from_hf_dict(data, config_path).replace(**overrides), arch, checkpoint, None
 
 
 class AutoConfig:

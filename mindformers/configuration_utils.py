@@ -139,6 +139,14 @@ class PretrainedConfig:
         """Build a config from a dict in any supported spelling (HF ``config.json`` or MindFormers YAML)."""
         return cls(**cls.normalize_hf_dict(dict(config)))
 
+    def replace(self, **changes: Any) -> "PretrainedConfig":
+        """A copy with ``changes`` applied; keys may use any accepted spelling."""
+        changes = self._canonicalize(changes)
+        current = self.to_dict()
+        if "num_labels" in changes and "id2label" not in changes:
+            current["id2label"] = None  # the old class names no longer fit
+        return type(self)(**{**current, **changes})
+
     @classmethod
     def normalize_hf_dict(cls, config: Dict[str, Any]) -> Dict[str, Any]:
         """Hook for families whose ``config.json`` needs restructuring before the field mapping."""

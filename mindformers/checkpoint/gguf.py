@@ -82,6 +82,8 @@ def read_gguf_config(path: str, reader=None) -> Dict[str, Any]:
     config: Dict[str, Any] = {"model_type": arch}
     for key, name in _CONFIG_KEYS.items():
         value = _field(reader, f"{arch}.{key}")
+        if isinstance(value, float):  # stored as float32: 1e-5 reads back as 9.99999974e-06
+            value = float(str(np.float32(value)))
         if value is not None:
             config[name] = value
     if "vocab_size" not in config and "tokenizer.ggml.tokens" in reader.fields:

@@ -1,0 +1,34 @@
+"""Tokenizers with the Hugging Face API, backed by the ``tokenizers`` library.
+
+- :class:`PreTrainedTokenizer`: the one tokenizer class; :class:`GPT2Tokenizer` and :class:`LlamaTokenizer`
+  change only defaults.
+- :func:`load_tokenizer`: from a directory, a tokenizer.json / sentencepiece .model / .gguf file, or a YAML
+  section.
+- Backends: GPT-2 ``vocab.json`` + ``merges.txt``, sentencepiece ``.model`` (converted as transformers does),
+  GGUF metadata (with llama.cpp's pre-tokenizers), ``tokenizer.json``.
+"""
+from .backends import build_backend, byte_level_bpe_tokenizer
+from .base import VERY_LARGE_INTEGER, PreTrainedTokenizer, read_pretrained_dir
+from .chat_template import render_chat_template
+from .gguf import gguf_to_tokenizer, read_gguf_metadata
+from .gpt2 import GPT2Tokenizer
+from .llama import LlamaTokenizer
+from .loading import load_tokenizer, tokenizer_class_for
+from .sentencepiece import read_sentencepiece_model, sentencepiece_to_tokenizer
+
+__all__ = [
+    "GPT2Tokenizer",
+    "LlamaTokenizer",
+    "PreTrainedTokenizer",
+    "VERY_LARGE_INTEGER",
+    "build_backend",
+    "byte_level_bpe_tokenizer",
+    "gguf_to_tokenizer",
+    "load_tokenizer",
+    "read_gguf_metadata",
+    "read_pretrained_dir",
+    "read_sentencepiece_model",
+    "render_chat_template",
+    "sentencepiece_to_tokenizer",
+    "tokenizer_class_for",
+]
