@@ -40,6 +40,8 @@ class PreTrainedModel(nn.Cell):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        if config.dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
+            raise ValueError("dtype bfloat16 has no matmul kernel on MindSpore's CPU backend; use float32 (or float16)")
         self.config = config
 
     # ------------------------------------------------------------------ construction

@@ -209,6 +209,7 @@ class PreTrainedTokenizer:
         )
         if added_tokens_decoder:
             add_tokens_at_ids(backend, added_tokens_decoder, where=tokenizer_file or vocab_file)
+        kwargs.setdefault("name_or_path", tokenizer_file or vocab_file)
         return cls(backend, **{**file_config, **kwargs})
 
     @classmethod

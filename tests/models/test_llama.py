@@ -4,6 +4,7 @@ import os
 import shutil
 
 import numpy as np
+import mindspore as ms
 import pytest
 
 from mindformers import (
@@ -130,3 +131,13 @@ def test_transformers_v4_and_v5_config_json_give_the_same_model(tmp_path):
     ids = ids_tensor(np.load(os.path.join(INTEROP, "llama", "input_ids.npy")))
     np.testing.assert_array_equal(AutoModel.from_pretrained(str(tmp_path))(ids).asnumpy(),
                                   AutoModel.from_pretrained(v5_dir)(ids).asnumpy())
+
+
+def test_float16_runs_close_to_float32_and_bfloat16_is_refused_on_cpu():
+    ids = np.load(os.path.join(INTEROP, "llama", "input_ids.npy"))
+    model = AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base"), dtype="float16")
+    logits = model(ids_tensor(ids)).asnumpy().astype(np.float32)
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == ms.float16
+    np.testing.assert_allclose(logits, np.load(os.path.join(INTEROP, "llama", "logits_base.npy")), atol=0.1, rtol=0)
+    with pytest.raises(ValueError, match="bfloat16 has no matmul kernel on MindSpore's CPU backend"):
+        AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base"), dtype="bfloat16")

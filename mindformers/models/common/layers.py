@@ -141,7 +141,7 @@ def rotate_half(x):
 
 def apply_rotary(x, cos, sin):
     """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin are given."""
-    return x * cos + rotate_half(x) * sin
+    return x * cos.astype(x.dtype) + rotate_half(x) * sin.astype(x.dtype)
 
 
 # -------------------------------------------------------------------------------------- attention

