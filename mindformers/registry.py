@@ -4,7 +4,7 @@ A registry maps a name (``"llama"``, ``"LlamaForCausalLM"``, ``"text_generation"
 function. Lookups that fail list the names that would have worked, so a typo in a YAML file explains
 itself.
 """
-from typing import Callable, Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional
 
 
 class UnknownNameError(KeyError):

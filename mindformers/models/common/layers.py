@@ -240,3 +240,37 @@ def last_token_pool(hidden, input_ids, pad_token_id: Optional[int]):
         index = ops.argmax(ops.where(input_ids != pad_token_id, positions, ops.full_like(positions, -1)), -1)
         index = index.astype(ms.int32)
     return hidden[ops.arange(batch).astype(ms.int32), index]
+
+
+def default_position_ids(attention_mask, batch: int, seq: int):
+    """Positions 0..seq-1, or, with a padding mask, counted over real tokens only (so a left-padded row
+    starts at position 0 on its first real token, as Hugging Face's generate does)."""
+    if attention_mask is None:
+        return ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
+    mask = attention_mask.astype(ms.int32)
+    return ops.maximum(ops.cumsum(mask, 1) - 1, 0)
+
+
+# ------------------------------------------------------------------------------------------- heads
+def make_lm_head(config) -> Optional[Linear]:
+    """The output projection, or None when it is tied to the input embedding."""
+    if config.tie_word_embeddings:
+        return None
+    return Linear(config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype])
+
+
+def lm_output(hidden, lm_head, embedding_weight, labels):
+    """Logits [batch, seq, vocab] from the final hidden states (through ``lm_head`` or the tied
+    embedding), and ``(loss, logits)`` when ``labels`` are given."""
+    logits = ops.matmul(hidden, embedding_weight.T) if lm_head is None else lm_head(hidden)
+    if labels is None:
+        return logits
+    return causal_lm_loss(logits, labels), logits
+
+
+def classifier_output(hidden, score, input_ids, labels, config):
+    """Logits [batch, num_labels] of the last non-padding token, and ``(loss, logits)`` with ``labels``."""
+    logits = score(last_token_pool(hidden, input_ids, config.pad_token_id))
+    if labels is None:
+        return logits
+    return sequence_classification_loss(logits, labels, config.num_labels, config.problem_type), logits

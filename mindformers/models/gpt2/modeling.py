@@ -18,12 +18,12 @@ from ..common.layers import (
     LayerNorm,
     Linear,
     attention_bias,
-    causal_lm_loss,
-    last_token_pool,
+    classifier_output,
+    default_position_ids,
+    lm_output,
+    make_lm_head,
     scaled_dot_product_attention,
-    sequence_classification_loss,
 )
-from ..llama.modeling import default_position_ids
 from .config import GPT2Config
 
 
@@ -143,19 +143,11 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config):
         super().__init__(config)
         self.transformer = GPT2Model(config)
-        self.lm_head = None if config.tie_word_embeddings else Linear(
-            config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype]
-        )
+        self.lm_head = make_lm_head(config)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.transformer(input_ids, attention_mask, position_ids)
-        if self.lm_head is None:
-            logits = ops.matmul(hidden, self.transformer.wte.weight.T)
-        else:
-            logits = self.lm_head(hidden)
-        if labels is None:
-            return logits
-        return causal_lm_loss(logits, labels), logits
+        return lm_output(hidden, self.lm_head, self.transformer.wte.weight, labels)
 
 
 @MODELS.register
@@ -172,7 +164,4 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.transformer(input_ids, attention_mask, position_ids)
-        logits = self.score(last_token_pool(hidden, input_ids, self.config.pad_token_id))
-        if labels is None:
-            return logits
-        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type), logits
+        return classifier_output(hidden, self.score, input_ids, labels, self.config)

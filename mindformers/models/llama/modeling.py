@@ -7,7 +7,6 @@ Architecture choices:
 - SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``
 - optional biases on q/k/v (Qwen2) or on all attention projections; optional tied output embedding
 """
-import mindspore as ms
 from mindspore import nn, ops
 
 from ...modeling_utils import PreTrainedModel
@@ -20,11 +19,12 @@ from ..common.layers import (
     RotaryEmbedding,
     apply_rotary,
     attention_bias,
-    causal_lm_loss,
-    last_token_pool,
+    classifier_output,
+    default_position_ids,
+    lm_output,
+    make_lm_head,
     repeat_kv,
     scaled_dot_product_attention,
-    sequence_classification_loss,
 )
 from .config import LlamaConfig, Qwen2Config
 
@@ -106,15 +106,6 @@ class LlamaModel(nn.Cell):
         return self.norm(x)
 
 
-def default_position_ids(attention_mask, batch: int, seq: int):
-    """Positions 0..seq-1, or, with a padding mask, counted over real tokens only (so a left-padded row
-    starts at position 0 on its first real token, as Hugging Face's generate does)."""
-    if attention_mask is None:
-        return ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
-    mask = attention_mask.astype(ms.int32)
-    return ops.maximum(ops.cumsum(mask, 1) - 1, 0)
-
-
 class LlamaPreTrainedModel(PreTrainedModel):
     config_class = LlamaConfig
     base_model_prefix = "model"
@@ -133,19 +124,11 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         self.model = LlamaModel(config)
-        self.lm_head = None if config.tie_word_embeddings else Linear(
-            config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype]
-        )
+        self.lm_head = make_lm_head(config)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.model(input_ids, attention_mask, position_ids)
-        if self.lm_head is None:
-            logits = ops.matmul(hidden, self.model.embed_tokens.weight.T)
-        else:
-            logits = self.lm_head(hidden)
-        if labels is None:
-            return logits
-        return causal_lm_loss(logits, labels), logits
+        return lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, labels)
 
 
 @MODELS.register
@@ -165,10 +148,7 @@ class LlamaForSequenceClassification(LlamaPreTrainedModel):
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.model(input_ids, attention_mask, position_ids)
-        logits = self.score(last_token_pool(hidden, input_ids, self.config.pad_token_id))
-        if labels is None:
-            return logits
-        return sequence_classification_loss(logits, labels, self.config.num_labels, self.config.problem_type), logits
+        return classifier_output(hidden, self.score, input_ids, labels, self.config)
 
 
 @MODELS.register
