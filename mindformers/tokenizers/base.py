@@ -11,6 +11,7 @@ int64 indices on CPU, GPU and Ascend alike, int32 is what Ascend kernels and Min
 this suite's models cast labels and masks to, and vocabularies are far below 2**31. ``"np"`` gives int64
 like transformers.
 """
+
 import copy
 import json
 import os
@@ -25,6 +26,7 @@ from .backends import add_tokens_at_ids, build_backend
 from .chat_template import render_chat_template
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
+LARGE_INTEGER = int(1e20)  # a model_max_length above this means "no limit" (transformers' test, too)
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 RETURN_TENSORS = (None, "np", "ms")
 
@@ -103,7 +105,7 @@ class PreTrainedTokenizer:
             post-processor (from tokenizer.json) if it has one, else adds neither.
         model_max_length: longest input the model takes; the default for ``truncation``/``max_length``.
         padding_side: ``"right"`` or ``"left"`` (default: the class's ``padding_side``).
-        truncation_side: ``"right"`` or ``"left"``.
+        truncation_side: ``"right"`` (default) or ``"left"``.
         chat_template: a Jinja2 chat template, or a dict of named templates (``"default"`` is used).
         name_or_path: where the tokenizer came from (informational).
     """
@@ -125,7 +127,7 @@ class PreTrainedTokenizer:
         add_eos_token: Optional[bool] = None,
         model_max_length: Optional[int] = None,
         padding_side: Optional[str] = None,
-        truncation_side: str = "right",
+        truncation_side: Optional[str] = None,
         chat_template: Union[str, Dict[str, str], None] = None,
         name_or_path: str = "",
     ):
@@ -156,7 +158,7 @@ class PreTrainedTokenizer:
 
         self.model_max_length = VERY_LARGE_INTEGER if model_max_length is None else int(model_max_length)
         self.padding_side = self._check_side("padding_side", padding_side or type(self).padding_side)
-        self.truncation_side = self._check_side("truncation_side", truncation_side)
+        self.truncation_side = self._check_side("truncation_side", truncation_side or "right")
         self.chat_template = chat_template
         self.name_or_path = name_or_path
 
@@ -313,7 +315,9 @@ class PreTrainedTokenizer:
                 self._set_special_token(name, token)
         return added
 
-    def add_tokens(self, new_tokens: Union[str, AddedToken, Sequence[Union[str, AddedToken]]], special_tokens: bool = False) -> int:
+    def add_tokens(
+        self, new_tokens: Union[str, AddedToken, Sequence[Union[str, AddedToken]]], special_tokens: bool = False
+    ) -> int:
         """Add tokens to the vocabulary (matched whole in text, given the next free ids).
 
         Args:
@@ -322,7 +326,8 @@ class PreTrainedTokenizer:
                 ``skip_special_tokens=True``).
 
         Returns:
-            How many tokens were new to the vocabulary.
+            How many tokens became added tokens (as transformers counts: a token already in the base
+            vocabulary counts too, it keeps its id and is now matched whole).
         """
         if isinstance(new_tokens, (str, AddedToken)):
             new_tokens = [new_tokens]
@@ -550,7 +555,7 @@ class PreTrainedTokenizer:
                 f"tokenizer.pad_token = tokenizer.eos_token (here {self.eos_token!r}), or add a new one with "
                 "tokenizer.add_special_tokens({'pad_token': '<pad>'})"
             )
-        if max_length is None and self.model_max_length < VERY_LARGE_INTEGER:
+        if max_length is None and self.model_max_length < LARGE_INTEGER:
             max_length = self.model_max_length if (truncation or padding == "max_length") else None
         if padding == "max_length" and max_length is None:
             raise ValueError(
@@ -559,10 +564,10 @@ class PreTrainedTokenizer:
         backend = self._tokenizer
         if truncation and max_length is not None:
             needed = backend.num_special_tokens_to_add(pairs is not None) if add_special_tokens else 0
-            if max_length <= needed:
+            if max_length < needed:
                 raise ValueError(
-                    f"max_length={max_length} leaves no room for text: {needed} special token(s) are added to "
-                    "each sequence; use a larger max_length or add_special_tokens=False"
+                    f"max_length={max_length} is shorter than the {needed} special token(s) added to each "
+                    "sequence; use a larger max_length or add_special_tokens=False"
                 )
         inputs = texts if pairs is None else list(zip(texts, pairs))
         # Truncation and padding are settings of the Rust tokenizer; they are set for this call only and
@@ -614,7 +619,9 @@ class PreTrainedTokenizer:
             return [int(ids)]
         array = np.asarray(ids)
         if array.ndim > 1:
-            raise ValueError(f"decode takes one sequence of ids, found shape {array.shape}; use batch_decode for a batch")
+            raise ValueError(
+                f"decode takes one sequence of ids, found shape {array.shape}; use batch_decode for a batch"
+            )
         if array.size and not np.issubdtype(array.dtype, np.integer):
             raise TypeError(f"token ids must be integers, found {array.dtype}")
         return [int(i) for i in array.reshape(-1)]
@@ -820,12 +827,12 @@ def _padding_strategy(padding: Union[bool, str, None]) -> Optional[str]:
         return "longest"
     if padding == "max_length":
         return "max_length"
-    raise ValueError(
-        f"padding must be False/'do_not_pad', True/'longest' or 'max_length'; got {padding!r}"
-    )
+    raise ValueError(f"padding must be False/'do_not_pad', True/'longest' or 'max_length'; got {padding!r}")
 
 
-def _truncation_strategy(truncation: Union[bool, str, None], max_length: Optional[int], padding: Optional[str]) -> Optional[str]:
+def _truncation_strategy(
+    truncation: Union[bool, str, None], max_length: Optional[int], padding: Optional[str]
+) -> Optional[str]:
     if truncation is None:
         # transformers: a max_length without padding means "truncate to it".
         return "longest_first" if max_length is not None and padding is None else None
@@ -856,7 +863,9 @@ def _to_tensor(rows: List[List[int]], kind: str, key: str):
     return mindspore.Tensor(array.astype(np.int32))
 
 
-def read_pretrained_dir(path: str, gguf_file: Optional[str] = None) -> Tuple[Dict[str, str], Dict[str, Any], Optional[str]]:
+def read_pretrained_dir(
+    path: str, gguf_file: Optional[str] = None
+) -> Tuple[Dict[str, str], Dict[str, Any], Optional[str]]:
     """Find the tokenizer files of a Hugging Face style directory and read its settings.
 
     Args:
@@ -887,7 +896,8 @@ def read_pretrained_dir(path: str, gguf_file: Optional[str] = None) -> Tuple[Dic
         looked_for = f"{TOKENIZER_FILE}, {SENTENCEPIECE_FILE}, {VOCAB_FILE} + {MERGES_FILE}, or one *.gguf"
         hint = f" (several GGUF files {ggufs}: choose one with gguf_file=...)" if len(ggufs) > 1 else ""
         raise FileNotFoundError(
-            f"no tokenizer files in {path}: looked for {looked_for}; found {sorted(names) or 'an empty directory'}{hint}"
+            f"no tokenizer files in {path}: looked for {looked_for}; "
+            f"found {sorted(names) or 'an empty directory'}{hint}"
         )
 
     raw: Dict[str, Any] = {}
@@ -914,7 +924,9 @@ def read_pretrained_dir(path: str, gguf_file: Optional[str] = None) -> Tuple[Dic
         raw["chat_template"] = {t["name"]: t["template"] for t in raw["chat_template"]}
     for key in (*SPECIAL_TOKEN_NAMES, "additional_special_tokens"):
         if key in raw and raw[key] is not None:
-            raw[key] = [_token_text(t) for t in raw[key]] if key == "additional_special_tokens" else _token_text(raw[key])
+            raw[key] = (
+                [_token_text(t) for t in raw[key]] if key == "additional_special_tokens" else _token_text(raw[key])
+            )
     config = {k: v for k, v in raw.items() if k in CONFIG_KEYS and k not in FILE_KEYS and k != "name_or_path"}
     ignored = sorted(set(raw) - set(config))
     if ignored:

@@ -11,6 +11,7 @@ tokenizer_config.json, chat_template.jinja or GGUF metadata gives the same text 
   assistant tokens; here it is accepted so such templates parse);
 - messages are copied into plain dicts/lists/str/numbers before the template sees them.
 """
+
 import functools
 import json
 from datetime import datetime

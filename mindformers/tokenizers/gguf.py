@@ -18,6 +18,7 @@ tokenizer.json. ``tests/fixtures/tokenizers/README.md`` has the measured disagre
 The metadata reader below parses only the key/value section (it stops before the tensor table); it takes
 ~0.1 s where ``gguf.GGUFReader``, which also indexes every tensor and string, takes ~5 s on a 100 MB file.
 """
+
 import mmap
 import struct
 from typing import Any, Dict, Optional, Tuple
@@ -68,7 +69,7 @@ def read_gguf_metadata(path: str) -> Dict[str, Any]:
 
         def string(at: int) -> Tuple[str, int]:
             (size,) = struct.unpack_from("<Q", buf, at)
-            return buf[at + 8:at + 8 + size].decode("utf-8"), at + 8 + size
+            return buf[at + 8 : at + 8 + size].decode("utf-8"), at + 8 + size
 
         def value(kind: int, at: int) -> Tuple[Any, int]:
             if kind in _SCALARS:

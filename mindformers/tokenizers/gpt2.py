@@ -1,4 +1,5 @@
 """GPT-2's tokenizer: byte-level BPE from ``vocab.json`` + ``merges.txt`` (or any file :mod:`.backends` reads)."""
+
 from ..registry import TOKENIZERS
 from .base import PreTrainedTokenizer
 

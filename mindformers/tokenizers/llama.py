@@ -1,5 +1,6 @@
 """Llama's tokenizer: sentencepiece BPE (``tokenizer.model``) converted as transformers does, or any file
 :mod:`.backends` reads (tokenizer.json, a GGUF such as SmolLM2's)."""
+
 from ..registry import TOKENIZERS
 from .base import PreTrainedTokenizer
 

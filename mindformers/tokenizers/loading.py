@@ -1,4 +1,5 @@
 """``load_tokenizer``: one entry point for a directory, a tokenizer file, a YAML section or a tokenizer."""
+
 import os
 from typing import Any, Dict, Union
 
@@ -62,9 +63,7 @@ def load_tokenizer(
 def _from_section(section: Dict[str, Any], overrides: Dict[str, Any]) -> PreTrainedTokenizer:
     options = {**section, **overrides}
     if "type" not in options:
-        raise ValueError(
-            f"a tokenizer section needs `type`, one of {TOKENIZERS.names()}; got keys {sorted(section)}"
-        )
+        raise ValueError(f"a tokenizer section needs `type`, one of {TOKENIZERS.names()}; got keys {sorted(section)}")
     cls = TOKENIZERS.get(options.pop("type"))
     unknown = sorted(set(options) - set(CONFIG_KEYS) - set(SECTION_KEYS) - {"gguf_file"})
     if unknown:

@@ -17,8 +17,11 @@ a folder holding a Llama/Mistral ``tokenizer.model``):
 Where this differs from raw ``sentencepiece`` (``SentencePieceProcessor.encode``), we follow Hugging Face.
 On the test corpus (tests/fixtures/tokenizers) they disagree on 22 of 383 texts, all of these kinds:
 
-- runs of spaces before a word: transformers' BPE sees the whole text as one word (``split=False``) and
-  merges ``"▁▁"``, giving ``["▁▁", "We"]`` where sentencepiece gives ``["▁", "▁We"]`` (also indented code);
+- runs of spaces before a word: transformers ranks the recovered merges by piece id, not score. Mistral's
+  whitespace pieces ``"▁▁"`` (id 259), ``"▁▁▁▁"`` have low ids but the lowest score (-1e9), so transformers
+  merges them first: ``["▁▁", "We"]`` where sentencepiece gives ``["▁", "▁We"]`` (also indented code). A GGUF
+  sentencepiece vocabulary without merges is ranked by score (as transformers' and llama.cpp's GGUF readers
+  do), which agrees with sentencepiece here;
 - text that already starts with a space gets no extra dummy prefix (``Metaspace`` only prepends "▁" when
   the text does not start with one): ``" hello"`` is ``["▁hell", "o"]``, sentencepiece ``["▁", "▁hell", "o"]``;
   decoding then drops that leading space (the decoder strips one);
@@ -30,6 +33,7 @@ the text only, not after each special token; ``legacy=True`` gives ``"always"``:
 special tokens gets one. sentencepiece's normalizer spec (``add_dummy_prefix``, ``remove_extra_whitespaces``,
 charsmap) is not applied: Llama/Mistral models have the identity normalizer and no whitespace folding.
 """
+
 import dataclasses
 import struct
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -83,12 +87,12 @@ def _fields(buf: bytes) -> Iterator[Tuple[int, int, object]]:
         if wire == 0:  # varint
             value, pos = _varint(buf, pos)
         elif wire == 1:  # 64-bit
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:  # length-delimited: bytes, strings, sub-messages
             size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         elif wire == 5:  # 32-bit
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire} at byte {pos}")
         yield number, wire, value
@@ -250,9 +254,7 @@ def sentencepiece_to_tokenizer(
             f"{path} is a sentencepiece {kind} model; only BPE models (Llama, Mistral) can be converted. "
             "Use the checkpoint's tokenizer.json instead."
         )
-    tokenizer = sentencepiece_bpe_tokenizer(
-        model.pieces, model.types, add_prefix_space=add_prefix_space, legacy=legacy
-    )
+    tokenizer = sentencepiece_bpe_tokenizer(model.pieces, model.types, add_prefix_space=add_prefix_space, legacy=legacy)
     special = {
         "bos_token": model.piece(model.bos_id),
         "eos_token": model.piece(model.eos_id),
