@@ -1,17 +1,28 @@
 """llama.cpp GGUF checkpoints of the Llama family, dequantised to float32 with the ``gguf`` package.
 
-GGUF spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. Tensor names follow llama.cpp
-(``blk.{i}.attn_q.weight``); they are mapped to Hugging Face names here.
+GGUF spec: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md. The file is a header, key/value
+metadata, a tensor table (name, dims, ggml type, offset) and aligned tensor data. We parse the header and
+tables ourselves with ``struct`` (~0.1 s; ``gguf.GGUFReader`` indexes every vocabulary string as a numpy
+view and takes ~9 s on SmolLM2's 49k-token file) and leave the quantisation formats to
+``gguf.quants.dequantize``. Tensor names follow llama.cpp (``blk.{i}.attn_q.weight``) and are mapped to
+Hugging Face names.
 
 Warning: llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` from Hugging Face's "rotate half"
 RoPE layout to its interleaved one; :func:`_unpermute` undoes that, or attention is silently wrong.
 """
-import functools
+import mmap
 import os
 import re
-from typing import Any, Dict, Tuple
+import struct
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import numpy as np
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+# GGUF value types -> struct format ("gguf_metadata_value_type" in the spec); 8 is a string, 9 an array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -45,56 +56,120 @@ _CONFIG_KEYS = {
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 
-def gguf_reader(path: str):
-    """A ``gguf.GGUFReader`` for ``path``, shared within the process.
+class TensorInfo(NamedTuple):
+    """One entry of the tensor table: ``dims`` in GGUF order (fastest-varying first)."""
 
-    Parsing the metadata of a file with a 49k-token vocabulary takes ~9 s in the ``gguf`` package, and
-    the config, the weights and the tokenizer all need it; the reader is reused while the file is
-    unchanged.
+    name: str
+    dims: Tuple[int, ...]
+    ggml_type: int
+    offset: int  # from the start of the file
+
+
+class GGUFFile(NamedTuple):
+    metadata: Dict[str, Any]
+    tensors: List[TensorInfo]
+
+
+def read_gguf(path: str, with_tensors: bool = True) -> GGUFFile:
+    """Parse a GGUF file's metadata (and tensor table) without touching the tensor data.
+
+    Args:
+        path: the ``.gguf`` file (versions 2 and 3, little-endian).
+        with_tensors: also read the tensor table.
+    Returns:
+        ``GGUFFile(metadata, tensors)``; metadata arrays are Python lists, strings ``str``.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
-    stat = os.stat(path)
-    return _cached_reader(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_reader(path: str, mtime_ns: int, size: int):
-    import gguf
-
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ValueError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        return gguf.GGUFReader(path)
-    except Exception as err:  # the reader raises ValueError/struct.error/IndexError on damage
-        raise ValueError(f"cannot read {path}: not a valid GGUF file (corrupt or truncated?): {err}") from None
+        version, tensor_count, kv_count = struct.unpack_from("<IQQ", buf, 4)
+        if version not in (2, 3):
+            raise ValueError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
+
+        def string(at: int) -> Tuple[str, int]:
+            (size,) = struct.unpack_from("<Q", buf, at)
+            if at + 8 + size > len(buf):
+                raise struct.error(f"string of {size} bytes runs past the end of the file")
+            return buf[at + 8 : at + 8 + size].decode("utf-8"), at + 8 + size
+
+        def value(kind: int, at: int) -> Tuple[Any, int]:
+            if kind in _SCALARS:
+                fmt = "<" + _SCALARS[kind]
+                return struct.unpack_from(fmt, buf, at)[0], at + struct.calcsize(fmt)
+            if kind == _STRING:
+                return string(at)
+            if kind == _ARRAY:
+                item_kind, count = struct.unpack_from("<IQ", buf, at)
+                at += 12
+                if item_kind in _SCALARS:
+                    size = struct.calcsize("<" + _SCALARS[item_kind])
+                    return list(struct.unpack_from(f"<{count}{_SCALARS[item_kind]}", buf, at)), at + count * size
+                items = []
+                for _ in range(count):
+                    item, at = value(item_kind, at)
+                    items.append(item)
+                return items, at
+            raise ValueError(f"{path}: unknown GGUF value type {kind} at byte {at}")
+
+        pos, metadata = 24, {}
+        for _ in range(kv_count):
+            key, pos = string(pos)
+            (kind,) = struct.unpack_from("<I", buf, pos)
+            metadata[key], pos = value(kind, pos + 4)
+        tensors: List[TensorInfo] = []
+        if with_tensors:
+            table = []
+            for _ in range(tensor_count):
+                name, pos = string(pos)
+                (n_dims,) = struct.unpack_from("<I", buf, pos)
+                dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+                ggml_type, offset = struct.unpack_from("<IQ", buf, pos + 4 + 8 * n_dims)
+                pos += 4 + 8 * n_dims + 12
+                table.append((name, dims, ggml_type, offset))
+            alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+            data_start = (pos + alignment - 1) // alignment * alignment
+            tensors = [TensorInfo(n, tuple(d), t, data_start + o) for n, d, t, o in table]
+        return GGUFFile(metadata, tensors)
+    except struct.error as exc:
+        raise ValueError(f"cannot read {path}: not a valid GGUF file (corrupt or truncated?): {exc}") from None
+    finally:
+        buf.close()
 
 
-def _field(reader, key: str, default: Any = None) -> Any:
-    found = reader.fields.get(key)
-    return default if found is None else found.contents()
+def read_gguf_metadata(path: str) -> Dict[str, Any]:
+    """The key/value metadata of a GGUF file (see :func:`read_gguf`)."""
+    return read_gguf(path, with_tensors=False).metadata
 
 
-def read_gguf_config(path: str, reader=None) -> Dict[str, Any]:
+def read_gguf_config(path: str, metadata: Dict[str, Any] = None, has_output: bool = None) -> Dict[str, Any]:
     """The Hugging Face style config dict (``model_type`` included) stored in a GGUF file's metadata."""
-    reader = reader or gguf_reader(path)
-    arch = _field(reader, "general.architecture")
+    if metadata is None:
+        gguf_file = read_gguf(path)
+        metadata, has_output = gguf_file.metadata, any(t.name == "output.weight" for t in gguf_file.tensors)
+    arch = metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; supported: {SUPPORTED_ARCHITECTURES}")
     config: Dict[str, Any] = {"model_type": arch}
     for key, name in _CONFIG_KEYS.items():
-        value = _field(reader, f"{arch}.{key}")
+        value = metadata.get(f"{arch}.{key}")
         if isinstance(value, float):  # stored as float32: 1e-5 reads back as 9.99999974e-06
             value = float(str(np.float32(value)))
         if value is not None:
             config[name] = value
-    if "vocab_size" not in config and "tokenizer.ggml.tokens" in reader.fields:
-        config["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
-    config["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
+    if "vocab_size" not in config and "tokenizer.ggml.tokens" in metadata:
+        config["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
+    config["tie_word_embeddings"] = not has_output
     for name in ("bos", "eos", "padding"):
-        value = _field(reader, f"tokenizer.ggml.{name}_token_id")
+        value = metadata.get(f"tokenizer.ggml.{name}_token_id")
         if value is not None:
             config["pad_token_id" if name == "padding" else f"{name}_token_id"] = int(value)
-    if _field(reader, f"{arch}.rope.scaling.type") not in (None, "none"):
-        raise ValueError(f"{path}: GGUF rope scaling {_field(reader, f'{arch}.rope.scaling.type')!r} is not supported")
+    scaling = metadata.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ValueError(f"{path}: GGUF rope scaling {scaling!r} is not supported")
     return config
 
 
@@ -104,34 +179,54 @@ def _unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, out_dim // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def _hf_name(path: str, gguf_name: str) -> str:
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        layer, kind, suffix = match.groups()
+        return f"model.layers.{layer}.{_LAYER_NAMES[kind]}.{suffix}"
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    raise ValueError(f"{path}: unexpected GGUF tensor {gguf_name!r} for a Llama checkpoint")
+
+
+def _dequantize(buf, info: TensorInfo, path: str) -> np.ndarray:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType(info.ggml_type)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    shape = tuple(reversed(info.dims))  # numpy order: slowest-varying first
+    nbytes = int(np.prod(info.dims)) // block * type_size
+    if info.offset + nbytes > len(buf):
+        raise ValueError(f"cannot read {path}: tensor {info.name} runs past the end of the file (truncated?)")
+    raw = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=info.offset)
+    raw = raw.reshape(shape[:-1] + (shape[-1] // block * type_size,))
+    return np.array(dequantize(raw, qtype), dtype=np.float32).reshape(shape)
+
+
 def load_gguf(path: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """Read a GGUF Llama checkpoint.
 
     Returns:
         ``(config dict, {Hugging Face tensor name: float32 array})``.
     """
-    import gguf
-
-    reader = gguf_reader(path)
-    config = read_gguf_config(path, reader)
+    gguf_file = read_gguf(path)
+    has_output = any(t.name == "output.weight" for t in gguf_file.tensors)
+    config = read_gguf_config(path, gguf_file.metadata, has_output)
     state: Dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
-        if tensor.name == "rope_freqs.weight":  # llama3 scaling factors; the config's rope_scaling rebuilds them
-            continue
-        match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", tensor.name)
-        if match:
-            layer, kind, suffix = match.groups()
-            if kind not in _LAYER_NAMES:
-                raise ValueError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
-            name = f"model.layers.{layer}.{_LAYER_NAMES[kind]}.{suffix}"
-        elif tensor.name in _GLOBAL_NAMES:
-            name = _GLOBAL_NAMES[tensor.name]
-        else:
-            raise ValueError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
-        array = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
-            array = _unpermute(array, config["num_attention_heads"])
-        elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
-            array = _unpermute(array, config.get("num_key_value_heads", config["num_attention_heads"]))
-        state[name] = array
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        for info in gguf_file.tensors:
+            if info.name == "rope_freqs.weight":  # llama3 scaling factors; the config's rope_scaling rebuilds them
+                continue
+            name = _hf_name(path, info.name)
+            array = _dequantize(buf, info, path)
+            if name.startswith("model.layers.") and ".q_proj." in name:
+                array = _unpermute(array, config["num_attention_heads"])
+            elif name.startswith("model.layers.") and ".k_proj." in name:
+                array = _unpermute(array, config.get("num_key_value_heads", config["num_attention_heads"]))
+            state[name] = array
+    finally:
+        buf.close()
     return config, state

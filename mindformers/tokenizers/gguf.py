@@ -15,24 +15,16 @@ transformers 5.23 knows no ``smollm`` entry and falls back to plain ``ByteLevel`
 llama.cpp's where spaces come before digits (``"  2024"``). We follow llama.cpp, which matches SmolLM2's
 tokenizer.json. ``tests/fixtures/tokenizers/README.md`` has the measured disagreements.
 
-The metadata reader below parses only the key/value section (it stops before the tensor table); it takes
-~0.1 s where ``gguf.GGUFReader``, which also indexes every tensor and string, takes ~5 s on a 100 MB file.
+The metadata comes from :func:`mindformers.checkpoint.gguf.read_gguf_metadata`.
 """
 
-import mmap
-import struct
 from typing import Any, Dict, Optional, Tuple
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from ..checkpoint.gguf import read_gguf_metadata
 from ..utils import logger
 from .sentencepiece import CONTROL, USER_DEFINED, sentencepiece_bpe_tokenizer
-
-GGUF_MAGIC = b"GGUF"
-
-# GGUF value types -> struct format (ggml/docs/gguf.md, "gguf_metadata_value_type").
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
 
 _GPT2_FAMILY = ("gpt-2", "mpt", "olmo", "jais")
 _DIGITS_FAMILY = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")
@@ -45,62 +37,6 @@ _QWEN2_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _REGEX_FAMILY = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
-
-
-def read_gguf_metadata(path: str) -> Dict[str, Any]:
-    """Read the key/value metadata of a GGUF file (versions 2 and 3, little-endian).
-
-    Args:
-        path: the ``.gguf`` file.
-
-    Returns:
-        key -> value; arrays become Python lists, strings ``str``.
-    """
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise ValueError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        version, _, kv_count = struct.unpack_from("<IQQ", buf, 4)
-        if version not in (2, 3):
-            raise ValueError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
-        pos = 24
-        metadata = {}
-
-        def string(at: int) -> Tuple[str, int]:
-            (size,) = struct.unpack_from("<Q", buf, at)
-            return buf[at + 8 : at + 8 + size].decode("utf-8"), at + 8 + size
-
-        def value(kind: int, at: int) -> Tuple[Any, int]:
-            if kind in _SCALARS:
-                fmt = "<" + _SCALARS[kind]
-                return struct.unpack_from(fmt, buf, at)[0], at + struct.calcsize(fmt)
-            if kind == _STRING:
-                return string(at)
-            if kind == _ARRAY:
-                item_kind, count = struct.unpack_from("<IQ", buf, at)
-                at += 12
-                if item_kind in _SCALARS:
-                    fmt = "<" + _SCALARS[item_kind]
-                    size = struct.calcsize(fmt)
-                    items = list(struct.unpack_from(f"<{count}{_SCALARS[item_kind]}", buf, at))
-                    return items, at + count * size
-                items = []
-                for _ in range(count):
-                    item, at = value(item_kind, at)
-                    items.append(item)
-                return items, at
-            raise ValueError(f"{path}: unknown GGUF value type {kind} at byte {at}")
-
-        for _ in range(kv_count):
-            key, pos = string(pos)
-            (kind,) = struct.unpack_from("<I", buf, pos)
-            metadata[key], pos = value(kind, pos + 4)
-        return metadata
-    except struct.error as exc:
-        raise ValueError(f"{path}: truncated or corrupt GGUF metadata ({exc})") from None
-    finally:
-        buf.close()
 
 
 def _bytes_to_unicode() -> Dict[int, str]:

@@ -1,8 +1,7 @@
 """SentencePiece ``.model`` files turned into a ``tokenizers.Tokenizer`` that gives Hugging Face's ids.
 
-A ``.model`` file is a serialized ``ModelProto`` (sentencepiece/src/sentencepiece_model.proto). We read the
-few fields we need with a small protobuf wire-format reader, so neither ``protobuf`` nor the generated
-``sentencepiece_model_pb2`` module is needed.
+A ``.model`` file is a serialized ``ModelProto`` (sentencepiece/src/sentencepiece_model.proto), read with the
+``sentencepiece_model_pb2`` schema that the ``sentencepiece`` package ships.
 
 The conversion follows transformers 5.x ``LlamaTokenizer`` (what ``AutoTokenizer.from_pretrained`` builds from
 a folder holding a Llama/Mistral ``tokenizer.model``):
@@ -35,8 +34,7 @@ charsmap) is not applied: Llama/Mistral models have the identity normalizer and 
 """
 
 import dataclasses
-import struct
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
@@ -67,44 +65,8 @@ class SentencePieceModel:
         return self.pieces[index] if 0 <= index < len(self.pieces) else None
 
 
-def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[Tuple[int, int, object]]:
-    """Yield ``(field_number, wire_type, raw_value)`` for each field of one protobuf message."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:  # varint
-            value, pos = _varint(buf, pos)
-        elif wire == 1:  # 64-bit
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wire == 2:  # length-delimited: bytes, strings, sub-messages
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + size], pos + size
-        elif wire == 5:  # 32-bit
-            value, pos = buf[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} at byte {pos}")
-        yield number, wire, value
-
-
-def _int32(value: int) -> int:
-    # Negative int32 values (pad_id=-1) are written as 10-byte two's-complement varints.
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def read_sentencepiece_model(path: str) -> SentencePieceModel:
-    """Read a sentencepiece ``.model`` file.
+    """Read a sentencepiece ``.model`` file with the protobuf schema that ships with ``sentencepiece``.
 
     Args:
         path: the ``.model`` file.
@@ -113,45 +75,35 @@ def read_sentencepiece_model(path: str) -> SentencePieceModel:
         A :class:`SentencePieceModel` with the pieces, scores, types and the trainer/normalizer fields used
         by :func:`sentencepiece_to_tokenizer`.
     """
+    from google.protobuf.message import DecodeError
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
     with open(path, "rb") as f:
         data = f.read()
-    model = SentencePieceModel(pieces=[], scores=[], types=[])
     try:
-        for number, _, value in _fields(data):
-            if number == 1:  # repeated SentencePiece pieces
-                piece, score, kind = "", 0.0, NORMAL
-                for n, _, v in _fields(value):
-                    if n == 1:
-                        piece = v.decode("utf-8")
-                    elif n == 2:
-                        score = struct.unpack("<f", v)[0]
-                    elif n == 3:
-                        kind = v
-                model.pieces.append(piece)
-                model.scores.append(score)
-                model.types.append(kind)
-            elif number == 2:  # TrainerSpec
-                for n, _, v in _fields(value):
-                    if n == 3:
-                        model.model_type = v
-                    elif n == 35:
-                        model.byte_fallback = bool(v)
-                    elif n in (40, 41, 42, 43):
-                        setattr(model, {40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}[n], _int32(v))
-            elif number == 3:  # NormalizerSpec
-                for n, _, v in _fields(value):
-                    if n == 3:
-                        model.add_dummy_prefix = bool(v)
-                    elif n == 4:
-                        model.remove_extra_whitespaces = bool(v)
-    except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
+        proto.ParseFromString(data)
+    except DecodeError as exc:
         raise ValueError(
             f"{path} is not a sentencepiece model (could not parse it as a ModelProto: {exc}). "
             "Expected the tokenizer.model file of a Llama/Mistral-style checkpoint."
         ) from None
-    if not model.pieces:
+    if not proto.pieces:
         raise ValueError(f"{path} holds no sentencepiece pieces; expected a sentencepiece tokenizer.model file")
-    return model
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    return SentencePieceModel(
+        pieces=[p.piece for p in proto.pieces],
+        scores=[p.score for p in proto.pieces],
+        types=[p.type for p in proto.pieces],
+        model_type=trainer.model_type,
+        byte_fallback=trainer.byte_fallback,
+        unk_id=trainer.unk_id,
+        bos_id=trainer.bos_id,
+        eos_id=trainer.eos_id,
+        pad_id=trainer.pad_id,
+        add_dummy_prefix=normalizer.add_dummy_prefix,
+        remove_extra_whitespaces=normalizer.remove_extra_whitespaces,
+    )
 
 
 def generate_merges(vocab: Dict[str, int], scores: Optional[Dict[str, float]] = None) -> List[Tuple[str, str]]:

@@ -179,26 +179,6 @@ def test_smollm2_as_llama_tokenizer_from_yaml_section(smollm2, texts):
     assert tok(texts[:50])["input_ids"] == smollm2(texts[:50])["input_ids"]
 
 
-def test_gguf_metadata_reader_matches_gguf_package(smollm2_gguf):
-    gguf = pytest.importorskip("gguf")
-    from mindformers.tokenizers import read_gguf_metadata
-
-    ours = read_gguf_metadata(smollm2_gguf)
-    reader = gguf.GGUFReader(smollm2_gguf)
-    for key in (
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.merges",
-        "tokenizer.ggml.token_type",
-        "tokenizer.ggml.pre",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.chat_template",
-        "general.architecture",
-        "llama.context_length",
-    ):
-        assert ours[key] == reader.fields[key].contents(), key
-    assert len(ours["tokenizer.ggml.tokens"]) == 49152 and len(ours["tokenizer.ggml.merges"]) == 48900
-
-
 def test_copy_is_independent(gpt2):
     tok = copy.copy(gpt2)
     tok.pad_token = tok.eos_token
