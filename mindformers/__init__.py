@@ -23,6 +23,8 @@ from .models.llama import (
     Qwen2ForSequenceClassification,
 )
 from .presets import list_presets
+from .processors import BaseProcessor, GPT2Processor, LlamaProcessor
 from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, Registry
+from .tokenizers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizer
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@
 from .backends import build_backend, byte_level_bpe_tokenizer
 from .base import VERY_LARGE_INTEGER, PreTrainedTokenizer, read_pretrained_dir
 from .chat_template import render_chat_template
-from .gguf import gguf_to_tokenizer, read_gguf_metadata
+from .gguf import gguf_to_tokenizer
 from .gpt2 import GPT2Tokenizer
 from .llama import LlamaTokenizer
 from .loading import load_tokenizer, tokenizer_class_for
@@ -26,7 +26,6 @@ __all__ = [
     "byte_level_bpe_tokenizer",
     "gguf_to_tokenizer",
     "load_tokenizer",
-    "read_gguf_metadata",
     "read_pretrained_dir",
     "read_sentencepiece_model",
     "render_chat_template",
