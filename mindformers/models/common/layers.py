@@ -144,54 +144,6 @@ def apply_rotary(x, cos, sin):
     return x * cos.astype(x.dtype) + rotate_half(x) * sin.astype(x.dtype)
 
 
-# -------------------------------------------------------------------------------------- attention
-NEG_INF = float(np.finfo(np.float32).min)
-
-
-def attention_bias(attention_mask, batch: int, q_len: int, k_len: int, dtype=ms.float32):
-    """Additive attention bias combining causality and padding.
-
-    Queries are the last ``q_len`` of ``k_len`` key positions (a KV cache prefix comes first).
-
-    Args:
-        attention_mask: ``[batch, k_len]`` with 1 for real tokens and 0 for padding, or None.
-    Returns:
-        ``[batch, 1, q_len, k_len]``: 0 where a query may attend, the most negative float elsewhere.
-    """
-    q_pos = ops.arange(k_len - q_len, k_len).reshape(q_len, 1)
-    k_pos = ops.arange(0, k_len).reshape(1, k_len)
-    allowed = (k_pos <= q_pos).reshape(1, 1, q_len, k_len)
-    if attention_mask is not None:
-        allowed = ops.logical_and(allowed, attention_mask.reshape(batch, 1, 1, k_len).astype(ms.bool_))
-    else:
-        allowed = allowed.broadcast_to((batch, 1, q_len, k_len))
-    zero = ops.zeros((), dtype)
-    return ops.where(allowed, zero, ops.full((), NEG_INF, dtype=dtype))
-
-
-def scaled_dot_product_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None):
-    """softmax(q k^T * scale + bias) v, with the softmax in float32.
-
-    Args:
-        q: [batch, heads, q_len, head_dim]; k, v: [batch, heads, k_len, head_dim] (kv heads already
-           repeated to match q); bias: [batch, 1, q_len, k_len].
-    """
-    scores = ops.matmul(q, k.swapaxes(-1, -2)).astype(ms.float32) * scale + bias
-    probs = ops.softmax(scores, -1).astype(q.dtype)
-    if dropout is not None:
-        probs = dropout(probs)
-    return ops.matmul(probs, v)
-
-
-def repeat_kv(x, n_rep: int):
-    """[batch, kv_heads, seq, d] -> [batch, kv_heads * n_rep, seq, d]; kv head i serves query heads
-    i*n_rep .. (i+1)*n_rep - 1 (the grouping of Hugging Face's ``repeat_kv``)."""
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x.expand_dims(2).broadcast_to((b, h, n_rep, s, d)).reshape(b, h * n_rep, s, d)
-
-
 def causal_lm_loss(logits, labels):
     """Mean next-token cross entropy: position t predicts label t+1; label -100 is ignored.
 
@@ -242,13 +194,23 @@ def last_token_pool(hidden, input_ids, pad_token_id: Optional[int]):
     return hidden[ops.arange(batch).astype(ms.int32), index]
 
 
-def default_position_ids(attention_mask, batch: int, seq: int):
-    """Positions 0..seq-1, or, with a padding mask, counted over real tokens only (so a left-padded row
-    starts at position 0 on its first real token, as Hugging Face's generate does)."""
+def default_position_ids(attention_mask, batch: int, seq: int, query_slots=None):
+    """Positions counted over real tokens only, so a left-padded row starts at position 0 on its first
+    real token (as Hugging Face's generate does) and gives the same result as the unpadded row.
+
+    Args:
+        attention_mask: [batch, k_len] (1 = real token), or None with ``query_slots`` None too.
+        query_slots: [batch, seq] slots of the queries among the ``k_len`` keys (KV cache), or None when
+            the queries are the keys.
+    Returns:
+        int32 [batch, seq]
+    """
     if attention_mask is None:
-        return ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
-    mask = attention_mask.astype(ms.int32)
-    return ops.maximum(ops.cumsum(mask, 1) - 1, 0)
+        return ops.arange(seq).astype(ms.int32).reshape(1, seq).broadcast_to((batch, seq))
+    cumulative = ops.cumsum(attention_mask.astype(ms.int32), 1) - 1
+    if query_slots is not None:
+        cumulative = ops.gather_elements(cumulative, 1, query_slots.astype(ms.int32))
+    return ops.maximum(cumulative, 0)
 
 
 # ------------------------------------------------------------------------------------------- heads

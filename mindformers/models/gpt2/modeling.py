@@ -11,18 +11,17 @@ from mindspore import nn, ops
 
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
+from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
 from ..common.layers import (
     MS_DTYPES,
     Conv1D,
     Embedding,
     LayerNorm,
     Linear,
-    attention_bias,
     classifier_output,
     default_position_ids,
     lm_output,
     make_lm_head,
-    scaled_dot_product_attention,
 )
 from .config import GPT2Config
 
@@ -50,14 +49,16 @@ class GPT2Attention(nn.Cell):
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
 
-    def construct(self, x, bias):
+    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None):
         batch, seq, hidden = x.shape
         q, k, v = ops.split(self.c_attn(x), hidden, -1)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = q.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
         k = k.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
         v = v.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
-        out = scaled_dot_product_attention(q, k, v, bias, self.scale, self.attn_dropout)
+        if k_cache is not None:
+            k, v = update_cache(k_cache, v_cache, k, v, write_index)
+        out = grouped_attention(q, k, v, bias, self.scale, self.attn_dropout)
         return self.resid_dropout(self.c_proj(out.swapaxes(1, 2).reshape(batch, seq, hidden)))
 
 
@@ -83,13 +84,16 @@ class GPT2Block(nn.Cell):
         self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
         self.mlp = GPT2MLP(config)
 
-    def construct(self, x, bias):
-        x = x + self.attn(self.ln_1(x), bias)
+    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None):
+        x = x + self.attn(self.ln_1(x), bias, k_cache, v_cache, write_index)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT2Model(nn.Cell):
-    """The GPT-2 stack without a head: ids -> final hidden states [batch, seq, hidden]."""
+    """The GPT-2 stack without a head: ids -> final hidden states [batch, seq, hidden].
+
+    ``kv_cache``/``cache_slots`` as in :class:`~mindformers.models.llama.modeling.LlamaModel`.
+    """
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -99,15 +103,22 @@ class GPT2Model(nn.Cell):
         self.drop = nn.Dropout(p=config.embd_pdrop)
         self.h = nn.CellList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
+        self.num_kv_heads = config.num_attention_heads
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None):
         batch, seq = input_ids.shape
         if position_ids is None:
-            position_ids = default_position_ids(attention_mask, batch, seq)
-        bias = attention_bias(attention_mask, batch, seq, seq)
+            position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
-        for block in self.h:
-            x = block(x, bias)
+        if kv_cache is None:
+            bias = attention_bias(attention_mask, None, batch, seq, seq)
+            for block in self.h:
+                x = block(x, bias)
+        else:
+            bias = attention_bias(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
+            write_index = cache_write_index(cache_slots, self.num_kv_heads)
+            for i, block in enumerate(self.h):
+                x = block(x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index)
         return self.ln_f(x)
 
 

@@ -11,6 +11,7 @@ from mindspore import nn, ops
 
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
+from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
 from ..common.layers import (
     MS_DTYPES,
     Embedding,
@@ -18,13 +19,10 @@ from ..common.layers import (
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
-    attention_bias,
     classifier_output,
     default_position_ids,
     lm_output,
     make_lm_head,
-    repeat_kv,
-    scaled_dot_product_attention,
 )
 from .config import LlamaConfig, Qwen2Config
 
@@ -45,15 +43,16 @@ class LlamaAttention(nn.Cell):
         self.o_proj = Linear(self.num_heads * self.head_dim, hidden, config.attention_bias, dtype)
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
 
-    def construct(self, x, cos, sin, bias):
+    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None):
         batch, seq, _ = x.shape
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = self.q_proj(x).reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
         k = self.k_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
         v = self.v_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        n_rep = self.num_heads // self.num_kv_heads
-        out = scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), bias, self.scale, self.dropout)
+        if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
+            k, v = update_cache(k_cache, v_cache, k, v, write_index)
+        out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
         return self.o_proj(out.swapaxes(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
 
 
@@ -78,13 +77,18 @@ class LlamaDecoderLayer(nn.Cell):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(config)
 
-    def construct(self, x, cos, sin, bias):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
+    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, k_cache, v_cache, write_index)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Cell):
-    """The decoder stack without a head: ids -> final hidden states [batch, seq, hidden]."""
+    """The decoder stack without a head: ids -> final hidden states [batch, seq, hidden].
+
+    With ``kv_cache`` (the tensors of a :class:`KVCache`), ``cache_slots`` [batch, seq] says which cache
+    slot each input token is written to, and ``attention_mask`` [batch, max_len] marks the slots holding
+    real tokens (including the ones written now).
+    """
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -93,16 +97,23 @@ class LlamaModel(nn.Cell):
         self.layers = nn.CellList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.num_kv_heads = config.num_key_value_heads
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None):
         batch, seq = input_ids.shape
         if position_ids is None:
-            position_ids = default_position_ids(attention_mask, batch, seq)
+            position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
         cos, sin = self.rotary(position_ids)
-        bias = attention_bias(attention_mask, batch, seq, seq)
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, bias)
+        if kv_cache is None:
+            bias = attention_bias(attention_mask, None, batch, seq, seq)
+            for layer in self.layers:
+                x = layer(x, cos, sin, bias)
+        else:
+            bias = attention_bias(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
+            write_index = cache_write_index(cache_slots, self.num_kv_heads)
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index)
         return self.norm(x)
 
 
