@@ -9,6 +9,7 @@ Architecture choices:
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
 from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
@@ -143,7 +144,7 @@ class GPT2PreTrainedModel(PreTrainedModel):
 
 
 @MODELS.register
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     """GPT-2 with its (tied) language-model head.
 
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``.
@@ -159,6 +160,16 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.transformer(input_ids, attention_mask, position_ids)
         return lm_output(hidden, self.lm_head, self.transformer.wte.weight, labels)
+
+    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
+        """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
+        hidden = self.transformer(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
+        return lm_output(hidden, self.lm_head, self.transformer.wte.weight, None)[:, 0].astype(ms.float32)
+
+    def kv_cache_spec(self):
+        """(layers, kv heads, head dim) of the KV cache."""
+        config = self.config
+        return config.num_hidden_layers, config.num_attention_heads, config.hidden_size // config.num_attention_heads
 
 
 @MODELS.register

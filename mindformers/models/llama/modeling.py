@@ -7,8 +7,10 @@ Architecture choices:
 - SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``
 - optional biases on q/k/v (Qwen2) or on all attention projections; optional tied output embedding
 """
+import mindspore as ms
 from mindspore import nn, ops
 
+from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
 from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
@@ -123,7 +125,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
 
 
 @MODELS.register
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     """Llama with a language-model head.
 
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns
@@ -140,6 +142,15 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden = self.model(input_ids, attention_mask, position_ids)
         return lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, labels)
+
+    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
+        """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
+        hidden = self.model(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
+        return lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, None)[:, 0].astype(ms.float32)
+
+    def kv_cache_spec(self):
+        """(layers, kv heads, head dim) of the KV cache."""
+        return self.config.num_hidden_layers, self.config.num_key_value_heads, self.config.head_dim
 
 
 @MODELS.register
