@@ -214,6 +214,9 @@ def default_position_ids(attention_mask, batch: int, seq: int, query_slots=None)
 
 
 # ------------------------------------------------------------------------------------------- heads
+_MATMUL_NT = ops.MatMul(transpose_b=True)
+
+
 def make_lm_head(config) -> Optional[Linear]:
     """The output projection, or None when it is tied to the input embedding."""
     if config.tie_word_embeddings:
@@ -224,7 +227,12 @@ def make_lm_head(config) -> Optional[Linear]:
 def lm_output(hidden, lm_head, embedding_weight, labels):
     """Logits [batch, seq, vocab] from the final hidden states (through ``lm_head`` or the tied
     embedding), and ``(loss, logits)`` when ``labels`` are given."""
-    logits = ops.matmul(hidden, embedding_weight.T) if lm_head is None else lm_head(hidden)
+    if lm_head is None:
+        # tied weights [vocab, hidden]: transpose inside the matmul (``weight.T`` would copy 100+ MB per call)
+        shape = hidden.shape
+        logits = _MATMUL_NT(hidden.reshape(-1, shape[-1]), embedding_weight).reshape(shape[:-1] + (-1,))
+    else:
+        logits = lm_head(hidden)
     if labels is None:
         return logits
     return causal_lm_loss(logits, labels), logits
