@@ -12,6 +12,7 @@ from .auto import (
     AutoTokenizer,
 )
 from .configuration_utils import PretrainedConfig
+from .generation import BaseStreamer, GenerationConfig, TextIteratorStreamer, TextStreamer
 from .modeling_utils import CheckpointMismatchError, PreTrainedModel
 from .models.gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from .models.llama import (
@@ -21,6 +22,13 @@ from .models.llama import (
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2ForSequenceClassification,
+)
+from .pipeline import (
+    FeatureExtractionPipeline,
+    Pipeline,
+    TextClassificationPipeline,
+    TextGenerationPipeline,
+    pipeline,
 )
 from .presets import list_presets
 from .processors import BaseProcessor, GPT2Processor, LlamaProcessor

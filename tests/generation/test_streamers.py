@@ -41,7 +41,8 @@ class RecordingStreamer(TextStreamer):
 def as_type(ids, kind):
     """Ids in the forms generate may pass: numpy [n] / [1, n], list, MindSpore Tensor."""
     array = np.asarray(ids, dtype=np.int64)
-    return {"np1": array, "np2": array[None], "list": array.tolist(), "tensor": Tensor(array[None].astype(np.int32))}[kind]
+    forms = {"np1": array, "np2": array[None], "list": array.tolist()}
+    return Tensor(array[None].astype(np.int32)) if kind == "tensor" else forms[kind]
 
 
 def stream(streamer, ids, prompt_len, kind="np2"):

@@ -12,6 +12,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .layers import cast
+
 NEG_INF = float(np.finfo(np.float32).min)
 
 
@@ -37,6 +39,23 @@ def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: i
     return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), NEG_INF, dtype=ms.float32))
 
 
+def split_heads(x, heads: int, head_dim: int):
+    """[batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]. A single decode token needs only
+    a reshape, which saves a transpose kernel per projection and layer."""
+    batch, seq = x.shape[0], x.shape[1]
+    if seq == 1:
+        return x.reshape(batch, heads, 1, head_dim)
+    return x.reshape(batch, seq, heads, head_dim).swapaxes(1, 2)
+
+
+def merge_heads(x):
+    """[batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (inverse of :func:`split_heads`)."""
+    batch, heads, seq, head_dim = x.shape
+    if seq == 1:
+        return x.reshape(batch, 1, heads * head_dim)
+    return x.swapaxes(1, 2).reshape(batch, seq, heads * head_dim)
+
+
 def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None):
     """softmax(q k^T * scale + bias) v for grouped-query attention, softmax in float32.
 
@@ -53,9 +72,9 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     kv_heads, k_len = k.shape[1], k.shape[2]
     n_rep = heads // kv_heads
     q = q.reshape(batch, kv_heads, n_rep * q_len, head_dim)
-    scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32) * scale
+    scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) * scale
     scores = scores.reshape(batch, kv_heads, n_rep, q_len, k_len) + bias.reshape(batch, 1, 1, q_len, k_len)
-    probs = ops.softmax(scores, -1).astype(v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
+    probs = cast(ops.softmax(scores, -1), v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
     if dropout is not None:
         probs = dropout(probs)
     return ops.matmul(probs, v).reshape(batch, heads, q_len, head_dim)

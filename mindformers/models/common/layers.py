@@ -16,6 +16,12 @@ from mindspore.common.initializer import One, Zero
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
+def cast(x, dtype):
+    """``x.astype(dtype)``, skipped when it already has that dtype (known when a graph is compiled, so a
+    float32 model has no Cast kernels at all: ~300 fewer kernel launches per decode step on SmolLM2)."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
     # Lazily initialised: no memory is filled until the tensor is used or overwritten by set_data.
     return Tensor(shape=shape, dtype=dtype, init=One() if value == 1.0 else Zero())
@@ -75,9 +81,9 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x):
         dtype = x.dtype
-        x = x.astype(ms.float32)
-        x = x * ops.rsqrt(x.pow(2).mean(-1, keep_dims=True) + self.eps)
-        return self.weight * x.astype(dtype)
+        x = cast(x, ms.float32)
+        x = x * ops.rsqrt(ops.square(x).mean(-1, keep_dims=True) + self.eps)
+        return self.weight * cast(x, dtype)
 
 
 class LayerNorm(nn.Cell):
@@ -141,7 +147,7 @@ def rotate_half(x):
 
 def apply_rotary(x, cos, sin):
     """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin are given."""
-    return x * cos.astype(x.dtype) + rotate_half(x) * sin.astype(x.dtype)
+    return x * cast(cos, x.dtype) + rotate_half(x) * cast(sin, x.dtype)
 
 
 def causal_lm_loss(logits, labels):

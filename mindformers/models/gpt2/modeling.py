@@ -12,12 +12,20 @@ from mindspore import nn, ops
 from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
-from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
+from ..common.attention import (
+    attention_bias,
+    cache_write_index,
+    grouped_attention,
+    merge_heads,
+    split_heads,
+    update_cache,
+)
 from ..common.layers import (
     MS_DTYPES,
     Conv1D,
     Embedding,
     LayerNorm,
+    cast,
     Linear,
     classifier_output,
     default_position_ids,
@@ -51,16 +59,15 @@ class GPT2Attention(nn.Cell):
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
 
     def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None):
-        batch, seq, hidden = x.shape
-        q, k, v = ops.split(self.c_attn(x), hidden, -1)
+        q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
-        q = q.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
-        k = k.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
-        v = v.reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
+        q = split_heads(q, self.num_heads, self.head_dim)
+        k = split_heads(k, self.num_heads, self.head_dim)
+        v = split_heads(v, self.num_heads, self.head_dim)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index)
         out = grouped_attention(q, k, v, bias, self.scale, self.attn_dropout)
-        return self.resid_dropout(self.c_proj(out.swapaxes(1, 2).reshape(batch, seq, hidden)))
+        return self.resid_dropout(self.c_proj(merge_heads(out)))
 
 
 class GPT2MLP(nn.Cell):
@@ -164,7 +171,7 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
         hidden = self.transformer(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
-        return lm_output(hidden, self.lm_head, self.transformer.wte.weight, None)[:, 0].astype(ms.float32)
+        return cast(lm_output(hidden, self.lm_head, self.transformer.wte.weight, None)[:, 0], ms.float32)
 
     def kv_cache_spec(self):
         """(layers, kv heads, head dim) of the KV cache."""

@@ -13,7 +13,14 @@ from mindspore import nn, ops
 from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
-from ..common.attention import attention_bias, cache_write_index, grouped_attention, update_cache
+from ..common.attention import (
+    attention_bias,
+    cache_write_index,
+    grouped_attention,
+    merge_heads,
+    split_heads,
+    update_cache,
+)
 from ..common.layers import (
     MS_DTYPES,
     Embedding,
@@ -21,6 +28,7 @@ from ..common.layers import (
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
+    cast,
     classifier_output,
     default_position_ids,
     lm_output,
@@ -46,16 +54,15 @@ class LlamaAttention(nn.Cell):
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
 
     def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None):
-        batch, seq, _ = x.shape
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
-        q = self.q_proj(x).reshape(batch, seq, self.num_heads, self.head_dim).swapaxes(1, 2)
-        k = self.k_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
-        v = self.v_proj(x).reshape(batch, seq, self.num_kv_heads, self.head_dim).swapaxes(1, 2)
+        q = split_heads(self.q_proj(x), self.num_heads, self.head_dim)
+        k = split_heads(self.k_proj(x), self.num_kv_heads, self.head_dim)
+        v = split_heads(self.v_proj(x), self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
             k, v = update_cache(k_cache, v_cache, k, v, write_index)
         out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
-        return self.o_proj(out.swapaxes(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+        return self.o_proj(merge_heads(out))
 
 
 class LlamaMLP(nn.Cell):
@@ -146,7 +153,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
         hidden = self.model(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
-        return lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, None)[:, 0].astype(ms.float32)
+        return cast(lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, None)[:, 0], ms.float32)
 
     def kv_cache_spec(self):
         """(layers, kv heads, head dim) of the KV cache."""
