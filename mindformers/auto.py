@@ -124,7 +124,19 @@ class AutoModel:
     def from_pretrained(cls, source: str, **overrides: Any) -> PreTrainedModel:
         """Load weights from a preset, Hugging Face directory, YAML (``checkpoint_name_or_path``) or GGUF."""
         config, arch, checkpoint, _ = _resolve(source, overrides)
-        return model_class_for(config, cls.task, arch).from_state_dict(config, load_checkpoint(checkpoint, source))
+        return load_model(model_class_for(config, cls.task, arch), config, checkpoint, source)
+
+
+def load_model(model_cls, config: PretrainedConfig, checkpoint: Optional[str], source: str) -> PreTrainedModel:
+    """``model_cls`` built from ``config`` with the weights at ``checkpoint``; a ``generation_config.json``
+    beside the weights becomes the model's default generation settings."""
+    model = model_cls.from_state_dict(config, load_checkpoint(checkpoint, source))
+    directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    if hasattr(model, "generate") and os.path.isfile(os.path.join(directory, "generation_config.json")):
+        from .generation import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    return model
 
 
 def load_checkpoint(checkpoint: Optional[str], source: str) -> Dict[str, Any]:

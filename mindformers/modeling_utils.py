@@ -83,7 +83,7 @@ class PreTrainedModel(nn.Cell):
             source: where the checkpoint is (see :mod:`mindformers.auto`).
             config_overrides: config fields to change (e.g. ``num_labels=3`` for a classifier).
         """
-        from .auto import _resolve, load_checkpoint  # the Auto layer owns source resolution
+        from .auto import _resolve, load_model  # the Auto layer owns source resolution
 
         config, _, checkpoint, _ = _resolve(source, config_overrides)
         if not isinstance(config, cls.config_class):
@@ -91,7 +91,7 @@ class PreTrainedModel(nn.Cell):
                 f"{source!r} holds a {type(config).__name__} (model_type {config.model_type!r}); "
                 f"{cls.__name__} needs a {cls.config_class.__name__}"
             )
-        return cls.from_state_dict(config, load_checkpoint(checkpoint, source))
+        return load_model(cls, config, checkpoint, source)
 
     @classmethod
     def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray]) -> "PreTrainedModel":
@@ -170,6 +170,8 @@ class PreTrainedModel(nn.Cell):
         """
         save_state_dict(self.state_dict(), save_directory, max_shard_size)
         self.config.save_pretrained(save_directory, architecture=type(self).__name__)
+        if getattr(self, "generation_config", None) is not None:
+            self.generation_config.save_pretrained(save_directory)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalar parameters (shared tensors counted once)."""
