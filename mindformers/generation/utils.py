@@ -79,7 +79,8 @@ class DecodeStep(nn.Cell):
         object.__setattr__(self, "_model", model)
         self.cache = cache
         self.mode = mode
-        self.run = ms.jit(self.construct) if mode == "jit" else self
+        compiled = mode == "jit" or ms.get_context("mode") == ms.GRAPH_MODE  # GRAPH_MODE: compile regardless
+        self.run = ms.jit(self.construct) if compiled else self
 
     def construct(self, input_ids, attention_mask, position_ids, cache_slots):
         return self._model.decode_logits(input_ids, attention_mask, position_ids, self.cache.tensors, cache_slots)
