@@ -58,7 +58,7 @@ def test_sharded_save_writes_index_and_loads(tmp_path):
     np.testing.assert_array_equal(_logits(AutoModel.from_pretrained(str(tmp_path))), _logits(model))
     # saving again unsharded replaces the shards and the index
     model.save_pretrained(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_save_leaves_no_temporary_files_and_keeps_old_checkpoint_on_failure(tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_save_leaves_no_temporary_files_and_keeps_old_checkpoint_on_failure(tmp_
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(str(tmp_path))
     assert (tmp_path / "model.safetensors").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def test_missing_weight_file(tmp_path):
