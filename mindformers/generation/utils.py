@@ -183,7 +183,8 @@ class GenerationMixin:
         if steps is None:
             steps = OrderedDict()
             object.__setattr__(self, "_generation_steps", steps)  # plain attribute, not a sub-cell
-        key = (rows, self.generation_mode)
+        state = getattr(self, "_adapter_state", None)  # tuners: a graph bakes in the active adapters
+        key = (rows, self.generation_mode, state.key() if state is not None else None)
         step = steps.pop(key, None)
         if step is None or step.cache.max_len < max_len:
             del step  # free the old cache before allocating the new one

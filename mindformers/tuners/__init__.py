@@ -1,0 +1,23 @@
+"""Parameter-efficient tuners with SWIFT-style and PEFT-style APIs and PEFT-compatible files.
+
+One folder per method (``lora/``); the wrapper model (``tuner_model.py``), the PEFT API (``peft.py``) and
+the SWIFT API (``swift.py``) are shared by all methods.
+"""
+from .config import TunerConfig
+from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig
+from .peft import (
+    AutoPeftModelForCausalLM,
+    PeftModel,
+    TunerLayerStatus,
+    TunerModelStatus,
+    cast_mixed_precision_params,
+    get_layer_status,
+    get_model_status,
+    get_peft_model,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
+from .swift import Swift, SwiftModel
+from .tuner_layer import AdapterState
+from .tuner_model import TunerModel

@@ -1,0 +1,87 @@
+"""Tuner configs and their files: PEFT's ``adapter_config.json`` and SWIFT's, one dataclass per method.
+
+A config is written the way Hugging Face PEFT writes it (``peft_type``, ``task_type``, the method's fields),
+so PEFT can load our adapters. When reading, fields that only newer PEFT versions know are dropped with a
+warning (PEFT itself does the same since PR #2038); fields that exist to switch on features this package
+does not implement must keep their neutral value, or loading fails instead of silently computing
+something else.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar, Dict, Optional, Tuple
+
+from ..utils import atomic_write_text, logger
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+SWIFT_TYPE_KEY = "swift_type"
+PEFT_TYPE_KEY = "peft_type"
+
+
+@dataclasses.dataclass
+class TunerConfig:
+    """Fields every tuner config has (PEFT's ``PeftConfig``)."""
+
+    peft_type: ClassVar[str] = ""
+    # Fields PEFT writes that only switch on features we do not implement: name -> neutral values.
+    inert_fields: ClassVar[Dict[str, Tuple[Any, ...]]] = {}
+
+    task_type: Optional[str] = "CAUSAL_LM"
+    """PEFT task type (CAUSAL_LM, SEQ_CLS, ...)."""
+    base_model_name_or_path: Optional[str] = None
+    """Where the base model came from; AutoPeftModel loads it from here."""
+    inference_mode: bool = False
+    """Loaded for inference only: adapter weights are frozen."""
+    revision: Optional[str] = None
+    """Hub revision of the base model (kept for round trips)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``adapter_config.json`` content, in PEFT's format."""
+        data = dataclasses.asdict(self)
+        data[PEFT_TYPE_KEY] = self.peft_type
+        for name, neutral in self.inert_fields.items():
+            data.setdefault(name, neutral[0])
+        return data
+
+    def save_pretrained(self, directory: str) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "adapter config") -> "TunerConfig":
+        """Build from a PEFT/SWIFT dict; see the module docstring for unknown and unsupported fields."""
+        data = dict(data)
+        kind = data.pop(PEFT_TYPE_KEY, None) or data.pop(SWIFT_TYPE_KEY, None)
+        data.pop(SWIFT_TYPE_KEY, None)
+        if kind is not None and str(kind).upper() != cls.peft_type:
+            raise ValueError(f"{source}: a {kind} config cannot be read as {cls.__name__} ({cls.peft_type})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unsupported = {k: v for k, v in data.items() if k in cls.inert_fields and v not in cls.inert_fields[k]}
+        if unsupported:
+            raise ValueError(f"{source}: these settings are not supported by mindformers: {unsupported}; "
+                             f"they must be unset (one of {', '.join(map(repr, cls.inert_fields[next(iter(unsupported))]))})")
+        ignored = sorted(set(data) - known - set(cls.inert_fields) - {"peft_version", "auto_mapping"})
+        if ignored:
+            logger.warning("%s: ignoring fields this version does not know: %s", source, ignored)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "TunerConfig":
+        """Read ``adapter_config.json`` from ``directory``."""
+        return cls.from_dict(read_config_file(directory), os.path.join(directory, CONFIG_NAME))
+
+
+def read_config_file(directory: str) -> Dict[str, Any]:
+    """The parsed ``adapter_config.json`` of an adapter directory, with clear errors."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory} (found: {found}); is this an adapter directory?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None

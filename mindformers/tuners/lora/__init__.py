@@ -1,0 +1,3 @@
+"""LoRA and its variants (rsLoRA, DoRA, LoRA+ groups, weighted combinations)."""
+from .config import LoraConfig, LoRAConfig
+from .layer import LoraEmbedding, LoraLinear

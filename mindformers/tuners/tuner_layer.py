@@ -1,0 +1,79 @@
+"""What every tuner layer shares: adapters kept by name, and which of them are active.
+
+Several adapters live in one layer at once (weights in ``nn.CellDict``s keyed by adapter name, as PEFT
+keeps them in ``ModuleDict``s). Which ones run is decided by an :class:`AdapterState` shared by all layers
+of a model: global by default, or per thread when the environment variable ``USE_UNIQUE_THREAD`` is
+``"0"`` (SWIFT's switch), so one model object can serve threads that each use other adapters.
+
+Compiled graphs (``mindspore.jit``) read the active set when they are compiled; :meth:`AdapterState.key`
+lets the caller compile one graph per set (see ``GenerationMixin._decode_step_for``).
+"""
+import contextlib
+import os
+import threading
+from typing import Iterable, Iterator, List, Tuple
+
+
+class AdapterState:
+    """The active adapters of one model, global or per thread."""
+
+    def __init__(self):
+        self.per_thread = os.environ.get("USE_UNIQUE_THREAD", "1") == "0"
+        self._global: Tuple[str, ...] = ()
+        self._local = threading.local()
+        self.version = 0  # bumped when adapters are added, removed, merged or unmerged
+
+    def key(self) -> Tuple:
+        """Identifies what a compiled graph baked in: the active adapters and the layer structure."""
+        return self.active(), self.version
+
+    def active(self) -> Tuple[str, ...]:
+        """Adapters active for the calling thread."""
+        if self.per_thread:
+            names = getattr(self._local, "names", None)
+            if names is not None:
+                return names
+        return self._global
+
+    def set_active(self, names: Iterable[str]) -> None:
+        """Make exactly ``names`` active (for this thread only when per-thread)."""
+        names = tuple(dict.fromkeys(names))
+        if self.per_thread:
+            self._local.names = names
+        else:
+            self._global = names
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model alone inside the block (for this thread only when per-thread)."""
+        previous = self.active()
+        self.set_active(())
+        try:
+            yield
+        finally:
+            self.set_active(previous)
+
+
+class TunerLayer:
+    """Mixin of layers that hold adapters. Subclasses keep ``adapter_names`` and ``merged_adapters``."""
+
+    adapter_names: List[str]
+    merged_adapters: List[str]
+
+    def _init_tuner_layer(self, state: AdapterState) -> None:
+        object.__setattr__(self, "_adapter_state", state)  # shared, not a sub-cell
+        self.adapter_names = []
+        self.merged_adapters = []
+
+    def running_adapters(self) -> Tuple[str, ...]:
+        """Active adapters of this layer that are not merged into the base weights."""
+        return tuple(n for n in self._adapter_state.active() if n in self.adapter_names and n not in self.merged_adapters)
+
+    def delete_adapter(self, name: str) -> None:
+        raise NotImplementedError
+
+    def merge(self, names: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def unmerge(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,319 @@
+"""A base model with named adapters: the core shared by the PEFT-style and SWIFT-style APIs.
+
+Adapter weights are kept in the model under PEFT's in-memory names (``<module>.lora_A.<adapter>.weight``)
+and converted at the file boundary:
+- PEFT files (``adapter_model.safetensors``): ``base_model.model.<module>.lora_A.weight``; DoRA magnitudes
+  ``<module>.lora_magnitude_vector``, embedding factors ``<module>.lora_embedding_A``, modules_to_save
+  copies ``<module>.<param>`` (no adapter name anywhere).
+- SWIFT files: ``<module>.lora_A.<adapter>.weight``, one sub-folder per adapter.
+"""
+import contextlib
+import os
+import re
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+from mindspore import Tensor, nn
+from safetensors.numpy import save_file
+
+from ..checkpoint.safetensors_dir import _read_file
+from ..utils import atomic_path, logger
+from .config import CONFIG_NAME, WEIGHTS_NAME, TunerConfig
+from .lora.config import LoraConfig
+from .lora.layer import LoraEmbedding, LoraLinear
+from .lora.model import inject_lora, lora_layers, rename_parameters, replace_module, unload
+from .modules_to_save import ModulesToSaveWrapper
+from .tuner_layer import AdapterState, TunerLayer
+
+PEFT_PREFIX = "base_model.model."
+_ADAPTER_SLOTS = ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B", "modules_to_save")
+
+
+def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
+    """In-memory path -> Parameter of everything adapter ``name`` saves (its factors, copies, biases)."""
+    out = {}
+    lora_modules = set(lora_layers(model))
+    for path, param in model.parameters_and_names():
+        parts = path.split(".")
+        if any(parts[i] in _ADAPTER_SLOTS and parts[i + 1] == name for i in range(len(parts) - 1)):
+            out[path] = param
+        elif path.endswith(".bias") and getattr(config, "bias", "none") != "none" and ".lora_" not in path:
+            module = path[: -len(".bias")]
+            if config.bias == "all" or module in lora_modules:
+                out[path] = param
+    return out
+
+
+def to_peft_key(path: str, name: str) -> str:
+    """``model.layers.0.q_proj.lora_A.default.weight`` -> ``base_model.model.model.layers.0.q_proj.lora_A.weight``."""
+    key = path.replace(f".modules_to_save.{name}.", ".")
+    key = re.sub(rf"\.(lora_magnitude_vector|lora_embedding_A|lora_embedding_B)\.{re.escape(name)}\.weight$", r".\1", key)
+    key = key.replace(f".lora_A.{name}.", ".lora_A.").replace(f".lora_B.{name}.", ".lora_B.")
+    return PEFT_PREFIX + key
+
+
+def _memory() -> str:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        return f"{rss / 2 ** 20:.2f} GiB (process RSS)"
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+class TunerModel(nn.Cell):
+    """Wraps ``model`` and its adapters; ``model(...)`` and ``generate(...)`` run through the active ones.
+
+    Args:
+        model: a model from this package (a causal LM or a classifier).
+        configs: adapter name -> config, injected in order.
+        seed: seed for the adapters' initial weights.
+    """
+
+    def __init__(self, model: nn.Cell, configs: Dict[str, TunerConfig], seed: Optional[int] = None):
+        super().__init__()
+        if isinstance(model, TunerModel):
+            raise TypeError("model already has adapters; add more with add_adapter/prepare_model on the wrapper")
+        self.base_model = model
+        state = getattr(model, "_adapter_state", None) or AdapterState()
+        object.__setattr__(model, "_adapter_state", state)
+        object.__setattr__(self, "state", state)
+        self.peft_config: Dict[str, TunerConfig] = {}
+        self._offloaded: Dict[str, Tuple[str, Optional[Dict[str, np.ndarray]]]] = {}
+        self._sources: Dict[str, str] = {}
+        for name, config in configs.items():
+            self.add_adapter(name, config, seed=seed)
+
+    # ------------------------------------------------------------------ running
+    def construct(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """``generate`` of the base model, with the active adapters."""
+        return self.base_model.generate(*args, **kwargs)
+
+    def get_base_model(self) -> nn.Cell:
+        return self.base_model
+
+    @property
+    def config(self):
+        return self.base_model.config
+
+    # ------------------------------------------------------------------ adapters
+    def _check_name(self, name: str) -> None:
+        if name not in self.peft_config:
+            raise ValueError(f"unknown adapter {name!r}; adapters: {sorted(self.peft_config)}")
+
+    def add_adapter(self, name: str, config: TunerConfig, seed: Optional[int] = None) -> None:
+        """Inject a new adapter (inactive until activated, except the first one)."""
+        if not isinstance(config, LoraConfig):
+            raise TypeError(f"unsupported tuner config {type(config).__name__}; supported: LoraConfig/LoRAConfig")
+        if name in self.peft_config:
+            raise ValueError(f"an adapter called {name!r} already exists; adapters: {sorted(self.peft_config)}")
+        model = self.base_model
+        inject_lora(model, config, name, self.state, seed)
+        for module in config.modules_to_save or []:
+            self._wrap_modules_to_save(module, name)
+        rename_parameters(model)
+        self.peft_config[name] = config
+        self.state.version += 1
+        if not self.state.active():
+            self.state.set_active([name])
+        self._update_trainable()
+
+    def _wrap_modules_to_save(self, module: str, name: str) -> None:
+        model = self.base_model
+        found = [p for p, c in model.cells_and_names() if p == module or p.endswith("." + module)]
+        if not found:
+            raise ValueError(f"modules_to_save entry {module!r} matches no module of {type(model).__name__}")
+        for path in found:
+            cell = dict(model.cells_and_names())[path]
+            if not isinstance(cell, ModulesToSaveWrapper):
+                cell = ModulesToSaveWrapper(cell, self.state)
+                replace_module(model, path, cell)
+            cell.add_adapter(name)
+
+    def tuner_layers(self) -> Dict[str, TunerLayer]:
+        return {n: c for n, c in self.base_model.cells_and_names() if isinstance(c, TunerLayer)}
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` and its weights."""
+        self._check_name(name)
+        for layer in self.tuner_layers().values():
+            if name in layer.adapter_names:
+                layer.delete_adapter(name)
+        del self.peft_config[name]
+        self.state.version += 1
+        self.state.set_active([n for n in self.state.active() if n != name])
+        self._update_trainable()
+
+    @property
+    def active_adapters(self) -> List[str]:
+        return list(self.state.active())
+
+    @property
+    def active_adapter(self) -> Optional[str]:
+        active = self.state.active()
+        return active[0] if active else None
+
+    def set_adapter(self, names: Union[str, List[str]]) -> None:
+        """Make exactly ``names`` active (for the calling thread only when USE_UNIQUE_THREAD=0)."""
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            self._check_name(name)
+            if name in self._offloaded:
+                self._restore(name)
+        self.state.set_active(names)
+        self._update_trainable()
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model alone inside the ``with`` block."""
+        with self.state.disabled():
+            yield
+
+    # ------------------------------------------------------------------ trainability
+    def _update_trainable(self) -> None:
+        """Freeze the base; train the adapters of non-inference configs (and their biases / copies)."""
+        trainable = set()
+        for name, config in self.peft_config.items():
+            if not config.inference_mode:
+                trainable |= set(adapter_state(self.base_model, name, config))
+        for path, param in self.base_model.parameters_and_names():
+            param.requires_grad = path in trainable
+
+    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
+        """(trainable parameters, all parameters)."""
+        params = list(self.base_model.get_parameters())
+        total = sum(int(np.prod(p.shape)) for p in params)
+        trainable = sum(int(np.prod(p.shape)) for p in params if p.requires_grad)
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def get_trainable_parameters(self) -> str:
+        """SWIFT's summary line, with this process's memory."""
+        trainable, total = self.get_nb_trainable_parameters()
+        return (f"trainable params: {trainable / 1e6:.4f}M || all params: {total / 1e6:.4f}M || "
+                f"trainable%: {100 * trainable / total:.4f}% || memory: {_memory()}")
+
+    # ------------------------------------------------------------------ merging
+    def merge_adapter(self, adapter_names: Optional[List[str]] = None) -> None:
+        """Fold the given (default: active) adapters into the base weights; they keep existing."""
+        names = list(adapter_names) if adapter_names is not None else list(self.state.active())
+        for name in names:
+            self._check_name(name)
+            if not isinstance(self.peft_config[name], LoraConfig):
+                raise ValueError(f"adapter {name!r} ({self.peft_config[name].peft_type}) cannot be merged; "
+                                 "only LoRA adapters can")
+        for layer in self.tuner_layers().values():
+            layer.merge(names)
+        self.state.version += 1
+
+    def unmerge_adapter(self) -> None:
+        """Take every merged adapter back out of the base weights."""
+        for layer in self.tuner_layers().values():
+            layer.unmerge()
+        self.state.version += 1
+
+    def merge_and_unload(self, adapter_names: Optional[List[str]] = None) -> nn.Cell:
+        """Merge adapters into the weights and return the plain base model (no LoRA layers left)."""
+        self.merge_adapter(adapter_names)
+        return self.unload()
+
+    def unload(self) -> nn.Cell:
+        """Remove every tuner layer (unmerged adapters are dropped) and return the base model."""
+        model = self.base_model
+        for path, cell in list(model.cells_and_names()):
+            if isinstance(cell, ModulesToSaveWrapper):
+                replace_module(model, path, cell.unwrap())
+        unload(model)
+        object.__setattr__(model, "_adapter_state", None)
+        for param in model.get_parameters():
+            param.requires_grad = True
+        self.peft_config = {}
+        return model
+
+    # ------------------------------------------------------------------ weights in and out
+    def adapter_weights(self, name: str, peft_keys: bool) -> Dict[str, np.ndarray]:
+        """Adapter ``name``'s tensors with PEFT file keys or SWIFT (in-memory) keys."""
+        self._check_name(name)
+        state = adapter_state(self.base_model, name, self.peft_config[name])
+        return {(to_peft_key(k, name) if peft_keys else k): v.asnumpy() for k, v in state.items()}
+
+    def load_adapter_weights(self, name: str, weights: Dict[str, np.ndarray], peft_keys: bool, source: str) -> None:
+        """Copy saved tensors into adapter ``name``; every tensor must fit exactly."""
+        params = adapter_state(self.base_model, name, self.peft_config[name])
+        by_key = {(to_peft_key(k, name) if peft_keys else k): p for k, p in params.items()}
+        missing = sorted(set(by_key) - set(weights))
+        unexpected = sorted(set(weights) - set(by_key))
+        wrong = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(by_key[k].shape)}"
+                 for k in sorted(set(weights) & set(by_key)) if tuple(weights[k].shape) != tuple(by_key[k].shape)]
+        if missing or unexpected or wrong:
+            parts = [f"{label} {len(items)}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+                     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+            raise ValueError(f"{source} does not fit adapter {name!r} of {type(self.base_model).__name__}: "
+                             + "; ".join(parts) + ". Was it trained for another base model or config?")
+        for key, param in by_key.items():
+            param.set_data(Tensor(weights[key].astype(np.float32), dtype=param.dtype))
+
+    def _save_adapter(self, directory: str, name: str, peft_keys: bool) -> None:
+        config = self.peft_config[name]
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, WEIGHTS_NAME)
+        with atomic_path(path) as tmp:
+            save_file(self.adapter_weights(name, peft_keys), tmp, metadata={"format": "pt"})
+        config.save_pretrained(directory)
+
+    def _load_adapter_dir(self, directory: str, name: str, config: TunerConfig, peft_keys: bool) -> None:
+        path = os.path.join(directory, WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory} (found: {sorted(os.listdir(directory))})")
+        self.add_adapter(name, config)
+        try:
+            self.load_adapter_weights(name, _read_file(path), peft_keys, path)
+        except ValueError:
+            self.delete_adapter(name)
+            raise
+        self._sources[name] = directory
+
+    # ------------------------------------------------------------------ offloading (SWIFT)
+    def _offload(self, name: str, offload: Optional[str]) -> None:
+        if offload is None:
+            return
+        if offload not in ("cpu", "meta"):
+            raise ValueError(f"offload must be None, 'cpu' or 'meta', found {offload!r}")
+        if offload == "meta" and name not in self._sources:
+            raise ValueError(f"adapter {name!r} was not loaded from a directory, so offload='meta' would lose it; "
+                             "save it first or offload to 'cpu'")
+        kept = self.adapter_weights(name, peft_keys=False) if offload == "cpu" else None
+        config = self.peft_config[name]
+        source = self._sources.get(name)
+        self.delete_adapter(name)
+        self.peft_config[name] = config  # known, but its weights are out of the layers
+        self._offloaded[name] = (source, kept)
+
+    def _restore(self, name: str) -> None:
+        source, kept = self._offloaded.pop(name)
+        config = self.peft_config.pop(name)
+        if kept is not None:
+            self.add_adapter(name, config)
+            self.load_adapter_weights(name, kept, peft_keys=False, source=f"the offloaded copy of {name!r}")
+        else:
+            self._load_adapter_dir(source, name, config, peft_keys=not _is_swift_dir(source))
+        logger.info("adapter %r restored from its %s offload", name, "cpu" if kept is not None else "meta")
+
+
+def _is_swift_dir(directory: str) -> bool:
+    from .config import read_config_file
+
+    return "swift_type" in read_config_file(directory)
+
+
+def iter_adapter_dirs(root: str) -> Iterable[Tuple[str, str]]:
+    """(adapter name, directory) of every adapter folder directly under ``root``."""
+    for entry in sorted(os.listdir(root)):
+        if os.path.isfile(os.path.join(root, entry, CONFIG_NAME)):
+            yield entry, os.path.join(root, entry)
