@@ -132,6 +132,10 @@ def load_model(model_cls, config: PretrainedConfig, checkpoint: Optional[str], s
     beside the weights becomes the model's default generation settings."""
     model = model_cls.from_state_dict(config, load_checkpoint(checkpoint, source))
     directory = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    if config.pet_config and os.path.isfile(os.path.join(directory, "adapter_model.safetensors")):
+        from .tuners import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_checkpoint(os.path.join(directory, "adapter_model.safetensors"), source))
     if hasattr(model, "generate") and os.path.isfile(os.path.join(directory, "generation_config.json")):
         from .generation import GenerationConfig
 

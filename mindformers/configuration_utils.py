@@ -81,6 +81,9 @@ class PretrainedConfig:
     """Classification loss: ``regression``, ``single_label_classification`` or ``multi_label_classification``."""
     dtype: str = "float32"
     """Parameter and compute dtype (MindFormers: ``param_init_type``/``compute_dtype``)."""
+    pet_config: Optional[Dict[str, Any]] = None
+    """Parameter-efficient tuning applied when the model is built, e.g. ``{pet_type: lora, lora_rank: 8,
+    lora_alpha: 16, lora_dropout: 0.05, target_modules: '.*q_proj|.*v_proj'}``."""
 
     def __init__(self, **kwargs: Any):
         values = self._canonicalize(kwargs)

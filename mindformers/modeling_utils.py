@@ -55,6 +55,7 @@ class PreTrainedModel(nn.Cell):
         """
         model = cls(config)
         model.init_weights(seed)
+        model.apply_pet_config()
         return model
 
     def init_weights(self, seed: Optional[int] = None) -> None:
@@ -100,17 +101,29 @@ class PreTrainedModel(nn.Cell):
         missing = model.load_state_dict(state, strict=True)
         if missing:
             rng = np.random.default_rng()
-            params = model.parameters_dict()
+            params = dict(model.parameters_and_names())
             for name in missing:
                 init = np.zeros(params[name].shape) if name.endswith("bias") else rng.normal(0.0, config.initializer_range, params[name].shape)
                 _fill(params[name], init)
             logger.warning("%s: newly initialised (not in the checkpoint): %s; train them before use", cls.__name__, missing)
+        model.apply_pet_config()
         return model
+
+    def apply_pet_config(self) -> None:
+        """Add the tuner ``config.pet_config`` asks for (MindFormers' switch: ``{pet_type: lora, lora_rank: 8,
+        lora_alpha: 16, lora_dropout: 0.05, target_modules: '.*q_proj|.*v_proj'}``), as adapter "default"."""
+        if self.config.pet_config and getattr(self, "_tuner", None) is None:
+            from .tuners import LoraConfig, inject_adapter_in_model
+
+            inject_adapter_in_model(LoraConfig.from_pet_config(self.config.pet_config), self)
 
     # ------------------------------------------------------------------ state dicts
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """``{Hugging Face tensor name: numpy array}`` of every parameter."""
-        return {name: param.asnumpy() for name, param in self.parameters_and_names()}
+        """``{Hugging Face tensor name: numpy array}`` of every base-model parameter (adapter weights, if a
+        tuner is attached, are not included: see :meth:`save_pretrained`)."""
+        from .tuners.tuner_model import is_adapter_path
+
+        return {name: param.asnumpy() for name, param in self.parameters_and_names() if not is_adapter_path(name)}
 
     def _rename_checkpoint_key(self, key: str) -> str:
         """Map a checkpoint key onto this model's names (e.g. add a missing ``transformer.`` prefix)."""
@@ -126,7 +139,7 @@ class PreTrainedModel(nn.Cell):
         Returns:
             The names of head parameters the checkpoint lacked (left for the caller to initialise).
         """
-        params = self.parameters_dict()
+        params = dict(self.parameters_and_names())
         renamed = {}
         for key, value in state.items():
             if any(key.endswith(suffix) for suffix in self._ignored_checkpoint_keys):
@@ -170,6 +183,9 @@ class PreTrainedModel(nn.Cell):
         """
         save_state_dict(self.state_dict(), save_directory, max_shard_size)
         self.config.save_pretrained(save_directory, architecture=type(self).__name__)
+        tuner = getattr(self, "_tuner", None)
+        if tuner is not None:  # adapters added by pet_config / inject_adapter_in_model: PEFT files beside
+            tuner.save_pretrained(save_directory)
         if getattr(self, "generation_config", None) is not None:
             self.generation_config.save_pretrained(save_directory)
 

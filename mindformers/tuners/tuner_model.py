@@ -29,6 +29,11 @@ PEFT_PREFIX = "base_model.model."
 _ADAPTER_SLOTS = ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B", "modules_to_save")
 
 
+def is_adapter_path(path: str) -> bool:
+    """Whether a parameter path belongs to an adapter (its factors, magnitudes or saved copies)."""
+    return any(part in _ADAPTER_SLOTS for part in path.split("."))
+
+
 def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
     """In-memory path -> Parameter of everything adapter ``name`` saves (its factors, copies, biases)."""
     out = {}
