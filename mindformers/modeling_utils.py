@@ -14,7 +14,7 @@ from mindspore import Tensor, nn
 from .checkpoint import save_state_dict
 from .configuration_utils import PretrainedConfig
 from .models.common.layers import Conv1D, Embedding, LayerNorm, Linear, RMSNorm
-from .utils import logger
+from .utils import EXECUTION_LOCK, logger
 
 
 class CheckpointMismatchError(ValueError):
@@ -43,6 +43,10 @@ class PreTrainedModel(nn.Cell):
         if config.dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
             raise ValueError("dtype bfloat16 has no matmul kernel on MindSpore's CPU backend; use float32 (or float16)")
         self.config = config
+
+    def __call__(self, *args, **kwargs):
+        with EXECUTION_LOCK:  # see mindformers.utils.EXECUTION_LOCK
+            return super().__call__(*args, **kwargs)
 
     # ------------------------------------------------------------------ construction
     @classmethod

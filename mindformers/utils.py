@@ -3,9 +3,14 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from typing import Iterator
 
 logger = logging.getLogger("mindformers")
+
+# MindSpore 2.10's eager executor is not thread-safe: forward passes launched from several threads at once
+# crash the process. Model calls hold this lock, so threads may share a model (their passes take turns).
+EXECUTION_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from mindspore import Tensor, nn, ops
 
 from ..models.common.attention import KVCache
 from ..models.common.layers import MS_DTYPES
+from ..utils import EXECUTION_LOCK
 from .config import GenerationConfig
 from .logits_process import LogitsProcessor, log_softmax, sample, stop_string_hit
 
@@ -87,8 +88,9 @@ class DecodeStep(nn.Cell):
 
     def reorder(self, index: Tensor) -> None:
         """Row r of every cache tensor takes the contents of row ``index[r]`` (beam search)."""
-        for param in self.cache.tensors:
-            ops.assign(param, ops.gather(param, index, 0))
+        with EXECUTION_LOCK:
+            for param in self.cache.tensors:
+                ops.assign(param, ops.gather(param, index, 0))
 
 
 
@@ -134,9 +136,10 @@ class _CachedRunner:
         self.positions = self.positions[index]
 
     def _run(self, ids, positions, slots) -> np.ndarray:
-        logits = self.step_cell.run(Tensor(ids.astype(np.int32)), Tensor(self.slot_mask),
-                                    Tensor(positions.astype(np.int32)), Tensor(slots.astype(np.int32)))
-        return logits.asnumpy()
+        with EXECUTION_LOCK:
+            logits = self.step_cell.run(Tensor(ids.astype(np.int32)), Tensor(self.slot_mask),
+                                        Tensor(positions.astype(np.int32)), Tensor(slots.astype(np.int32)))
+            return logits.asnumpy()
 
 
 class _UncachedRunner:
@@ -158,8 +161,9 @@ class _UncachedRunner:
         self.ids, self.mask = self.ids[index], self.mask[index]
 
     def _run(self) -> np.ndarray:
-        logits = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.mask.astype(np.int32)))
-        return logits[:, -1].astype(ms.float32).asnumpy()
+        with EXECUTION_LOCK:
+            logits = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.mask.astype(np.int32)))
+            return logits[:, -1].astype(ms.float32).asnumpy()
 
 
 # ------------------------------------------------------------------------------------------ mixin

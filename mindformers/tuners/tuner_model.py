@@ -17,7 +17,7 @@ from mindspore import Tensor, nn
 from safetensors.numpy import save_file
 
 from ..checkpoint.safetensors_dir import _read_file
-from ..utils import atomic_path, logger
+from ..utils import EXECUTION_LOCK, atomic_path, logger
 from .config import CONFIG_NAME, WEIGHTS_NAME, TunerConfig
 from .lora.config import LoraConfig
 from .lora.layer import LoraEmbedding, LoraLinear
@@ -90,6 +90,10 @@ class TunerModel(nn.Cell):
             self.add_adapter(name, config, seed=seed)
 
     # ------------------------------------------------------------------ running
+    def __call__(self, *args, **kwargs):
+        with EXECUTION_LOCK:  # see mindformers.utils.EXECUTION_LOCK
+            return super().__call__(*args, **kwargs)
+
     def construct(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
 

@@ -68,7 +68,9 @@ def is_target(config: LoraConfig, name: str, targets) -> bool:
 def adaptable_modules(model: nn.Cell) -> Dict[str, nn.Cell]:
     """Module path -> cell for every layer kind LoRA can adapt (already adapted layers included)."""
     kinds = (Linear, Conv1D, Embedding, LoraLinear, LoraEmbedding)
-    return {name: cell for name, cell in model.cells_and_names() if name and isinstance(cell, kinds)}
+    inner = (".lora_", ".modules_to_save.")  # the adapters' own sub-layers are never targets
+    return {name: cell for name, cell in model.cells_and_names()
+            if name and isinstance(cell, kinds) and not any(part in f".{name}" for part in inner)}
 
 
 def resolve_targets(config: LoraConfig, model: nn.Cell):
