@@ -14,7 +14,7 @@ from mindspore import Tensor, nn
 from .config import read_config_file
 from .lora.config import LoraConfig
 from .lora.weighted import add_weighted_adapter
-from .tuner_model import TunerModel, adapter_state, to_peft_key
+from .tuner_model import TunerModel, saved_paths
 
 DEFAULT_ADAPTER = "default"
 CONFIG_CLASSES = {"LORA": LoraConfig}
@@ -106,8 +106,8 @@ def get_peft_model_state_dict(model, state_dict: Optional[Dict[str, Any]] = None
     tuner = _tuner_of(model)
     if state_dict is None:
         return tuner.adapter_weights(adapter_name, peft_keys=True)
-    keys = adapter_state(tuner.base_model, adapter_name, tuner.peft_config[adapter_name])
-    return {to_peft_key(k, adapter_name): np.asarray(state_dict[k]) for k in keys if k in state_dict}
+    keys = saved_paths(tuner.base_model, adapter_name, tuner.peft_config[adapter_name], peft_keys=True)
+    return {key: np.asarray(state_dict[path]) for key, path in keys.items() if path in state_dict}
 
 
 def set_peft_model_state_dict(model, peft_model_state_dict: Dict[str, Any], adapter_name: str = DEFAULT_ADAPTER):

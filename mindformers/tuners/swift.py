@@ -17,7 +17,7 @@ from ..utils import atomic_path, atomic_write_text
 from .config import WEIGHTS_NAME, read_config_file
 from .lora.config import LoraConfig, LoRAConfig
 from .peft import DEFAULT_ADAPTER, PeftModel, config_from_dir
-from .tuner_model import TunerModel, iter_adapter_dirs, to_peft_key
+from .tuner_model import TunerModel, iter_adapter_dirs, lora_modules_in, peft_key_map
 
 
 class SwiftModel(TunerModel):
@@ -157,7 +157,9 @@ class Swift:
             config = config_from_dir(directory)
             target = output_dir if name == DEFAULT_ADAPTER else os.path.join(output_dir, name)
             os.makedirs(target, exist_ok=True)
-            weights = {to_peft_key(k, name): v for k, v in _read_file(os.path.join(directory, WEIGHTS_NAME)).items()}
+            weights = _read_file(os.path.join(directory, WEIGHTS_NAME))
+            keys = peft_key_map(weights, name, lora_modules_in(weights, name))
+            weights = {keys[k]: v for k, v in weights.items()}
             with atomic_path(os.path.join(target, WEIGHTS_NAME)) as tmp:
                 save_file(weights, tmp, metadata={"format": "pt"})
             peft_config = LoraConfig.from_dict({k: v for k, v in config.to_dict().items()

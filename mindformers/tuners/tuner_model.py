@@ -35,18 +35,47 @@ def is_adapter_path(path: str) -> bool:
 
 
 def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
-    """In-memory path -> Parameter of everything adapter ``name`` saves (its factors, copies, biases)."""
+    """In-memory path -> Parameter of what adapter ``name`` trains: its factors, copies and biases."""
     out = {}
     lora_modules = set(lora_layers(model))
     for path, param in model.parameters_and_names():
         parts = path.split(".")
         if any(parts[i] in _ADAPTER_SLOTS and parts[i + 1] == name for i in range(len(parts) - 1)):
             out[path] = param
-        elif path.endswith(".bias") and getattr(config, "bias", "none") != "none" and ".lora_" not in path:
+        elif path.endswith(".bias") and getattr(config, "bias", "none") != "none" and not is_adapter_path(path):
             module = path[: -len(".bias")]
             if config.bias == "all" or module in lora_modules:
                 out[path] = param
     return out
+
+
+def saved_paths(model: nn.Cell, name: str, config: TunerConfig, peft_keys: bool) -> Dict[str, str]:
+    """File key -> parameter path of what adapter ``name``'s file holds (PEFT or SWIFT keys). With PEFT keys
+    the base table of an adapted embedding is included too (PEFT saves it when embeddings are targeted)."""
+    paths = list(adapter_state(model, name, config))
+    if not peft_keys:
+        return {p: p for p in paths}
+    layers = lora_layers(model)
+    paths += [f"{m}.weight" for m, layer in layers.items() if isinstance(layer, LoraEmbedding) and name in layer.adapter_names]
+    return {key: path for path, key in peft_key_map(paths, name, set(layers)).items()}
+
+
+def peft_key_map(paths: Iterable[str], name: str, lora_modules: set) -> Dict[str, str]:
+    """Parameter path -> PEFT file key; an adapted layer's own tensors sit under ``base_layer`` there."""
+    out = {}
+    for path in paths:
+        module, _, leaf = path.rpartition(".")
+        if module in lora_modules and leaf in ("weight", "bias"):
+            out[path] = f"{PEFT_PREFIX}{module}.base_layer.{leaf}"
+        else:
+            out[path] = to_peft_key(path, name)
+    return out
+
+
+def lora_modules_in(keys: Iterable[str], name: str) -> set:
+    """Modules that hold adapter ``name``'s LoRA factors, read off SWIFT file keys."""
+    pattern = re.compile(rf"(.*)\.(lora_A|lora_embedding_A)\.{re.escape(name)}\.weight$")
+    return {m.group(1) for m in map(pattern.match, keys) if m}
 
 
 def to_peft_key(path: str, name: str) -> str:
@@ -121,8 +150,8 @@ class TunerModel(nn.Cell):
             raise ValueError(f"an adapter called {name!r} already exists; adapters: {sorted(self.peft_config)}")
         model = self.base_model
         inject_lora(model, config, name, self.state, seed)
-        for module in config.modules_to_save or []:
-            self._wrap_modules_to_save(module, name)
+        if config.modules_to_save:
+            self._wrap_modules_to_save(config.modules_to_save, name)
         rename_parameters(model)
         self.peft_config[name] = config
         self.state.version += 1
@@ -130,11 +159,12 @@ class TunerModel(nn.Cell):
             self.state.set_active([name])
         self._update_trainable()
 
-    def _wrap_modules_to_save(self, module: str, name: str) -> None:
+    def _wrap_modules_to_save(self, modules: List[str], name: str) -> None:
         model = self.base_model
-        found = [p for p, c in model.cells_and_names() if p == module or p.endswith("." + module)]
-        if not found:
-            raise ValueError(f"modules_to_save entry {module!r} matches no module of {type(model).__name__}")
+        found = sorted({p for p, _ in model.cells_and_names() for m in modules
+                        if (p == m or p.endswith("." + m)) and not is_adapter_path(p)})
+        if not found:  # PEFT lists "classifier" and "score" for every classifier; one of them must exist
+            raise ValueError(f"modules_to_save {modules} match no module of {type(model).__name__}")
         for path in found:
             cell = dict(model.cells_and_names())[path]
             if not isinstance(cell, ModulesToSaveWrapper):
@@ -249,13 +279,13 @@ class TunerModel(nn.Cell):
     def adapter_weights(self, name: str, peft_keys: bool) -> Dict[str, np.ndarray]:
         """Adapter ``name``'s tensors with PEFT file keys or SWIFT (in-memory) keys."""
         self._check_name(name)
-        state = adapter_state(self.base_model, name, self.peft_config[name])
-        return {(to_peft_key(k, name) if peft_keys else k): v.asnumpy() for k, v in state.items()}
+        params = dict(self.base_model.parameters_and_names())
+        return {k: params[p].asnumpy() for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
 
     def load_adapter_weights(self, name: str, weights: Dict[str, np.ndarray], peft_keys: bool, source: str) -> None:
         """Copy saved tensors into adapter ``name``; every tensor must fit exactly."""
-        params = adapter_state(self.base_model, name, self.peft_config[name])
-        by_key = {(to_peft_key(k, name) if peft_keys else k): p for k, p in params.items()}
+        params = dict(self.base_model.parameters_and_names())
+        by_key = {k: params[p] for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
         missing = sorted(set(by_key) - set(weights))
         unexpected = sorted(set(weights) - set(by_key))
         wrong = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(by_key[k].shape)}"
