@@ -4,7 +4,7 @@ One folder per method (``lora/``); the wrapper model (``tuner_model.py``), the P
 the SWIFT API (``swift.py``) are shared by all methods.
 """
 from .config import TunerConfig
-from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig
+from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_optimizer_param_groups
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftModel,
