@@ -13,7 +13,6 @@ from mindspore import Tensor, nn
 
 from .config import read_config_file
 from .lora.config import LoraConfig
-from .lora.weighted import add_weighted_adapter
 from .tuner_model import TunerModel, saved_paths
 
 DEFAULT_ADAPTER = "default"
@@ -68,13 +67,6 @@ class PeftModel(TunerModel):
         for name in selected_adapters or list(self.peft_config):
             directory = save_directory if name == DEFAULT_ADAPTER else os.path.join(save_directory, name)
             self._save_adapter(directory, name, peft_keys=True)
-
-    def add_weighted_adapter(self, adapters: List[str], weights: List[float], adapter_name: str,
-                             combination_type: str = "svd", svd_rank: Optional[int] = None) -> None:
-        """A new adapter combining ``adapters`` (PEFT's ``add_weighted_adapter``: linear, cat or svd)."""
-        for name in adapters:
-            self._check_name(name)
-        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
 
 
 def get_peft_model(model: nn.Cell, peft_config: LoraConfig, adapter_name: str = DEFAULT_ADAPTER,

@@ -211,6 +211,15 @@ class TunerModel(nn.Cell):
         with self.state.disabled():
             yield
 
+    def add_weighted_adapter(self, adapters: List[str], weights: List[float], adapter_name: str,
+                             combination_type: str = "svd", svd_rank: Optional[int] = None) -> None:
+        """A new adapter combining ``adapters`` (PEFT's ``add_weighted_adapter``: linear, cat or svd)."""
+        from .lora.weighted import add_weighted_adapter
+
+        for name in adapters:
+            self._check_name(name)
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
+
     # ------------------------------------------------------------------ trainability
     def _update_trainable(self) -> None:
         """Freeze the base; train the adapters of non-inference configs (and their biases / copies)."""

@@ -98,3 +98,35 @@ def test_weighted_adapters_equal_peft():
     np.testing.assert_allclose(ba, ref["svd.model.layers.0.self_attn.q_proj.delta_BA"], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"needs adapters of equal rank, found ranks \[4, 8\]"):
         model.add_weighted_adapter(["adapter1", "adapter2"], [0.5, 0.5], "bad", combination_type="linear")
+
+
+@pytest.mark.parametrize("init, a_std", [(True, 1 / np.sqrt(64) / np.sqrt(3)), ("gaussian", 1 / 4)])
+def test_initialisation_matches_peft_distributions(init, a_std):
+    """PEFT: B starts at zero; A is U(-1/sqrt(in), 1/sqrt(in)) by default and N(0, 1/r) for "gaussian"
+    (tests/fixtures/peft/init_gaussian_and_default/init_stats.json); embeddings: A zero, B N(0, 1)."""
+    from mindformers.tuners import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base")),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj", "embed_tokens"], init_lora_weights=init), seed=0)
+    params = dict(model.base_model.parameters_and_names())
+    a = np.concatenate([p.asnumpy().ravel() for n, p in params.items() if ".lora_A." in n])
+    assert all(not p.asnumpy().any() for n, p in params.items() if ".lora_B." in n)
+    assert abs(a.std() - a_std) < 0.1 * a_std
+    if init is True:
+        assert np.abs(a).max() <= 1 / 8
+    assert not params["model.embed_tokens.lora_embedding_A.default.weight"].asnumpy().any()
+    assert abs(params["model.embed_tokens.lora_embedding_B.default.weight"].asnumpy().std() - 1) < 0.15
+
+
+def test_dropout_applies_in_training_mode_only():
+    from mindformers.tuners import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base")),
+                           LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.5, init_lora_weights=False), seed=0)
+    ids = ids_tensor(np.load(os.path.join(INTEROP, "llama", "input_ids.npy")))
+    evaluated = [model(ids).asnumpy() for _ in range(2)]
+    np.testing.assert_array_equal(evaluated[0], evaluated[1])
+    model.set_train(True)
+    trained = [model(ids).asnumpy() for _ in range(2)]
+    model.set_train(False)
+    assert np.abs(trained[0] - trained[1]).max() > 1e-3 and np.abs(trained[0] - evaluated[0]).max() > 1e-3
