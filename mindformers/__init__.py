@@ -32,7 +32,7 @@ from .pipeline import (
 )
 from .presets import list_presets
 from .processors import BaseProcessor, GPT2Processor, LlamaProcessor
-from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, Registry
+from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, TUNERS, Registry
 from .tokenizers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizer
 
 __version__ = "0.1.0"

@@ -62,3 +62,4 @@ MODELS = Registry("model architecture")  # architecture name -> model class
 TOKENIZERS = Registry("tokenizer")  # class name -> tokenizer class
 PROCESSORS = Registry("processor")  # class name -> processor class
 TASKS = Registry("task")  # task name -> task description (pipeline, trainer)
+TUNERS = Registry("tuner type")  # PEFT type ("LORA") -> TunerMethod

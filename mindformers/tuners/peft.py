@@ -11,25 +11,23 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from ..registry import TUNERS
 from .config import read_config_file
 from .lora.config import LoraConfig
 from .tuner_model import TunerModel, saved_paths
 
 DEFAULT_ADAPTER = "default"
-CONFIG_CLASSES = {"LORA": LoraConfig}
 
 
 def config_from_dir(directory: str):
-    """The tuner config saved in ``directory`` (PEFT or SWIFT file)."""
+    """The tuner config saved in ``directory`` (PEFT or SWIFT file), by its registered type."""
     data = read_config_file(directory)
     kind = str(data.get("peft_type") or data.get("swift_type") or "").upper()
-    if kind not in CONFIG_CLASSES:
-        raise ValueError(f"{directory}: tuner type {kind or '(none)'} is not supported; supported: {sorted(CONFIG_CLASSES)}")
-    if "swift_type" in data:
-        from .lora.config import LoRAConfig
-
-        return LoRAConfig.from_dict(data, directory)
-    return CONFIG_CLASSES[kind].from_dict(data, os.path.join(directory, "adapter_config.json"))
+    if kind not in TUNERS:
+        raise ValueError(f"{directory}: tuner type {kind or '(none)'} is not supported; supported: {TUNERS.names()}")
+    method = TUNERS.get(kind)
+    cls = (method.swift_config_class or method.config_class) if "swift_type" in data else method.config_class
+    return cls.from_dict(data, os.path.join(directory, "adapter_config.json"))
 
 
 class PeftModel(TunerModel):

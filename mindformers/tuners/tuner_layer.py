@@ -9,9 +9,10 @@ Compiled graphs (``mindspore.jit``) read the active set when they are compiled; 
 lets the caller compile one graph per set (see ``GenerationMixin._decode_step_for``).
 """
 import contextlib
+import dataclasses
 import os
 import threading
-from typing import Iterable, Iterator, List, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 
 class AdapterState:
@@ -77,3 +78,22 @@ class TunerLayer:
 
     def unmerge(self) -> None:
         raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerMethod:
+    """What the shared tuner model needs from a method; each method folder registers one in ``TUNERS``.
+
+    Attributes:
+        peft_type: PEFT's name of the method ("LORA"), the registry key.
+        config_class: its config dataclass (SWIFT files may use ``swift_config_class``).
+        inject: ``inject(model, config, adapter_name, state, seed)`` adds the adapter's layers.
+        mergeable: whether the adapter can be folded into the base weights.
+        swift_config_class: the config class for SWIFT files (defaults to ``config_class``).
+    """
+
+    peft_type: str
+    config_class: type
+    inject: Callable
+    mergeable: bool
+    swift_config_class: Optional[type] = None

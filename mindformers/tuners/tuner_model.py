@@ -17,11 +17,11 @@ from mindspore import Tensor, nn
 from safetensors.numpy import save_file
 
 from ..checkpoint.safetensors_dir import _read_file
+from ..registry import TUNERS
 from ..utils import EXECUTION_LOCK, atomic_path, logger
 from .config import CONFIG_NAME, WEIGHTS_NAME, TunerConfig
-from .lora.config import LoraConfig
-from .lora.layer import LoraEmbedding, LoraLinear
-from .lora.model import inject_lora, lora_layers, rename_parameters, replace_module, unload
+from .lora.layer import LoraEmbedding
+from .lora.model import lora_layers, rename_parameters, replace_module, unload
 from .modules_to_save import ModulesToSaveWrapper
 from .tuner_layer import AdapterState, TunerLayer
 
@@ -144,13 +144,14 @@ class TunerModel(nn.Cell):
 
     def add_adapter(self, name: str, config: TunerConfig, seed: Optional[int] = None) -> None:
         """Inject a new adapter (inactive until activated, except the first one)."""
-        if not isinstance(config, LoraConfig):
-            raise TypeError(f"unsupported tuner config {type(config).__name__}; supported: LoraConfig/LoRAConfig")
+        if not isinstance(config, TunerConfig):
+            raise TypeError(f"unsupported tuner config {type(config).__name__}; expected a config of one of "
+                            f"the registered tuner types {TUNERS.names()} (e.g. LoraConfig)")
         if name in self.peft_config:
             raise ValueError(f"an adapter called {name!r} already exists; adapters: {sorted(self.peft_config)}")
         model = self.base_model
-        inject_lora(model, config, name, self.state, seed)
-        if config.modules_to_save:
+        TUNERS.get(config.peft_type).inject(model, config, name, self.state, seed)
+        if getattr(config, "modules_to_save", None):
             self._wrap_modules_to_save(config.modules_to_save, name)
         rename_parameters(model)
         self.peft_config[name] = config
@@ -253,9 +254,11 @@ class TunerModel(nn.Cell):
         names = list(adapter_names) if adapter_names is not None else list(self.state.active())
         for name in names:
             self._check_name(name)
-            if not isinstance(self.peft_config[name], LoraConfig):
-                raise ValueError(f"adapter {name!r} ({self.peft_config[name].peft_type}) cannot be merged; "
-                                 "only LoRA adapters can")
+            kind = self.peft_config[name].peft_type
+            if not TUNERS.get(kind).mergeable:
+                mergeable = [t for t in TUNERS.names() if TUNERS.get(t).mergeable]
+                raise ValueError(f"adapter {name!r} is a {kind} tuner, which cannot be merged into the weights; "
+                                 f"mergeable types: {mergeable}")
         for layer in self.tuner_layers().values():
             layer.merge(names)
         self.state.version += 1

@@ -147,3 +147,26 @@ def test_bad_input_is_refused_clearly(tmp_path):
         PeftModel.from_pretrained(base(), str(tmp_path))
     with pytest.raises(ValueError, match="already exists"):
         model.add_adapter("default", LoraConfig(target_modules=["q_proj"]))
+
+
+def test_merging_a_tuner_that_cannot_merge_is_refused():
+    """A method registered as not mergeable (prompt-style tuners are) cannot be merged into the weights."""
+    import dataclasses
+    from typing import ClassVar
+
+    from mindformers.registry import TUNERS
+    from mindformers.tuners.config import TunerConfig
+    from mindformers.tuners.tuner_layer import TunerMethod
+
+    @dataclasses.dataclass
+    class NoWeightsConfig(TunerConfig):
+        peft_type: ClassVar[str] = "TEST_NO_MERGE"
+
+    TUNERS.register(TunerMethod("TEST_NO_MERGE", NoWeightsConfig, lambda *args: None, mergeable=False),
+                    name="TEST_NO_MERGE")
+    try:
+        model = PeftModel(base(), {"prompt": NoWeightsConfig()})
+        with pytest.raises(ValueError, match="adapter 'prompt' is a TEST_NO_MERGE tuner, which cannot be merged"):
+            model.merge_adapter(["prompt"])
+    finally:
+        TUNERS._items.pop("TEST_NO_MERGE")  # pylint: disable=protected-access
