@@ -6,7 +6,6 @@ Every ``from_pretrained`` accepts:
 - a MindFormers-style YAML file (``model:`` / ``processor:`` sections, see :mod:`mindformers.presets`),
 - a llama.cpp ``.gguf`` file (config, weights and tokenizer in one file).
 """
-import json
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -15,7 +14,7 @@ from .configuration_utils import PretrainedConfig
 from .modeling_utils import PreTrainedModel
 from .presets import load_yaml, parse_model_section, preset_path
 from .registry import CONFIGS, MODELS
-from .utils import resolve_resource
+from .utils import read_json_object, resolve_resource
 
 
 def _locate(source: str) -> Tuple[str, str]:
@@ -32,17 +31,6 @@ def _locate(source: str) -> Tuple[str, str]:
     if os.sep in source or source.endswith((".yaml", ".yml", ".json", ".gguf")):
         raise FileNotFoundError(f"no such file or directory: {source}")
     return "yaml", preset_path(source)
-
-
-def _read_config_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        found = sorted(os.listdir(os.path.dirname(path) or "."))
-        raise FileNotFoundError(f"no config.json in {os.path.dirname(path)}; found {found}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def _config_from_hf_dict(data: Dict[str, Any], where: str) -> PretrainedConfig:
@@ -71,7 +59,7 @@ def _resolve(source: str, overrides: Dict[str, Any]):
         data = read_gguf_config(path)
         return _config_from_hf_dict(data, path).replace(**overrides), None, path, None
     config_path = path if kind == "json" else os.path.join(path, "config.json")
-    data = _read_config_json(config_path)
+    data = read_json_object(config_path, "a Hugging Face model directory")
     arch = (data.get("architectures") or [None])[0]
     checkpoint = path if kind == "dir" else os.path.dirname(path)
     return _config_from_hf_dict(data, config_path).replace(**overrides), arch, checkpoint, None

@@ -1,5 +1,6 @@
 """Small helpers shared across the package: atomic file writes and the package logger."""
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -32,6 +33,27 @@ def atomic_path(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def read_json_object(path: str, what: str = "file") -> dict:
+    """Parse the JSON object in ``path``; a missing file names the folder's contents, bad JSON says so.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error (``"an adapter directory"``).
+    """
+    if not os.path.isfile(path):
+        directory = os.path.dirname(path) or "."
+        found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
+        raise FileNotFoundError(f"no {os.path.basename(path)} in {directory} (found: {found}); is this {what}?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
-from ..utils import atomic_write_text, logger
+from ..utils import atomic_write_text, logger, read_json_object
 
 _BOOKKEEPING = {"_from_model_config", "transformers_version", "_commit_hash", "return_dict_in_generate",
                 "output_scores", "output_logits", "output_attentions", "output_hidden_states"}
@@ -121,12 +121,7 @@ class GenerationConfig:
     def from_pretrained(cls, directory: str) -> "GenerationConfig":
         """Read ``generation_config.json`` from a model directory."""
         path = os.path.join(directory, "generation_config.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json_object(path, "a model directory"), path)
 
     def save_pretrained(self, directory: str) -> str:
         """Write the fields that differ from the defaults to ``generation_config.json`` (atomically)."""

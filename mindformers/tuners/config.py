@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
-from ..utils import atomic_write_text, logger
+from ..utils import atomic_write_text, logger, read_json_object
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -76,12 +76,4 @@ class TunerConfig:
 
 def read_config_file(directory: str) -> Dict[str, Any]:
     """The parsed ``adapter_config.json`` of an adapter directory, with clear errors."""
-    path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(path):
-        found = sorted(os.listdir(directory)) if os.path.isdir(directory) else "no such directory"
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory} (found: {found}); is this an adapter directory?")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return read_json_object(os.path.join(directory, CONFIG_NAME), "an adapter directory")
