@@ -20,6 +20,8 @@ setup(
         "pyyaml>=6.0",
         "gguf>=0.10",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8"],
