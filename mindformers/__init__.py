@@ -30,9 +30,11 @@ from .pipeline import (
     TextGenerationPipeline,
     pipeline,
 )
+from .parallel import ContextConfig, ParallelContextConfig, init_context
 from .presets import list_presets
 from .processors import BaseProcessor, GPT2Processor, LlamaProcessor
 from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, TUNERS, Registry
 from .tokenizers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizer
+from .trainer import Trainer, TrainerState, TrainingArguments
 
 __version__ = "0.1.0"

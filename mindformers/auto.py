@@ -151,6 +151,14 @@ class AutoModelForSequenceClassification(AutoModel):
     task = "sequence_classification"
 
 
+def auto_model_for_task(task: str):
+    """The Auto class loading models of ``task`` ("causal_lm", "sequence_classification")."""
+    for cls in (AutoModelForCausalLM, AutoModelForSequenceClassification):
+        if cls.task == task:
+            return cls
+    raise ValueError(f"no Auto class for model task {task!r}; known: causal_lm, sequence_classification")
+
+
 class AutoTokenizer:
     """Load the tokenizer of a preset, Hugging Face directory, YAML or tokenizer file."""
 

@@ -137,6 +137,10 @@ class TunerModel(nn.Cell):
     def config(self):
         return self.base_model.config
 
+    @property
+    def task(self) -> str:
+        return self.base_model.task
+
     # ------------------------------------------------------------------ adapters
     def _check_name(self, name: str) -> None:
         if name not in self.peft_config:

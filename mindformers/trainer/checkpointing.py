@@ -1,0 +1,119 @@
+"""Training checkpoints: ``<output_dir>/checkpoint-<step>/`` with everything needed to continue exactly.
+
+A checkpoint holds the trained weights (only the adapters when tuning, in PEFT's format; the whole model
+otherwise, in Hugging Face's), ``optimizer.safetensors`` (moments and step counters),
+``trainer_state.json`` (step, epoch, logs) and ``training_args.yaml``. It is written into a hidden
+temporary folder that is renamed into place when complete, so a killed run never leaves a half-written
+checkpoint and an older checkpoint of the same step is replaced only by a complete one.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import List, Optional
+
+import numpy as np
+from mindspore import Tensor
+from safetensors.numpy import save_file
+
+from ..checkpoint import load_state_dict
+from ..utils import atomic_path, atomic_write_text, read_json_object
+from .optim import optimizer_state
+from .state import TrainerState
+
+PREFIX = "checkpoint-"
+_STEP = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+def tuner_of(model):
+    """The tuner model holding ``model``'s adapters, or None for plain (full) training."""
+    from ..tuners import TunerModel
+
+    return model if isinstance(model, TunerModel) else getattr(model, "_tuner", None)
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """Complete checkpoint folders in ``output_dir``, oldest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _STEP.match(name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found)]
+
+
+def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args) -> str:
+    """Write ``checkpoint-<global_step>`` atomically; return its path."""
+    os.makedirs(output_dir, exist_ok=True)
+    final = os.path.join(output_dir, f"{PREFIX}{state.global_step}")
+    tmp = tempfile.mkdtemp(prefix=f".{PREFIX}{state.global_step}.", dir=output_dir)
+    try:
+        tuner = tuner_of(model)
+        if tuner is not None:
+            tuner.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as path:
+            save_file({k: v.asnumpy() for k, v in optimizer_state(optimizer).items()}, path)
+        atomic_write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(state.to_dict(), indent=1) + "\n")
+        args.to_yaml(os.path.join(tmp, "training_args.yaml"))
+        if os.path.exists(final):  # same step saved again: swap in the complete new one
+            trash = tempfile.mkdtemp(prefix=f".old-{PREFIX}", dir=output_dir)
+            os.replace(final, os.path.join(trash, "old"))
+            os.replace(tmp, final)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+    return final
+
+
+def rotate_checkpoints(output_dir: str, limit: Optional[int], keep: Optional[str] = None) -> List[str]:
+    """Delete the oldest checkpoints beyond ``limit`` (never ``keep``); return the deleted paths."""
+    if not limit:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    doomed = [c for c in checkpoints[: max(0, len(checkpoints) - limit)] if c != keep]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def resolve_resume(resume, output_dir: str) -> Optional[str]:
+    """The checkpoint to resume from: a path, or the latest in ``output_dir`` for True."""
+    if resume in (None, False, ""):
+        return None
+    if resume is True or str(resume).lower() == "true":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir} holds no {PREFIX}<step> folder")
+        return found[-1]
+    if not os.path.isdir(resume):
+        raise FileNotFoundError(f"checkpoint to resume from not found: {resume}; checkpoints in {output_dir}: "
+                                f"{[os.path.basename(c) for c in list_checkpoints(output_dir)] or 'none'}")
+    return resume
+
+
+def load_checkpoint(path: str, model, optimizer) -> TrainerState:
+    """Restore weights, optimizer state and trainer state from a checkpoint folder."""
+    for name in ("trainer_state.json", "optimizer.safetensors"):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path} is not a complete training checkpoint: {name} is missing "
+                                    f"(found {sorted(os.listdir(path))})")
+    tuner = tuner_of(model)
+    if tuner is not None:
+        for name in tuner.peft_config:
+            directory = path if name == "default" else os.path.join(path, name)
+            weights = load_state_dict(os.path.join(directory, "adapter_model.safetensors"))
+            tuner.load_adapter_weights(name, weights, peft_keys=True, source=directory)
+    else:
+        model.load_state_dict(load_state_dict(path), strict=True)
+    saved = load_state_dict(os.path.join(path, "optimizer.safetensors"))
+    current = optimizer_state(optimizer)
+    missing = sorted(set(current) - set(saved))
+    if missing:
+        raise ValueError(f"{path}: optimizer state lacks {missing[:5]}; was it saved for another model or optimizer?")
+    for name, param in current.items():
+        param.set_data(Tensor(np.asarray(saved[name]), dtype=param.dtype))
+    return TrainerState.from_dict(read_json_object(os.path.join(path, "trainer_state.json"), "a checkpoint"))

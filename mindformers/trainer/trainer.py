@@ -1,0 +1,401 @@
+"""The task Trainer: ``train``, ``finetune``, ``evaluate`` and ``predict`` with MindFormers' signatures.
+
+A run reads top to bottom as setup -> train -> cleanup:
+- setup: the model (a preset, path or instance; with LoRA when its config has ``pet_config``), the
+  tokenizer, the datasets, the optimizer, and a checkpoint to resume from;
+- train: micro-batches -> compiled forward/backward -> (gradient accumulation) -> average gradients over
+  data-parallel ranks -> clip -> optimizer step, with the learning rate set from the step; logging,
+  evaluation and checkpoints every N steps;
+- cleanup: a final checkpoint, the loss curve and closed logs.
+"""
+import math
+import os
+import time
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, ops
+
+from ..registry import TASKS
+from ..utils import logger
+from .args import TrainingArguments
+from .callbacks import CallbackList, default_callbacks
+from .checkpointing import load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint, tuner_of
+from .optim import build_optimizer, schedule_factor, set_learning_rates
+from .state import TrainerState
+
+RUN_SECTIONS = ("model", "processor", "training", "train_dataset", "eval_dataset", "task", "run_mode", "context",
+                "parallel", "trainer")
+
+
+def _world() -> tuple:
+    """(rank, size) of the process group, or (0, 1) when none was initialised."""
+    try:
+        from mindspore.communication import get_group_size, get_rank
+
+        return get_rank(), get_group_size()
+    except (RuntimeError, ValueError):
+        return 0, 1
+
+
+class _StepFunctions:
+    """The compiled pieces of a training step: gradients of one micro-batch, and the update."""
+
+    def __init__(self, model, optimizer, args: TrainingArguments, world_size: int):
+        self.optimizer = optimizer
+        self.world_size = world_size
+        self.max_norm = args.max_grad_norm or 0.0
+        self.all_reduce = ops.AllReduce() if world_size > 1 else None
+
+        def loss_of(input_ids, attention_mask, labels):
+            loss, _ = model(input_ids, attention_mask, None, labels)
+            return loss
+
+        gradients = ms.value_and_grad(loss_of, None, optimizer.parameters)
+        compile_ = ms.jit if args.mode == "jit" else (lambda f: f)
+        self.gradients = compile_(gradients)
+        self.update = compile_(self._update)
+
+    def _update(self, grads):
+        if self.all_reduce is not None:  # data parallel: the mean gradient of all ranks
+            grads = tuple(self.all_reduce(g) / self.world_size for g in grads)
+        norm = ops.sqrt(sum(ops.square(g).sum() for g in grads))
+        if self.max_norm > 0:
+            scale = ops.minimum(self.max_norm / (norm + 1e-6), 1.0)
+            grads = tuple(g * scale for g in grads)
+        self.optimizer(grads)
+        return norm
+
+
+class Trainer:
+    """Train, fine-tune, evaluate and predict for a registered task.
+
+    Args:
+        task: a task of the ``TASKS`` registry with a trainable model ("text_generation",
+            "text_classification").
+        model: a preset name, a path (HF directory, YAML, GGUF) or a model instance; None takes the run
+            YAML's ``model:`` section.
+        args: TrainingArguments, a dict of them, or a run YAML (``training:``, ``model:``, ``train_dataset:``,
+            ``eval_dataset:``, ``task:`` sections).
+        train_dataset, eval_dataset: a JSON/JSONL/text file, a list of records, a TokenizedDataset, or a
+            MindSpore dataset yielding ``input_ids`` (and optionally ``labels``, ``attention_mask``).
+        tokenizer: a tokenizer or its source; default: the model's.
+        callbacks: extra TrainerCallbacks.
+    """
+
+    def __init__(self, task: str = "text_generation", model: Any = None, args: Any = None, train_dataset: Any = None,
+                 eval_dataset: Any = None, tokenizer: Any = None, callbacks: Optional[List] = None):
+        run: Dict[str, Any] = {}
+        where = "run config"
+        if isinstance(args, str):
+            from ..presets import load_yaml
+
+            run, where = load_yaml(args), args
+        elif isinstance(args, dict) and set(args) & set(RUN_SECTIONS):
+            run = args
+        if run:
+            unknown = sorted(set(run) - set(RUN_SECTIONS))
+            if unknown:
+                raise ValueError(f"{where}: unknown section(s) {unknown}; valid: {', '.join(RUN_SECTIONS)}")
+            self.args = TrainingArguments.from_dict(run.get("training") or {}, where)
+        elif isinstance(args, dict):
+            self.args = TrainingArguments.from_dict(args)
+        else:
+            self.args = args or TrainingArguments()
+        self.task = run.get("task", task)
+        entry = TASKS.get(self.task)
+        self.model_task = getattr(entry, "model_task", None)
+        if self.model_task is None:
+            trainable = [n for n in TASKS.names() if getattr(TASKS.get(n), "model_task", None)]
+            raise ValueError(f"task {self.task!r} has no trainable model; trainable tasks: {trainable}")
+        self._model_source = model if model is not None else (self._model_yaml(run, args) if run.get("model") else None)
+        if self._model_source is None:
+            raise ValueError("no model: pass model= (a preset name, path or instance) or a run YAML with a model: section")
+        self._tokenizer_source = tokenizer
+        self._train_source = train_dataset if train_dataset is not None else run.get("train_dataset")
+        self._eval_source = eval_dataset if eval_dataset is not None else run.get("eval_dataset")
+        self.rank, self.world_size = _world()
+        self.callbacks = CallbackList(default_callbacks(self.args) + list(callbacks or []))
+        self.model = None
+        self._tokenizer = None
+        self.parallel_config: Dict[str, Any] = {"data_parallel": self.world_size}
+
+    @staticmethod
+    def _model_yaml(run: Dict[str, Any], args: Any) -> str:
+        """A YAML path the Auto classes can read for the run's model (and processor) sections."""
+        if isinstance(args, str):
+            return args
+        import tempfile
+
+        import yaml
+
+        handle, path = tempfile.mkstemp(suffix=".yaml", prefix="mindformers-model-")
+        with os.fdopen(handle, "w") as f:
+            yaml.safe_dump({k: run[k] for k in ("model", "processor") if k in run}, f)
+        return path
+
+    # ------------------------------------------------------------------ configuration
+    def set_parallel_config(self, data_parallel: int = 1, model_parallel: int = 1, pipeline_stage: int = 1,
+                            micro_batch_num: int = 1, **_: Any) -> None:
+        """MindFormers' parallel settings. Data parallelism follows the msrun process group; model and
+        pipeline parallelism need Ascend/GPU and a later version of this suite."""
+        if model_parallel != 1 or pipeline_stage != 1:
+            raise NotImplementedError("model_parallel and pipeline_stage other than 1 are not supported (MindSpore runs "
+                                      "only data parallelism on CPU); use data_parallel")
+        if data_parallel not in (1, self.world_size):
+            raise ValueError(f"data_parallel={data_parallel} but {self.world_size} process(es) run; start the script "
+                             f"with msrun --worker_num={data_parallel}")
+        self.parallel_config = {"data_parallel": self.world_size, "micro_batch_num": micro_batch_num}
+
+    def set_recompute_config(self, recompute: bool = False, **_: Any) -> None:
+        """Recompute every decoder layer's activations in the backward pass (less memory, more compute)."""
+        self.args = self.args.replace(recompute=bool(recompute))
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from ..auto import AutoTokenizer
+
+            source = self._tokenizer_source
+            if source is None:
+                if not isinstance(self._model_source, str):
+                    raise ValueError("a model instance was given without a tokenizer; pass tokenizer=")
+                source = self._model_source
+            self._tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
+        return self._tokenizer
+
+    def _load_model(self, pretrained: bool, checkpoint: Optional[str] = None):
+        """The model to run: loaded (pretrained), or built with random weights."""
+        from ..auto import AutoConfig, auto_model_for_task, model_class_for
+
+        source = self._model_source
+        if not isinstance(source, str):
+            model = source
+        elif pretrained:
+            model = auto_model_for_task(self.model_task).from_pretrained(source)
+        else:
+            config = AutoConfig.from_pretrained(source)
+            model = model_class_for(config, self.model_task).from_config(config, seed=self.args.seed)
+        if checkpoint:
+            self._load_weights(model, checkpoint)
+        self.model = model
+        return model
+
+    @staticmethod
+    def _load_weights(model, path: str) -> None:
+        """Weights from a Hugging Face directory, a safetensors file or one of our training checkpoints."""
+        from ..checkpoint import load_state_dict
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        tuner = tuner_of(model)
+        if tuner is not None and os.path.isfile(os.path.join(path, "adapter_model.safetensors")):
+            tuner.load_adapter_weights("default", load_state_dict(os.path.join(path, "adapter_model.safetensors")),
+                                       peft_keys=True, source=path)
+        else:
+            base = tuner.base_model if tuner is not None else model
+            base.load_state_dict(load_state_dict(path), strict=True)
+
+    def _dataset(self, source, split: str):
+        from ..dataset import TokenizedDataset, build_dataset
+
+        if source is None or isinstance(source, TokenizedDataset) or hasattr(source, "create_dict_iterator"):
+            return source
+        options: Dict[str, Any] = {}
+        if isinstance(source, dict) and not {"instruction", "messages", "text", "conversations"} & set(source):
+            options = dict(source)
+            source = options.pop("path", options.pop("data_path", None))
+            if source is None:
+                raise ValueError(f"{split} section needs `path`; found keys {sorted(options)}")
+        label_names = None
+        if self.model_task == "sequence_classification" and self.model is not None:
+            label_names = getattr(self.model.config, "id2label", None)
+        return build_dataset(source, self.tokenizer, task=self.task, seq_length=self.args.seq_length,
+                             label_names=options.pop("label_names", label_names), **options)
+
+    def _batches(self, data, batch_size: int, shuffle: bool, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
+        if hasattr(data, "create_dict_iterator"):  # a MindSpore dataset, batched by its owner
+            for row in data.create_dict_iterator(num_epochs=1, output_numpy=True):
+                ids = np.asarray(row["input_ids"], np.int32)
+                yield {"input_ids": ids,
+                       "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
+                       "labels": np.asarray(row.get("labels", ids), np.int32)}
+            return
+        yield from data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
+                                drop_last=self.args.dataloader_drop_last if shuffle else False,
+                                rank=self.rank, world_size=self.world_size,
+                                pad_to_multiple_of=self.args.pad_to_multiple_of)
+
+    def _num_batches(self, data, batch_size: int) -> int:
+        if hasattr(data, "get_dataset_size"):
+            return data.get_dataset_size()
+        return data.num_batches(batch_size, drop_last=self.args.dataloader_drop_last, world_size=self.world_size)
+
+    # ------------------------------------------------------------------ entry points
+    def train(self, train_checkpoint: Optional[str] = None, resume_training: Optional[Union[bool, str]] = None):
+        """Train from random weights (or from ``train_checkpoint``)."""
+        model = self._load_model(pretrained=False, checkpoint=train_checkpoint)
+        return self._train(model, resume_training)
+
+    def finetune(self, finetune_checkpoint: Optional[str] = None, resume_training: Optional[Union[bool, str]] = None):
+        """Train starting from the model's pretrained weights (or ``finetune_checkpoint``)."""
+        model = self._load_model(pretrained=True, checkpoint=finetune_checkpoint)
+        return self._train(model, resume_training)
+
+    def evaluate(self, eval_dataset: Any = None, eval_checkpoint: Optional[str] = None) -> Dict[str, float]:
+        """Metrics on the evaluation data: loss and perplexity (causal LM) or loss and accuracy."""
+        model = self.model if self.model is not None and eval_checkpoint is None else self._load_model(True, eval_checkpoint)
+        data = self._dataset(eval_dataset if eval_dataset is not None else self._eval_source, "eval_dataset")
+        if data is None:
+            raise ValueError("no evaluation data: pass eval_dataset= to the Trainer or to evaluate()")
+        return self._evaluate(model, data)
+
+    def predict(self, input_data: Any = None, predict_checkpoint: Optional[str] = None, **generate_kwargs: Any):
+        """Run the task's pipeline on ``input_data`` (a text, a list of texts or a chat)."""
+        from ..pipeline import pipeline
+
+        if input_data is None:
+            raise ValueError("predict needs input_data (a text, a list of texts or a chat)")
+        model = self.model if self.model is not None and predict_checkpoint is None else self._load_model(True, predict_checkpoint)
+        runner = pipeline(self.task, model=model, tokenizer=self.tokenizer)
+        return runner(input_data, **generate_kwargs)
+
+    # ------------------------------------------------------------------ the loop
+    def _train(self, model, resume) -> TrainerState:
+        args = self.args
+        if args.sink_mode:
+            logger.warning("sink_mode=True: data sinking needs Ascend; on this backend steps run one at a time")
+        ms.set_seed(args.seed)
+        data = self._dataset(self._train_source, "train_dataset")
+        if data is None:
+            raise ValueError("no training data: pass train_dataset= (a JSON/JSONL/text file, records or a dataset)")
+        eval_data = self._dataset(self._eval_source, "eval_dataset")
+        micro_per_epoch = self._num_batches(data, args.batch_size)
+        if micro_per_epoch == 0:
+            raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self.world_size} processes)")
+        steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
+        max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        if args.recompute:
+            self._apply_recompute(model)
+        optimizer, peaks = build_optimizer(model, args)
+        state = TrainerState(max_steps=max_steps, num_train_epochs=math.ceil(max_steps / steps_per_epoch),
+                             output_dir=args.output_dir, is_main_process=self.rank == 0)
+        checkpoint = resolve_resume(resume if resume is not None else args.resume_from_checkpoint, args.output_dir)
+        if checkpoint:
+            state = load_checkpoint(checkpoint, model, optimizer)
+            state.max_steps, state.start_step, state.start_time = max_steps, state.global_step, time.time()
+            state.is_main_process = self.rank == 0
+            logger.info("resuming from %s at step %d", checkpoint, state.global_step)
+        steps = _StepFunctions(model, optimizer, args, self.world_size)
+        model.set_train(True)
+        self.callbacks.on_train_begin(state, args)
+        epoch = state.global_step // steps_per_epoch
+        skip = (state.global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
+        while state.global_step < max_steps:
+            accumulated, micro = None, 0
+            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch)):
+                if index < skip:
+                    continue
+                ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
+                loss, grads = steps.gradients(ids, mask, labels)
+                accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
+                window["loss"].append(float(loss.asnumpy()))
+                window["tokens"] += int(batch["attention_mask"].sum())
+                micro += 1
+                last = index == micro_per_epoch - 1
+                if micro == args.gradient_accumulation_steps or last:
+                    self._optimizer_step(steps, optimizer, peaks, accumulated, micro, state, window, epoch,
+                                         steps_per_epoch, model, eval_data)
+                    accumulated, micro = None, 0
+                    if state.global_step >= max_steps:
+                        break
+            skip = 0
+            epoch += 1
+        model.set_train(False)
+        self._save(model, optimizer, state)
+        if eval_data is not None and args.eval_steps is None:
+            self._log_eval(model, eval_data, state)
+        self.callbacks.on_train_end(state)
+        return state
+
+    def _optimizer_step(self, steps, optimizer, peaks, grads, micro, state, window, epoch, steps_per_epoch,
+                        model, eval_data):
+        args = self.args
+        if micro > 1:
+            grads = tuple(g / micro for g in grads)
+        lr = set_learning_rates(optimizer, peaks, schedule_factor(state.global_step, state.max_steps, args))
+        norm = float(steps.update(grads).asnumpy())
+        state.global_step += 1
+        window["steps"] = window.get("steps", 0) + 1
+        state.epoch = epoch + (state.global_step - epoch * steps_per_epoch) / steps_per_epoch
+        if state.global_step % args.logging_steps == 0 or state.global_step == state.max_steps:
+            elapsed = time.time() - window["start"]
+            state.tokens_seen += window["tokens"]
+            logs = {"loss": float(np.mean(window["loss"])), "lr": lr, "grad_norm": norm,
+                    "tokens_per_second": window["tokens"] / max(elapsed, 1e-9), "step_time": elapsed / window["steps"]}
+            state.log_history.append({"step": state.global_step, "epoch": round(state.epoch, 4), **logs})
+            self.callbacks.on_step_end(state, logs)
+            window.update(loss=[], tokens=0, steps=0, start=time.time())
+        if eval_data is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
+            self._log_eval(model, eval_data, state)
+            model.set_train(True)
+        if args.save_steps and state.global_step % args.save_steps == 0 and state.global_step < state.max_steps:
+            self._save(model, optimizer, state)
+
+    def _save(self, model, optimizer, state: TrainerState) -> None:
+        if not state.is_main_process:
+            return
+        path = save_checkpoint(self.args.output_dir, model, optimizer, state, self.args)
+        rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, keep=path)
+        self.callbacks.on_save(state, path)
+
+    def _log_eval(self, model, data, state: TrainerState) -> Dict[str, float]:
+        metrics = self._evaluate(model, data)
+        state.log_history.append({"step": state.global_step, **metrics})
+        if state.best_metric is None or metrics["eval_loss"] < state.best_metric:
+            state.best_metric = metrics["eval_loss"]
+        self.callbacks.on_evaluate(state, metrics)
+        return metrics
+
+    def _evaluate(self, model, data) -> Dict[str, float]:
+        """Token-weighted loss over the data (and accuracy for classification), summed over ranks."""
+        model.set_train(False)
+        total_loss, weight, correct, count = 0.0, 0, 0, 0
+        for batch in self._batches(data, self.args.eval_batch_size, False, 0):
+            ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
+            loss, logits = model(ids, mask, None, labels)
+            if self.model_task == "causal_lm":
+                tokens = int((batch["labels"][:, 1:] != -100).sum())
+            else:
+                tokens = len(batch["labels"])
+                correct += int((logits.asnumpy().argmax(-1) == batch["labels"]).sum())
+                count += len(batch["labels"])
+            total_loss += float(loss.asnumpy()) * tokens
+            weight += tokens
+        if self.world_size > 1:
+            sums = ops.AllReduce()(Tensor(np.array([total_loss, weight, correct, count], np.float32))).asnumpy()
+            total_loss, weight, correct, count = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3])
+        if weight == 0:
+            raise ValueError("the evaluation data holds no tokens to score")
+        loss = total_loss / weight
+        metrics = {"eval_loss": loss}
+        if self.model_task == "causal_lm":
+            metrics["eval_perplexity"] = float(math.exp(min(loss, 50.0)))
+        else:
+            metrics["eval_accuracy"] = correct / max(count, 1)
+        return metrics
+
+    @staticmethod
+    def _apply_recompute(model) -> None:
+        """Mark every decoder layer for recomputation in the backward pass (compiled steps)."""
+        from mindspore import nn
+
+        base = tuner_of(model).base_model if tuner_of(model) is not None else model
+        stacks = [c for _, c in base.cells_and_names() if isinstance(c, nn.CellList)]
+        if not stacks:
+            raise ValueError(f"{type(base).__name__} has no layer list to recompute")
+        for layer in stacks[0]:
+            layer.recompute()
