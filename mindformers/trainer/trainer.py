@@ -215,9 +215,12 @@ class Trainer:
         return build_dataset(source, self.tokenizer, task=self.task, seq_length=self.args.seq_length,
                              label_names=options.pop("label_names", label_names), **options)
 
-    def _batches(self, data, batch_size: int, shuffle: bool, epoch: int) -> Iterator[Dict[str, np.ndarray]]:
+    def _batches(self, data, batch_size: int, shuffle: bool, epoch: int, start: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+        """Batches of ``epoch`` from the ``start``-th on (a resumed run starts inside an epoch)."""
         if hasattr(data, "create_dict_iterator"):  # a MindSpore dataset, batched by its owner
-            for row in data.create_dict_iterator(num_epochs=1, output_numpy=True):
+            for index, row in enumerate(data.create_dict_iterator(num_epochs=1, output_numpy=True)):
+                if index < start:
+                    continue
                 ids = np.asarray(row["input_ids"], np.int32)
                 yield {"input_ids": ids,
                        "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
@@ -226,7 +229,7 @@ class Trainer:
         yield from data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
                                 drop_last=self.args.dataloader_drop_last if shuffle else False,
                                 rank=self.rank, world_size=self.world_size,
-                                pad_to_multiple_of=self.args.pad_to_multiple_of)
+                                pad_to_multiple_of=self.args.pad_to_multiple_of, start_batch=start)
 
     def _num_batches(self, data, batch_size: int) -> int:
         if hasattr(data, "get_dataset_size"):
@@ -250,6 +253,7 @@ class Trainer:
         data = self._dataset(eval_dataset if eval_dataset is not None else self._eval_source, "eval_dataset")
         if data is None:
             raise ValueError("no evaluation data: pass eval_dataset= to the Trainer or to evaluate()")
+        self._match_padding(model, data)
         return self._evaluate(model, data)
 
     def predict(self, input_data: Any = None, predict_checkpoint: Optional[str] = None, **generate_kwargs: Any):
@@ -272,6 +276,7 @@ class Trainer:
         if data is None:
             raise ValueError("no training data: pass train_dataset= (a JSON/JSONL/text file, records or a dataset)")
         eval_data = self._dataset(self._eval_source, "eval_dataset")
+        self._match_padding(model, data)
         micro_per_epoch = self._num_batches(data, args.batch_size)
         if micro_per_epoch == 0:
             raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self.world_size} processes)")
@@ -296,9 +301,7 @@ class Trainer:
         window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
         while state.global_step < max_steps:
             accumulated, micro = None, 0
-            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch)):
-                if index < skip:
-                    continue
+            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip), start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
                 loss, grads = steps.gradients(ids, mask, labels)
                 accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
@@ -344,6 +347,13 @@ class Trainer:
             model.set_train(True)
         if args.save_steps and state.global_step % args.save_steps == 0 and state.global_step < state.max_steps:
             self._save(model, optimizer, state)
+
+    def _match_padding(self, model, data) -> None:
+        """A classifier pools each row's last non-padding token, so it must know the data's padding id."""
+        pad = getattr(data, "pad_token_id", None)
+        if self.model_task == "sequence_classification" and pad is not None and model.config.pad_token_id != pad:
+            logger.info("setting the classifier's pad_token_id to the data's padding id %d", pad)
+            model.config.pad_token_id = int(pad)
 
     def _save(self, model, optimizer, state: TrainerState) -> None:
         if not state.is_main_process:

@@ -175,7 +175,9 @@ def sequence_classification_loss(logits, labels, num_labels: int, problem_type: 
     if problem_type == "regression":
         return ops.mse_loss(logits.reshape(-1).astype(ms.float32), labels.reshape(-1).astype(ms.float32))
     if problem_type == "single_label_classification":
-        return ops.cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32), labels.reshape(-1).astype(ms.int32))
+        # label -100: a filler row of an uneven last data-parallel batch
+        return ops.cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32), labels.reshape(-1).astype(ms.int32),
+                                 ignore_index=-100)
     target = labels.astype(ms.float32)
     ones = ops.ones_like(target)
     return ops.binary_cross_entropy_with_logits(logits.astype(ms.float32), target, ones, ones)
