@@ -40,7 +40,12 @@ def _world() -> tuple:
 
 
 class _StepFunctions:
-    """The compiled pieces of a training step: gradients of one micro-batch, and the update."""
+    """The compiled pieces of a training step.
+
+    ``step`` does a whole optimizer step on one batch (one graph: forward, backward, mean over ranks, clip,
+    update). With gradient accumulation ``gradients`` returns one micro-batch's gradients and ``update``
+    applies their mean.
+    """
 
     def __init__(self, model, optimizer, args: TrainingArguments, world_size: int):
         self.optimizer = optimizer
@@ -49,13 +54,32 @@ class _StepFunctions:
         self.all_reduce = ops.AllReduce() if world_size > 1 else None
 
         def loss_of(input_ids, attention_mask, labels):
-            loss, _ = model(input_ids, attention_mask, None, labels)
-            return loss
+            return model(input_ids, attention_mask, None, labels)[0]
 
-        gradients = ms.value_and_grad(loss_of, None, optimizer.parameters)
-        compile_ = ms.jit if args.mode == "jit" else (lambda f: f)
-        self.gradients = compile_(gradients)
-        self.update = compile_(self._update)
+        self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters)
+        # The update is always compiled: MindSpore's optimizers compile their own inner step when called
+        # eagerly and would compile it again for every new tuple of gradients.
+        self._update_compiled = ms.jit(self._update)
+        if args.mode == "jit":
+            self.gradients = ms.jit(self._value_and_grad)
+            self.step = ms.jit(self._step)
+        else:  # eager forward and backward, for debugging a model
+            self.gradients = self._value_and_grad
+            self.step = self._eager_step
+
+    def _step(self, input_ids, attention_mask, labels):
+        loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
+        return loss, self._update(grads)
+
+    def _eager_step(self, input_ids, attention_mask, labels):
+        loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
+        return loss, self.update(grads)
+
+    def update(self, grads):
+        """Apply gradients computed outside the compiled step (accumulated ones)."""
+        # WARNING: a tuple of tensors passed to a compiled function is a constant unless marked mutable,
+        # and every new value would compile a new graph.
+        return self._update_compiled(ms.mutable(tuple(grads)))
 
     def _update(self, grads):
         if self.all_reduce is not None:  # data parallel: the mean gradient of all ranks
@@ -303,15 +327,22 @@ class Trainer:
             accumulated, micro = None, 0
             for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip), start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
-                loss, grads = steps.gradients(ids, mask, labels)
-                accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
-                window["loss"].append(float(loss.asnumpy()))
-                window["tokens"] += int(batch["attention_mask"].sum())
+                if micro == 0:  # the schedule is a function of the optimizer step
+                    lr = set_learning_rates(optimizer, peaks, schedule_factor(state.global_step, max_steps, args))
                 micro += 1
-                last = index == micro_per_epoch - 1
-                if micro == args.gradient_accumulation_steps or last:
-                    self._optimizer_step(steps, optimizer, peaks, accumulated, micro, state, window, epoch,
-                                         steps_per_epoch, model, eval_data)
+                window["tokens"] += int(batch["attention_mask"].sum())
+                if args.gradient_accumulation_steps == 1:
+                    loss, norm = steps.step(ids, mask, labels)
+                else:
+                    loss, grads = steps.gradients(ids, mask, labels)
+                    accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
+                    norm = None
+                    if micro == args.gradient_accumulation_steps or index == micro_per_epoch - 1:
+                        norm = steps.update(tuple(g / micro for g in accumulated) if micro > 1 else accumulated)
+                window["loss"].append(float(loss.asnumpy()))
+                if norm is not None:
+                    self._after_step(optimizer, state, window, lr, float(norm.asnumpy()), epoch, steps_per_epoch,
+                                     model, eval_data)
                     accumulated, micro = None, 0
                     if state.global_step >= max_steps:
                         break
@@ -324,24 +355,21 @@ class Trainer:
         self.callbacks.on_train_end(state)
         return state
 
-    def _optimizer_step(self, steps, optimizer, peaks, grads, micro, state, window, epoch, steps_per_epoch,
-                        model, eval_data):
+    def _after_step(self, optimizer, state, window, lr, norm, epoch, steps_per_epoch, model, eval_data):
+        """Count the step; log, evaluate and checkpoint when their intervals come round."""
         args = self.args
-        if micro > 1:
-            grads = tuple(g / micro for g in grads)
-        lr = set_learning_rates(optimizer, peaks, schedule_factor(state.global_step, state.max_steps, args))
-        norm = float(steps.update(grads).asnumpy())
         state.global_step += 1
-        window["steps"] = window.get("steps", 0) + 1
+        window["steps"] += 1
         state.epoch = epoch + (state.global_step - epoch * steps_per_epoch) / steps_per_epoch
+        logs: Dict[str, Any] = {}
         if state.global_step % args.logging_steps == 0 or state.global_step == state.max_steps:
             elapsed = time.time() - window["start"]
             state.tokens_seen += window["tokens"]
             logs = {"loss": float(np.mean(window["loss"])), "lr": lr, "grad_norm": norm,
                     "tokens_per_second": window["tokens"] / max(elapsed, 1e-9), "step_time": elapsed / window["steps"]}
             state.log_history.append({"step": state.global_step, "epoch": round(state.epoch, 4), **logs})
-            self.callbacks.on_step_end(state, logs)
             window.update(loss=[], tokens=0, steps=0, start=time.time())
+        self.callbacks.on_step_end(state, logs)
         if eval_data is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
             self._log_eval(model, eval_data, state)
             model.set_train(True)
