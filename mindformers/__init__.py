@@ -12,6 +12,7 @@ from .auto import (
     AutoTokenizer,
 )
 from .configuration_utils import PretrainedConfig
+from .dataset import TokenizedDataset, build_dataset
 from .generation import BaseStreamer, GenerationConfig, TextIteratorStreamer, TextStreamer
 from .modeling_utils import CheckpointMismatchError, PreTrainedModel
 from .models.gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -35,6 +36,6 @@ from .presets import list_presets
 from .processors import BaseProcessor, GPT2Processor, LlamaProcessor
 from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, TUNERS, Registry
 from .tokenizers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizer
-from .trainer import Trainer, TrainerState, TrainingArguments
+from .trainer import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 __version__ = "0.1.0"

@@ -9,12 +9,12 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from .checkpoint import save_state_dict
 from .configuration_utils import PretrainedConfig
 from .models.common.layers import Conv1D, Embedding, LayerNorm, Linear, RMSNorm
-from .utils import EXECUTION_LOCK, logger
+from .utils import EXECUTION_LOCK, logger, write_parameter
 
 
 class CheckpointMismatchError(ValueError):
@@ -68,13 +68,13 @@ class PreTrainedModel(nn.Cell):
         std = self.config.initializer_range
         for _, cell in self.cells_and_names():
             if isinstance(cell, (Linear, Conv1D, Embedding)):
-                _fill(cell.weight, rng.normal(0.0, std, cell.weight.shape))
+                _fill(cell.weight, rng.normal(0.0, std, cell.weight.shape), True)
                 if getattr(cell, "bias", None) is not None:
-                    _fill(cell.bias, np.zeros(cell.bias.shape))
+                    _fill(cell.bias, np.zeros(cell.bias.shape), True)
             elif isinstance(cell, (RMSNorm, LayerNorm)):
-                _fill(cell.weight, np.ones(cell.weight.shape))
+                _fill(cell.weight, np.ones(cell.weight.shape), True)
                 if getattr(cell, "bias", None) is not None:
-                    _fill(cell.bias, np.zeros(cell.bias.shape))
+                    _fill(cell.bias, np.zeros(cell.bias.shape), True)
         self._post_init_weights(rng)
 
     def _post_init_weights(self, rng: np.random.Generator) -> None:
@@ -102,13 +102,13 @@ class PreTrainedModel(nn.Cell):
     def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray]) -> "PreTrainedModel":
         """Build a model from ``config`` and copy ``state`` (numpy arrays by HF name) into it."""
         model = cls(config)
-        missing = model.load_state_dict(state, strict=True)
+        missing = model._copy_state(state, strict=True, in_place=False)  # no compiled graph holds its buffers yet
         if missing:
             rng = np.random.default_rng()
             params = dict(model.parameters_and_names())
             for name in missing:
                 init = np.zeros(params[name].shape) if name.endswith("bias") else rng.normal(0.0, config.initializer_range, params[name].shape)
-                _fill(params[name], init)
+                _fill(params[name], init, False)
             logger.warning("%s: newly initialised (not in the checkpoint): %s; train them before use", cls.__name__, missing)
         model.apply_pet_config()
         return model
@@ -134,7 +134,7 @@ class PreTrainedModel(nn.Cell):
         return key
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> list:
-        """Copy arrays into the parameters of the same name.
+        """Copy arrays into the parameters of the same name (in place: compiled steps see the new values).
 
         Args:
             state: ``{name: array}``; names are Hugging Face's.
@@ -143,6 +143,9 @@ class PreTrainedModel(nn.Cell):
         Returns:
             The names of head parameters the checkpoint lacked (left for the caller to initialise).
         """
+        return self._copy_state(state, strict, in_place=True)
+
+    def _copy_state(self, state: Dict[str, np.ndarray], strict: bool, in_place: bool) -> list:
         params = dict(self.parameters_and_names())
         renamed = {}
         for key, value in state.items():
@@ -176,7 +179,7 @@ class PreTrainedModel(nn.Cell):
             )
         for key, value in renamed.items():
             if key in params and tuple(value.shape) == tuple(params[key].shape):
-                _fill(params[key], value)
+                _fill(params[key], value, in_place)
         return head_missing
 
     def save_pretrained(self, save_directory: str, max_shard_size: Union[int, str] = "5GB") -> None:
@@ -199,8 +202,12 @@ class PreTrainedModel(nn.Cell):
         return int(sum(np.prod(p.shape) for p in params))
 
 
-def _fill(param: ms.Parameter, value: np.ndarray) -> None:
-    param.set_data(Tensor(np.asarray(value, dtype=np.float32), dtype=param.dtype))
+def _fill(param: ms.Parameter, value: np.ndarray, in_place: bool) -> None:
+    value = np.asarray(value, dtype=np.float32)
+    if in_place:
+        write_parameter(param, value)
+    else:  # a new buffer is ~3x faster for a fresh model's lazily initialised parameters
+        param.set_data(ms.Tensor(value, dtype=param.dtype))
 
 
 def _short(items: list, limit: int = 8) -> str:

@@ -7,6 +7,8 @@ import tempfile
 import threading
 from typing import Iterator
 
+import numpy as np
+
 logger = logging.getLogger("mindformers")
 
 # MindSpore 2.10's eager executor is not thread-safe: forward passes launched from several threads at once
@@ -100,3 +102,21 @@ def resolve_resource(spec: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{spec!r}: no such file or directory ({path})")
     return path
+
+
+def write_parameter(param, value) -> None:
+    """Copy ``value`` (an array or Tensor of the same shape) into ``param``, in place.
+
+    WARNING: ``Parameter.set_data`` swaps the parameter's buffer, and a graph compiled before keeps
+    reading the old one (MindSpore 2.10: a compiled forward gave the old logits after set_data). Writing
+    in place with ``ops.assign`` is seen by every graph. A new shape needs a new buffer: set_data.
+    """
+    from mindspore import Tensor, ops
+
+    tensor = value if isinstance(value, Tensor) else Tensor(np.asarray(value), dtype=param.dtype)
+    if tensor.dtype != param.dtype:
+        tensor = tensor.astype(param.dtype)
+    if tuple(tensor.shape) == tuple(param.shape):
+        ops.assign(param, tensor)
+    else:
+        param.set_data(tensor)

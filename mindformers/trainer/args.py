@@ -32,6 +32,8 @@ class TrainingArguments:
 
     output_dir: str = "./output"
     """Checkpoints, metrics.jsonl, tensorboard/ and loss_curve.png go here."""
+    overwrite_output_dir: bool = False
+    """Let a new (not resumed) run write into an output_dir holding an earlier run's checkpoints or logs."""
     num_train_epochs: float = 1
     """Passes over the training data (ignored when max_steps > 0)."""
     max_steps: int = -1

@@ -14,11 +14,10 @@ import tempfile
 from typing import List, Optional
 
 import numpy as np
-from mindspore import Tensor
 from safetensors.numpy import save_file
 
 from ..checkpoint import load_state_dict
-from ..utils import atomic_path, atomic_write_text, read_json_object
+from ..utils import atomic_path, atomic_write_text, read_json_object, write_parameter
 from .optim import optimizer_state
 from .state import TrainerState
 
@@ -69,6 +68,25 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
     return final
 
 
+def remove_stale_temporaries(output_dir: str) -> List[str]:
+    """Delete the hidden folders a killed save left behind (``.checkpoint-<step>.*``, ``.old-checkpoint-*``)."""
+    if not os.path.isdir(output_dir):
+        return []
+    stale = [os.path.join(output_dir, name) for name in os.listdir(output_dir)
+             if name.startswith((f".{PREFIX}", f".old-{PREFIX}"))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def earlier_run_files(output_dir: str) -> List[str]:
+    """What an earlier run left in ``output_dir`` that a new run would replace: checkpoints and metrics."""
+    found = [os.path.basename(c) for c in list_checkpoints(output_dir)]
+    if os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
+        found.append("metrics.jsonl")
+    return found
+
+
 def rotate_checkpoints(output_dir: str, limit: Optional[int], keep: Optional[str] = None) -> List[str]:
     """Delete the oldest checkpoints beyond ``limit`` (never ``keep``); return the deleted paths."""
     if not limit:
@@ -115,5 +133,5 @@ def load_checkpoint(path: str, model, optimizer) -> TrainerState:
     if missing:
         raise ValueError(f"{path}: optimizer state lacks {missing[:5]}; was it saved for another model or optimizer?")
     for name, param in current.items():
-        param.set_data(Tensor(np.asarray(saved[name]), dtype=param.dtype))
+        write_parameter(param, np.asarray(saved[name]))
     return TrainerState.from_dict(read_json_object(os.path.join(path, "trainer_state.json"), "a checkpoint"))

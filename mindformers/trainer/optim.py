@@ -1,16 +1,21 @@
-"""Optimizer and learning-rate schedule of a run.
+"""Optimizers and the learning-rate schedule of a run.
 
-The optimizer is MindSpore's ``experimental.optim`` AdamW/SGD (``mint.optim.AdamW`` has no CPU kernel in
-2.10). Each parameter group keeps its learning rate in a Parameter, which the trainer sets before every
-step to ``group base lr * schedule(step)``: the schedule is a plain function of the step, so a resumed run
-gets the same rates without any scheduler state.
+The learning rate is an input of every compiled step: the trainer passes ``schedule_factor(step)`` and each
+parameter's update uses ``group peak lr * factor``.
+
+WARNING: MindSpore's own optimizers (``nn``, ``experimental.optim``) keep the rate in Parameters that a
+compiled graph reads only once, at compile time (measured with 2.10 on CPU: after ``set_data`` or
+``assign_value`` to the rate, the compiled step kept the old rate), so their schedules silently stop
+working inside ``mindspore.jit``. Hence these small optimizers.
+
+The schedule is a plain function of the step, so a resumed run gets the same rates without any scheduler
+state; the optimizer's state is its moments and step counter (``state_parameters``).
 """
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import mindspore as ms
-from mindspore import Tensor
-from mindspore.experimental.optim import SGD, AdamW
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .args import TrainingArguments
 
@@ -47,26 +52,84 @@ def parameter_groups(model, args: TrainingArguments) -> List[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model, args: TrainingArguments) -> Tuple[object, List[float]]:
-    """The optimizer and each group's peak learning rate."""
+class _Optimizer(nn.Cell):
+    """Parameters from groups ``{"params", "lr", "weight_decay"}``; each keeps its group's peak rate."""
+
+    def __init__(self, groups: List[dict]):
+        super().__init__(auto_prefix=False)
+        params, lrs, decays = [], [], []
+        for group in groups:
+            for param in group["params"]:
+                params.append(param)
+                lrs.append(float(group["lr"]))
+                decays.append(float(group.get("weight_decay", 0.0)))
+        self.parameters = ParameterTuple(params)
+        self.peak_lrs = tuple(lrs)
+        self.weight_decays = tuple(decays)
+        self.peaks = sorted({lr for lr in lrs}, key=lrs.index)
+
+    def state_parameters(self) -> Dict[str, Parameter]:
+        """The optimizer's own tensors by name, for checkpoints."""
+        return {}
+
+
+class AdamW(_Optimizer):
+    """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW: decoupled decay ``p -= lr * wd * p``, then
+    ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected moments."""
+
+    def __init__(self, groups: List[dict], betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(groups)
+        self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
+        self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
+        self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
+        self.state_step = Parameter(Tensor(0.0, ms.float32), name="state_step", requires_grad=False)
+
+    def construct(self, grads, factor):
+        step = self.state_step + 1.0
+        ops.assign(self.state_step, step)
+        correction1 = 1.0 - ops.pow(self.beta1, step)
+        correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, step))
+        for i in range(len(self.parameters)):
+            param, grad, m, v = self.parameters[i], grads[i], self.exp_avg[i], self.exp_avg_sq[i]
+            lr = self.peak_lrs[i] * factor
+            m_new = self.beta1 * m + (1.0 - self.beta1) * grad
+            v_new = self.beta2 * v + (1.0 - self.beta2) * ops.square(grad)
+            ops.assign(m, m_new)
+            ops.assign(v, v_new)
+            update = (m_new / correction1) / (ops.sqrt(v_new) / correction2_sqrt + self.eps)
+            if self.weight_decays[i] > 0:
+                update = update + self.weight_decays[i] * param
+            ops.assign(param, param - lr * update)
+        return step
+
+    def state_parameters(self) -> Dict[str, Parameter]:
+        state = {p.name: p for p in self.exp_avg}
+        state.update({p.name: p for p in self.exp_avg_sq})
+        state["state_step"] = self.state_step
+        return state
+
+
+class SGD(_Optimizer):
+    """Plain stochastic gradient descent with decoupled weight decay: ``p -= lr * (grad + wd * p)``."""
+
+    def construct(self, grads, factor):
+        for i in range(len(self.parameters)):
+            param = self.parameters[i]
+            update = grads[i]
+            if self.weight_decays[i] > 0:
+                update = update + self.weight_decays[i] * param
+            ops.assign(param, param - self.peak_lrs[i] * factor * update)
+        return factor
+
+
+def build_optimizer(model, args: TrainingArguments) -> _Optimizer:
+    """The run's optimizer over the model's trainable parameters."""
     groups = parameter_groups(model, args)
-    peaks = [g["lr"] for g in groups]
     if args.optim == "adamw":
-        optimizer = AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                          eps=args.adam_epsilon, weight_decay=args.weight_decay)
-    else:
-        optimizer = SGD(groups, lr=args.learning_rate)
-    return optimizer, peaks
+        return AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    return SGD(groups)
 
 
-def set_learning_rates(optimizer, peaks: List[float], factor: float) -> float:
-    """Set every group's rate to peak * factor; return the first group's (for logging)."""
-    for group, peak in zip(optimizer.param_groups, peaks):
-        group["lr"].set_data(Tensor(peak * factor, ms.float32))
-    return peaks[0] * factor
-
-
-def optimizer_state(optimizer) -> dict:
-    """The optimizer's own tensors (moments, step counters) by name, for checkpoints."""
-    model_params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    return {name: param for name, param in optimizer.parameters_and_names() if id(param) not in model_params}
+def optimizer_state(optimizer) -> Dict[str, Parameter]:
+    """The optimizer's own tensors (moments, step counter) by name, for checkpoints."""
+    return optimizer.state_parameters()

@@ -21,8 +21,9 @@ from ..registry import TASKS
 from ..utils import logger
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
-from .checkpointing import load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint, tuner_of
-from .optim import build_optimizer, schedule_factor, set_learning_rates
+from .checkpointing import (earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
+                            rotate_checkpoints, save_checkpoint, tuner_of)
+from .optim import build_optimizer, schedule_factor
 from .state import TrainerState
 
 RUN_SECTIONS = ("model", "processor", "training", "train_dataset", "eval_dataset", "task", "run_mode", "context",
@@ -42,16 +43,21 @@ def _world() -> tuple:
 class _StepFunctions:
     """The compiled pieces of a training step.
 
-    ``step`` does a whole optimizer step on one batch (one graph: forward, backward, mean over ranks, clip,
-    update). With gradient accumulation ``gradients`` returns one micro-batch's gradients and ``update``
-    applies their mean.
+    The loss of a step is the mean over every scored token (label != -100) of its global batch: all
+    micro-batches of all data-parallel ranks. Micro-batches hold different numbers of scored tokens, so a
+    plain mean of their gradients would weigh tokens unequally; instead each contributes
+    ``tokens_i * grad_i`` and the update divides the sum by ``sum(tokens_i)``. A step then equals one
+    large batch, whatever the accumulation and the number of ranks.
+
+    ``step`` is a whole optimizer step on one batch (one graph: forward, backward, sums over ranks, clip,
+    update). With gradient accumulation, ``gradients`` returns one micro-batch's loss and gradients and
+    ``update`` applies the summed, weighted ones.
     """
 
     def __init__(self, model, optimizer, args: TrainingArguments, world_size: int):
         self.optimizer = optimizer
-        self.world_size = world_size
         self.max_norm = args.max_grad_norm or 0.0
-        self.all_reduce = ops.AllReduce() if world_size > 1 else None
+        self.all_reduce = ops.AllReduce() if world_size > 1 else None  # sum over ranks
 
         def loss_of(input_ids, attention_mask, labels):
             return model(input_ids, attention_mask, None, labels)[0]
@@ -67,29 +73,35 @@ class _StepFunctions:
             self.gradients = self._value_and_grad
             self.step = self._eager_step
 
-    def _step(self, input_ids, attention_mask, labels):
+    def _step(self, input_ids, attention_mask, labels, tokens, lr_factor):
         loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return loss, self._update(grads)
+        return self._update(tuple(g * tokens for g in grads), loss * tokens, tokens, lr_factor)
 
-    def _eager_step(self, input_ids, attention_mask, labels):
+    def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor):
         loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return loss, self.update(grads)
+        return self.update(tuple(g * tokens for g in grads), loss * tokens, tokens, lr_factor)
 
-    def update(self, grads):
-        """Apply gradients computed outside the compiled step (accumulated ones)."""
+    def update(self, weighted_grads, loss_sum, tokens, lr_factor):
+        """Apply gradients summed outside the compiled step; returns (mean loss, gradient norm)."""
         # WARNING: a tuple of tensors passed to a compiled function is a constant unless marked mutable,
         # and every new value would compile a new graph.
-        return self._update_compiled(ms.mutable(tuple(grads)))
+        return self._update_compiled(ms.mutable(tuple(weighted_grads)), loss_sum, tokens, lr_factor)
 
-    def _update(self, grads):
-        if self.all_reduce is not None:  # data parallel: the mean gradient of all ranks
-            grads = tuple(self.all_reduce(g) / self.world_size for g in grads)
+    def _update(self, weighted_grads, loss_sum, tokens, lr_factor):
+        """``weighted_grads``: sum of tokens_i * grad_i over this rank's micro-batches; ``loss_sum`` and
+        ``tokens`` ([1] tensors) likewise for the loss and the scored-token count; ``lr_factor``: the
+        schedule's multiplier of each group's peak learning rate."""
+        if self.all_reduce is not None:  # data parallel: sums over all ranks
+            weighted_grads = tuple(self.all_reduce(g) for g in weighted_grads)
+            loss_sum, tokens = self.all_reduce(loss_sum), self.all_reduce(tokens)
+        tokens = ops.maximum(tokens, 1.0)  # a batch without scored tokens contributes nothing
+        grads = tuple(g / tokens for g in weighted_grads)
         norm = ops.sqrt(sum(ops.square(g).sum() for g in grads))
         if self.max_norm > 0:
             scale = ops.minimum(self.max_norm / (norm + 1e-6), 1.0)
             grads = tuple(g * scale for g in grads)
-        self.optimizer(grads)
-        return norm
+        self.optimizer(grads, lr_factor)
+        return loss_sum / tokens, norm
 
 
 class Trainer:
@@ -301,6 +313,11 @@ class Trainer:
             raise ValueError("no training data: pass train_dataset= (a JSON/JSONL/text file, records or a dataset)")
         eval_data = self._dataset(self._eval_source, "eval_dataset")
         self._match_padding(model, data)
+        size = None if hasattr(data, "get_dataset_size") else len(data)  # a MindSpore dataset batches itself
+        if size is not None and args.batch_size * self.world_size > size:
+            raise ValueError(f"batch_size={args.batch_size} x {self.world_size} process(es) is larger than the training "
+                             f"data ({size} examples after tokenization); use a batch_size of at most "
+                             f"{max(1, size // self.world_size)} or more data")
         micro_per_epoch = self._num_batches(data, args.batch_size)
         if micro_per_epoch == 0:
             raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self.world_size} processes)")
@@ -308,10 +325,16 @@ class Trainer:
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         if args.recompute:
             self._apply_recompute(model)
-        optimizer, peaks = build_optimizer(model, args)
+        optimizer = build_optimizer(model, args)
         state = TrainerState(max_steps=max_steps, num_train_epochs=math.ceil(max_steps / steps_per_epoch),
                              output_dir=args.output_dir, is_main_process=self.rank == 0)
         checkpoint = resolve_resume(resume if resume is not None else args.resume_from_checkpoint, args.output_dir)
+        if not checkpoint and not args.overwrite_output_dir and (earlier := earlier_run_files(args.output_dir)):
+            raise FileExistsError(f"output_dir {args.output_dir} holds an earlier run's {earlier}; resume it "
+                                  "(resume_from_checkpoint=True / --resume_training True), pick another output_dir, "
+                                  "or set overwrite_output_dir=True")
+        if self.rank == 0:
+            remove_stale_temporaries(args.output_dir)
         if checkpoint:
             state = load_checkpoint(checkpoint, model, optimizer)
             state.max_steps, state.start_step, state.start_time = max_steps, state.global_step, time.time()
@@ -324,28 +347,33 @@ class Trainer:
         skip = (state.global_step % steps_per_epoch) * args.gradient_accumulation_steps
         window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
         while state.global_step < max_steps:
-            accumulated, micro = None, 0
+            accumulated, micro, loss_sum, tokens = None, 0, 0.0, 0
             for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip), start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
                 if micro == 0:  # the schedule is a function of the optimizer step
-                    lr = set_learning_rates(optimizer, peaks, schedule_factor(state.global_step, max_steps, args))
+                    factor = schedule_factor(state.global_step, max_steps, args)
+                    lr, lr_factor = optimizer.peaks[0] * factor, Tensor(factor, ms.float32)
                 micro += 1
                 window["tokens"] += int(batch["attention_mask"].sum())
+                scored = self._scored_tokens(batch["labels"])
                 if args.gradient_accumulation_steps == 1:
-                    loss, norm = steps.step(ids, mask, labels)
+                    loss, norm = steps.step(ids, mask, labels, Tensor([scored], ms.float32), lr_factor)
                 else:
                     loss, grads = steps.gradients(ids, mask, labels)
+                    grads = tuple(g * scored for g in grads)
                     accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
-                    norm = None
-                    if micro == args.gradient_accumulation_steps or index == micro_per_epoch - 1:
-                        norm = steps.update(tuple(g / micro for g in accumulated) if micro > 1 else accumulated)
-                window["loss"].append(float(loss.asnumpy()))
-                if norm is not None:
-                    self._after_step(optimizer, state, window, lr, float(norm.asnumpy()), epoch, steps_per_epoch,
-                                     model, eval_data)
-                    accumulated, micro = None, 0
-                    if state.global_step >= max_steps:
-                        break
+                    loss_sum += float(loss.asnumpy()) * scored
+                    tokens += scored
+                    if micro < args.gradient_accumulation_steps and index < micro_per_epoch - 1:
+                        continue
+                    loss, norm = steps.update(accumulated, Tensor([loss_sum], ms.float32), Tensor([tokens], ms.float32),
+                                              lr_factor)
+                window["loss"].append(float(loss.asnumpy()[0]))
+                self._after_step(optimizer, state, window, lr, float(norm.asnumpy()), epoch, steps_per_epoch,
+                                 model, eval_data)
+                accumulated, micro, loss_sum, tokens = None, 0, 0.0, 0
+                if state.global_step >= max_steps:
+                    break
             skip = 0
             epoch += 1
         model.set_train(False)
@@ -375,6 +403,12 @@ class Trainer:
             model.set_train(True)
         if args.save_steps and state.global_step % args.save_steps == 0 and state.global_step < state.max_steps:
             self._save(model, optimizer, state)
+
+    def _scored_tokens(self, labels: np.ndarray) -> int:
+        """How many labels of a batch the loss averages over."""
+        if self.model_task == "causal_lm":
+            return int((labels[:, 1:] != -100).sum())  # the first position predicts nothing
+        return int((labels != -100).sum())
 
     def _match_padding(self, model, data) -> None:
         """A classifier pools each row's last non-padding token, so it must know the data's padding id."""

@@ -8,6 +8,7 @@ import copy
 
 from mindspore import nn
 
+from ..utils import write_parameter
 from .tuner_layer import AdapterState, TunerLayer
 
 
@@ -48,7 +49,7 @@ class ModulesToSaveWrapper(nn.Cell, TunerLayer):
         for name in names:
             if name in self.adapter_names:
                 for pname, param in self.modules_to_save[name].parameters_and_names(expand=False):
-                    getattr(self.original_module, pname).set_data(param.value().copy())
+                    write_parameter(getattr(self.original_module, pname), param.value().copy())
                 self.merged_adapters.append(name)
                 return
 

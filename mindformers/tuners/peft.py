@@ -5,7 +5,7 @@ adapter at the top of the directory and others in sub-folders named after them.
 """
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import mindspore as ms

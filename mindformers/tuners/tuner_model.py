@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 
 from ..checkpoint.safetensors_dir import _read_file
 from ..registry import TUNERS
-from ..utils import EXECUTION_LOCK, atomic_path, logger
+from ..utils import EXECUTION_LOCK, atomic_path, logger, write_parameter
 from .config import CONFIG_NAME, WEIGHTS_NAME, TunerConfig
 from .lora.layer import LoraEmbedding
 from .lora.model import lora_layers, rename_parameters, replace_module, unload
@@ -312,7 +312,7 @@ class TunerModel(nn.Cell):
             raise ValueError(f"{source} does not fit adapter {name!r} of {type(self.base_model).__name__}: "
                              + "; ".join(parts) + ". Was it trained for another base model or config?")
         for key, param in by_key.items():
-            param.set_data(Tensor(weights[key].astype(np.float32), dtype=param.dtype))
+            write_parameter(param, weights[key].astype(np.float32))
 
     def _save_adapter(self, directory: str, name: str, peft_keys: bool) -> None:
         config = self.peft_config[name]

@@ -159,7 +159,14 @@ def causal_lm_loss(logits, labels):
     vocab = logits.shape[-1]
     shift_logits = logits[:, :-1, :].reshape(-1, vocab).astype(ms.float32)
     shift_labels = labels[:, 1:].reshape(-1).astype(ms.int32)
-    return ops.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="mean")
+    return _mean_cross_entropy(shift_logits, shift_labels)
+
+
+def _mean_cross_entropy(logits, labels):
+    """Cross entropy averaged over labels != -100; 0 (not NaN) when every label is ignored, so a batch
+    without scored tokens (a data-parallel filler batch) adds nothing to a step."""
+    total = ops.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    return total / ops.maximum((labels != -100).sum().astype(ms.float32), 1.0)
 
 
 def sequence_classification_loss(logits, labels, num_labels: int, problem_type: Optional[str]):
@@ -176,8 +183,7 @@ def sequence_classification_loss(logits, labels, num_labels: int, problem_type: 
         return ops.mse_loss(logits.reshape(-1).astype(ms.float32), labels.reshape(-1).astype(ms.float32))
     if problem_type == "single_label_classification":
         # label -100: a filler row of an uneven last data-parallel batch
-        return ops.cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32), labels.reshape(-1).astype(ms.int32),
-                                 ignore_index=-100)
+        return _mean_cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32), labels.reshape(-1).astype(ms.int32))
     target = labels.astype(ms.float32)
     ones = ops.ones_like(target)
     return ops.binary_cross_entropy_with_logits(logits.astype(ms.float32), target, ones, ones)

@@ -15,10 +15,10 @@ update is ``(B A)^T``. Merging edits the base weight in place (in float64 on the
 from typing import Dict, Iterable, Optional
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.common.layers import Conv1D, Embedding, Linear
+from ...utils import write_parameter
 from ..tuner_layer import AdapterState, TunerLayer
 
 
@@ -38,7 +38,7 @@ def _kaiming_uniform(rng: np.random.Generator, shape) -> np.ndarray:
 
 
 def _set(param: Parameter, value: np.ndarray) -> None:
-    param.set_data(Tensor(np.asarray(value, dtype=np.float32), dtype=param.dtype))
+    write_parameter(param, np.asarray(value, dtype=np.float32))
 
 
 class LoraLinear(nn.Cell, TunerLayer):
