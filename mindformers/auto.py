@@ -48,13 +48,17 @@ def _config_from_hf_dict(data: Dict[str, Any], where: str) -> PretrainedConfig:
         raise ValueError(f"{where}: {err}") from None
 
 
-def _resolve(source: str, overrides: Dict[str, Any]):
-    """Read ``source`` into ``(config, architecture name or None, checkpoint path or None, yaml dict or None)``."""
+def _resolve(source: str, overrides: Dict[str, Any], need_checkpoint: bool = True):
+    """Read ``source`` into ``(config, architecture name or None, checkpoint path or None, yaml dict or None)``.
+
+    A YAML's checkpoint reference is checked only when ``need_checkpoint`` (a config alone needs no weights)."""
     kind, path = _locate(source)
     if kind == "yaml":
         data = load_yaml(path)
         config, arch, checkpoint = parse_model_section(data, path)
-        return config.replace(**overrides), arch, (resolve_resource(checkpoint) if checkpoint else None), data
+        if checkpoint and need_checkpoint:
+            checkpoint = resolve_resource(checkpoint)
+        return config.replace(**overrides), arch, checkpoint, data
     if kind == "gguf":
         data = read_gguf_config(path)
         return _config_from_hf_dict(data, path).replace(**overrides), None, path, None
@@ -74,7 +78,7 @@ class AutoConfig:
             source: preset name or path (see the module docstring).
             overrides: config fields to set, in any accepted spelling.
         """
-        return _resolve(source, overrides)[0]
+        return _resolve(source, overrides, need_checkpoint=False)[0]
 
     @staticmethod
     def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
@@ -191,6 +195,6 @@ class AutoProcessor:
             if not section:
                 raise ValueError(f"{path}: no `processor:` section")
             return load_processor(section, **kwargs)
-        config = _resolve(path, {})[0]
+        config = _resolve(path, {}, need_checkpoint=False)[0]
         tokenizer = load_tokenizer(path)
         return load_processor({"type": config.processor_type}, tokenizer=tokenizer, **kwargs)

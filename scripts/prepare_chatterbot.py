@@ -13,7 +13,9 @@ is dropped. Entries that are not a list of at least two strings (a few files hol
 pair belongs) are skipped and counted; exact duplicate chats are kept once, so no chat is in both splits.
 
 A fixed-seed shuffle holds out ``--eval-fraction`` of the chats as ``eval.jsonl``; both files keep corpus
-order and are written atomically (a reader never sees a half-written file). Prints what it found and wrote.
+order and are written atomically (a reader never sees a half-written file), and again as plain text
+(``train.txt`` / ``eval.txt``: one blank-line-separated document per chat) for language-model training.
+Prints what it found and wrote.
 Read them with ``mindformers.dataset.build_dataset(path, tokenizer)``.
 """
 
@@ -110,6 +112,13 @@ def write_jsonl(path: str, records: List[Chat]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def write_text(path: str, records: List[Chat]) -> None:
+    """Write the chats as plain text for language modelling: one document per chat (its messages, one per
+    line), documents separated by a blank line, atomically."""
+    documents = ["\n".join(" ".join(m["content"].split()) for m in r["messages"]) for r in records]
+    atomic_write_text(path, "\n\n".join(documents) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Run the conversion.
 
@@ -151,11 +160,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
     train, evaluation = split(chats, args.eval_fraction, args.seed)
     write_jsonl(os.path.join(args.out, "train.jsonl"), train)
     write_jsonl(os.path.join(args.out, "eval.jsonl"), evaluation)
+    write_text(os.path.join(args.out, "train.txt"), train)
+    write_text(os.path.join(args.out, "eval.txt"), evaluation)
     turns = sum(sum(m["role"] == "assistant" for m in c["messages"]) for c in chats)
     print(
         f"{len(chats)} chats ({turns} assistant turns; {duplicates} duplicates dropped, {skipped} entries skipped): "
         f"{len(train)} -> {os.path.join(args.out, 'train.jsonl')}, {len(evaluation)} -> "
-        f"{os.path.join(args.out, 'eval.jsonl')}"
+        f"{os.path.join(args.out, 'eval.jsonl')} (and the same as plain text in train.txt / eval.txt)"
     )
     return {"chats": len(chats), "skipped": skipped, "duplicates": duplicates, "train": len(train),
             "eval": len(evaluation)}

@@ -1,0 +1,73 @@
+"""Data parallel on CPU with msrun: two workers, each reading its own shard, end with identical weights,
+equal to one process training on the global batch (the chats have different lengths, so this also checks
+that the ranks' gradients are weighted by their answer tokens).
+
+The workers use SGD: its update is linear in the gradient, so the comparison checks the averaged gradient
+itself. (With AdamW, embedding rows whose gradients are ~1e-9 get m / sqrt(v) ~ +-1 either way, so float
+rounding in the all-reduce shows up as full-size differences in a few of them.)"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.trainer.conftest import REPO
+
+WORKER = os.path.join(REPO, "tests", "trainer", "dp_worker.py")
+STEPS = 3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(small_chats, tmp_path_factory):
+    msrun = shutil.which("msrun") or os.path.join(os.path.dirname(sys.executable), "msrun")
+    if not os.path.exists(msrun):
+        pytest.skip("msrun (installed with mindspore) not found")
+    out = tmp_path_factory.mktemp("dp")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    parallel = subprocess.run(
+        [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", f"--log_dir={out}/logs",
+         "--join=True", WORKER, str(out), small_chats[0], "2", str(STEPS), "True"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    logs = "".join(open(os.path.join(out, "logs", n)).read()[-3000:] for n in sorted(os.listdir(out / "logs")))
+    assert parallel.returncode == 0, parallel.stdout[-2000:] + parallel.stderr[-2000:] + logs
+    single = subprocess.run([sys.executable, WORKER, str(out), small_chats[0], "4", str(STEPS), "False"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return out
+
+
+def load(out, size, rank):
+    with open(out / f"world{size}_rank{rank}.json") as f:
+        return dict(np.load(out / f"world{size}_rank{rank}.npz")), json.load(f)
+
+
+def test_ranks_hold_identical_weights(runs):
+    w0, info0 = load(runs, 2, 0)
+    w1, info1 = load(runs, 2, 1)
+    assert (info0["rank"], info1["rank"], info0["world_size"]) == (0, 1, 2)
+    for name in w0:
+        np.testing.assert_array_equal(w0[name], w1[name], err_msg=name)
+    assert info0["losses"] == info1["losses"]  # both log the global loss
+
+
+def test_two_workers_equal_one_process_on_the_global_batch(runs):
+    parallel, info = load(runs, 2, 0)
+    single, reference = load(runs, 1, 0)
+    start = dict(np.load(runs / "world1_rank0.npz"))
+    assert len(reference["losses"]) == STEPS
+    np.testing.assert_allclose(info["losses"], reference["losses"], rtol=1e-5)
+    moved = 0
+    for name in single:
+        np.testing.assert_allclose(parallel[name], single[name], rtol=1e-4, atol=2e-6, err_msg=name)
+        moved += 1
+    assert moved == len(start)
