@@ -207,9 +207,10 @@ class Trainer:
         from ..auto import AutoConfig, auto_model_for_task, model_class_for
 
         source = self._model_source
+        adapter_only = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, "adapter_model.safetensors"))
         if not isinstance(source, str):
             model = source
-        elif pretrained:
+        elif pretrained and (checkpoint is None or adapter_only):  # whole-model checkpoints replace every weight
             model = auto_model_for_task(self.model_task).from_pretrained(source)
         else:
             config = AutoConfig.from_pretrained(source)
