@@ -36,7 +36,7 @@ def make_model(kind):
         from mindformers.tuners import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights="gaussian"))
+                                                 init_lora_weights="gaussian"), seed=0)
     return model
 
 

@@ -124,6 +124,10 @@ def inject_lora(model: nn.Cell, config: LoraConfig, adapter_name: str, state: Ad
             f"target_modules {config.target_modules!r} matched no layer of {type(model).__name__}; adaptable layers "
             f"are named like {sample}, ... (last parts: {suffixes})"
         )
+    if seed is None:  # like PEFT under torch.manual_seed: mindspore.set_seed(n) makes the initialisation repeatable
+        import mindspore as ms
+
+        seed = ms.get_seed()
     rng = np.random.default_rng(seed)
     for name in matched:
         layer = modules[name]
