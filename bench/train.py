@@ -1,0 +1,302 @@
+"""Training speed of SmolLM2-135M-Instruct: mindformers Trainer vs transformers + PEFT (PyTorch), CPU.
+
+Usage:
+    python bench/train.py [--batch 4] [--seq 128] [--steps 5] [--warmup 2] [--rounds 3] [--modes lora,full] [--threads 2]
+    (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
+
+Two modes: LoRA (r=8, alpha=16 on q_proj and v_proj, no dropout) and full fine-tuning. Both sides start
+from the same float32 weights (our ``AutoModel.from_pretrained("smollm2_135m_instruct")``, whose
+``state_dict()`` the transformers ``LlamaForCausalLM`` loads), train with AdamW (lr 1e-4, no weight decay,
+linear decay), clip the gradient norm to 1.0 and see the same batches: the chatterbot answers packed into
+rows of exactly --seq tokens (no padding), in the order our Trainer draws them.
+- ours goes through the public API as a user would: ``Trainer(...).finetune()``, with a callback that
+  times the steps (the first --warmup steps, which compile the step graph, are not timed);
+- theirs is a plain PyTorch loop: forward with labels, backward, ``clip_grad_norm_``, ``AdamW.step``.
+Each (mode, side) runs in its own process with --threads CPU threads. Each side warms up, then rounds of
+--steps steps alternate between the two processes; figures are medians over --rounds:
+- train tokens/s   = batch * seq * steps / time of the round's steps (ours / theirs: higher is better for us);
+- forward tokens/s = batch * seq / time of one forward pass with the loss and no gradients (compiled on
+  our side), measured once before training; with the step time it shows where a step's time goes.
+Before timing, each side reports its loss on the first batch, which must agree to ~1e-4.
+
+WARNING: compiling our full fine-tuning step (forward, backward, clipping and AdamW over all 272 tensors of
+the 30-layer model, one graph) was measured at more than 5 minutes and more than 13 GB of memory on a
+2-core CPU machine (stopped there); the LoRA step compiles in a few minutes. A side that fails is reported
+and the other modes still run.
+"""
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PRESET = "smollm2_135m_instruct"
+CORPUS = os.path.join(ROOT, "output", "chatterbot", "train.jsonl")
+SEED = 42  # the Trainer's data order (and our LoRA initialisation)
+LEARNING_RATE = 1e-4
+MAX_GRAD_NORM = 1.0
+LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+MODES = ("lora", "full")
+REPLY = "@bench "  # marks the lines a side writes for the parent (libraries may print to stdout too)
+FORWARD_REPEATS = 3
+
+
+def training_data(tokenizer, batch, seq):
+    """The chatterbot answers as plain text, packed into rows of exactly ``seq`` tokens; a multiple of
+    ``batch`` rows, so every batch has the same shape and no padding."""
+    sys.path.insert(0, ROOT)
+    from mindformers.dataset import build_dataset
+
+    if not os.path.exists(CORPUS):
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prepare_chatterbot.py")], check=True,
+                       stdout=sys.stderr)
+    with open(CORPUS, encoding="utf-8") as f:
+        answers = [m["content"] for line in f if line.strip()
+                   for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+    data = build_dataset([{"text": text} for text in answers], tokenizer, seq_length=seq)
+    full = [i for i, length in enumerate(data.lengths) if length == seq]  # the last packed row is shorter
+    full = full[:len(full) // batch * batch]
+    if not full:
+        raise SystemExit(f"the corpus packs into {len(data)} rows of {seq} tokens, fewer than --batch {batch}")
+    return data.subset(full)
+
+
+def batch_stream(data, batch, seq):
+    """Batches in the order our Trainer draws them (its seed, one shuffle per epoch), epoch after epoch."""
+    for epoch in itertools.count():
+        yield from data.batches(batch, shuffle=True, seed=SEED, epoch=epoch, pad_to_multiple_of=seq)
+
+
+def reply(message):
+    print(REPLY + json.dumps(message), flush=True)
+
+
+def run_mindformers(args):
+    import mindspore as ms
+
+    sys.path.insert(0, ROOT)
+    from mindformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
+    from mindformers.trainer import TrainerCallback
+    from mindformers.tuners import LoraConfig, get_peft_model
+
+    ms.set_context(device_target="CPU")
+    model = AutoModel.from_pretrained(PRESET)  # float32
+    tokenizer = AutoTokenizer.from_pretrained(PRESET)
+    if args.mode == "lora":
+        model = get_peft_model(model, LoraConfig(**LORA), seed=SEED)
+    data = training_data(tokenizer, args.batch, args.seq)
+    trainable = sum(int(p.size) for p in model.trainable_params())
+
+    first = next(batch_stream(data, args.batch, args.seq))
+    ids, mask, labels = (ms.Tensor(first[k]) for k in ("input_ids", "attention_mask", "labels"))
+
+    @ms.jit
+    def forward(ids, mask, labels):  # the loss alone: no gradients, no update
+        return model(ids, mask, None, labels)[0]
+
+    forward_loss = float(forward(ids, mask, labels).asnumpy())  # compiles
+    forward_times = []
+    for _ in range(FORWARD_REPEATS):
+        start = time.perf_counter()
+        forward(ids, mask, labels).asnumpy()  # .asnumpy() waits for the result
+        forward_times.append(time.perf_counter() - start)
+
+    class Pace(TrainerCallback):
+        """Hands control to the parent after the warm-up steps and after every --steps steps."""
+
+        def __init__(self):
+            self.first_loss, self.start = None, None
+
+        def on_step_end(self, state, logs):
+            if state.global_step == 1:
+                self.first_loss = logs["loss"]  # logging_steps=1: every step logs its loss
+            done = state.global_step - args.warmup
+            if done < 0 or done % args.steps:
+                return
+            if done == 0:
+                reply({"first_loss": self.first_loss, "forward_loss": forward_loss, "trainable": trainable,
+                       "forward_time": statistics.median(forward_times)})
+            else:
+                reply({"time": time.perf_counter() - self.start})
+            if state.global_step < state.max_steps:
+                if not sys.stdin.readline():  # the other side's turn; the next line starts our next round
+                    sys.exit("the parent process has gone")
+                self.start = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as output_dir:
+        training = TrainingArguments(
+            max_steps=args.warmup + args.rounds * args.steps, batch_size=args.batch, seq_length=args.seq,
+            learning_rate=LEARNING_RATE, max_grad_norm=MAX_GRAD_NORM, seed=SEED, logging_steps=1, save_steps=0,
+            report_to=[], disable_tqdm=True, output_dir=output_dir, pad_to_multiple_of=args.seq)
+        trainer = Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=training,
+                          train_dataset=data, callbacks=[Pace()])
+        trainer.finetune()  # with a model instance: trains that instance as it is
+
+
+def run_transformers(args):
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, ROOT)
+    from mindformers import AutoModel, AutoTokenizer
+
+    ours = AutoModel.from_pretrained(PRESET)  # the same weights and config, under Hugging Face names
+    config = transformers.LlamaConfig(**ours.config.to_hf_dict("LlamaForCausalLM"))
+    weights = {name: torch.from_numpy(array) for name, array in ours.state_dict().items()}
+    data = training_data(AutoTokenizer.from_pretrained(PRESET), args.batch, args.seq)
+    del ours
+    model = transformers.LlamaForCausalLM(config).float()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # tied embeddings: lm_head.weight is embed_tokens.weight, so our checkpoint has no lm_head
+    if unexpected or set(missing) - {"lm_head.weight"} or model.lm_head.weight is not model.model.embed_tokens.weight:
+        raise SystemExit(f"our weights do not fit transformers' LlamaForCausalLM: missing {missing}, "
+                         f"unexpected {unexpected}")
+    if args.mode == "lora":
+        model = get_peft_model(model, LoraConfig(**LORA))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_steps = args.warmup + args.rounds * args.steps
+    optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+    # linear decay to 0, like our Trainer's default schedule
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+    batches = ({k: torch.from_numpy(v).long() for k, v in b.items()} for b in batch_stream(data, args.batch, args.seq))
+
+    def loss_of(batch):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     use_cache=False).loss
+
+    def step(batch):
+        loss = loss_of(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    first = next(batches)
+    with torch.no_grad():
+        forward_loss = float(loss_of(first))
+        forward_times = []
+        for _ in range(FORWARD_REPEATS):
+            start = time.perf_counter()
+            loss_of(first)
+            forward_times.append(time.perf_counter() - start)
+    first_loss = step(first)
+    for _ in range(args.warmup - 1):
+        step(next(batches))
+    reply({"first_loss": first_loss, "forward_loss": forward_loss, "trainable": sum(p.numel() for p in params),
+           "forward_time": statistics.median(forward_times)})
+    for _ in sys.stdin:  # one round per request, so the parent can alternate the two sides
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(next(batches))
+        reply({"time": time.perf_counter() - start})
+
+
+class SideFailed(RuntimeError):
+    """A side process ended before answering."""
+
+
+def read_reply(proc, side):
+    """The next message of a side; other lines it prints go to stderr."""
+    for line in proc.stdout:
+        if line.startswith(REPLY):
+            return json.loads(line[len(REPLY):])
+        sys.stderr.write(line)
+    raise SideFailed(f"the {side} side ended with exit code {proc.wait()} before answering (see its error above)")
+
+
+def measure(mode, args, env):
+    """Start both sides of one mode, alternate --rounds rounds between them; their messages by side, or
+    None when a side failed (the other modes still run)."""
+    sides, ready = {}, {}
+    try:
+        for side in ("mindformers", "transformers"):  # loads and warms up one side at a time
+            cmd = [sys.executable, __file__, "--side", side, "--mode", mode] + sys.argv[1:]
+            sides[side] = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            ready[side] = read_reply(sides[side], side)
+        # Rounds alternate between the sides, so drift in machine speed hits both alike.
+        times = {side: [] for side in sides}
+        for _ in range(args.rounds):
+            for side, proc in sides.items():
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                times[side].append(read_reply(proc, side)["time"])
+    except SideFailed as error:
+        print(f"{mode}: {error}", file=sys.stderr)
+        for proc in sides.values():
+            proc.kill()
+            proc.wait()
+        return None
+    for proc in sides.values():
+        proc.stdin.close()
+    for proc in sides.values():
+        proc.wait()
+    return {side: dict(ready[side], step_time=statistics.median(times[side]) / args.steps) for side in sides}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4, help="rows per step")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per row")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (ours compiles in the first)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["lora,full"], help="lora, full or both (lora,full)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--side", choices=["mindformers", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if min(args.batch, args.seq, args.steps, args.warmup, args.rounds, args.threads) < 1:
+        parser.error("--batch, --seq, --steps, --warmup, --rounds and --threads must be >= 1 (the first, "
+                     "compiling step is never timed)")
+    modes = [m for item in args.modes for m in item.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes takes {' and/or '.join(MODES)}, found {args.modes}")
+    if args.side:
+        return (run_mindformers if args.side == "mindformers" else run_transformers)(args)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    results = {mode: measure(mode, args, env) for mode in modes}
+
+    tokens = args.batch * args.seq
+    print(f"SmolLM2-135M-Instruct float32, {args.threads} threads, batch {args.batch} x {args.seq} tokens, "
+          f"AdamW lr {LEARNING_RATE:g}, clip {MAX_GRAD_NORM:g}; median of {args.rounds} alternating rounds of "
+          f"{args.steps} steps after {args.warmup} warm-up steps")
+    for mode in [m for m, sides in results.items() if sides is None]:
+        print(f"{mode:>4} failed: a side ended before finishing (its error is above)")
+    results = {mode: sides for mode, sides in results.items() if sides is not None}
+    for mode, sides in results.items():
+        ours, theirs = sides["mindformers"], sides["transformers"]
+        diff = abs(ours["first_loss"] - theirs["first_loss"])
+        print(f"{mode:>4} first-step loss: mindformers {ours['first_loss']:.6f} (forward only "
+              f"{ours['forward_loss']:.6f}), transformers {theirs['first_loss']:.6f} (forward only "
+              f"{theirs['forward_loss']:.6f}); |diff| {diff:.1e} {'ok' if diff <= 1e-4 else 'MISMATCH'}; "
+              f"trainable parameters {ours['trainable']:,} vs {theirs['trainable']:,}")
+    if not results:
+        raise SystemExit(1)
+    print(f"{'mode':>4} {'metric':>16} {'mindformers':>12} {'transformers':>13} {'ratio':>6}")
+    for mode, sides in results.items():
+        ours, theirs = sides["mindformers"], sides["transformers"]
+        for name, key in (("train tokens/s", "step_time"), ("forward tokens/s", "forward_time")):
+            a, b = tokens / ours[key], tokens / theirs[key]
+            print(f"{mode:>4} {name:>16} {a:>10.1f}/s {b:>11.1f}/s {a / b:>6.2f}")
+    print("where a step's time goes (seconds): step = forward only + the rest (backward, clipping, update)")
+    for mode, sides in results.items():
+        parts = [f"{side} {s['step_time']:.3f} = {s['forward_time']:.3f} + {s['step_time'] - s['forward_time']:.3f}"
+                 for side, s in sides.items()]
+        print(f"{mode:>4} " + "; ".join(parts))
+    if len(results) < len(modes):
+        raise SystemExit(1)
+
+if __name__ == "__main__":
+    main()
