@@ -22,6 +22,8 @@ $(VENV)/.installed: setup.py Makefile scripts/get_assets.py
 
 demo: setup
 	$(PY) scripts/demo.py
+	$(PY) scripts/prepare_chatterbot.py
+	$(PY) scripts/finetune_demo.py
 
 test: setup
 	$(PY) -m pytest tests -q

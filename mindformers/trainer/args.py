@@ -65,8 +65,10 @@ class TrainingArguments:
     """LoRA+: learning rate of LoRA B matrices / A matrices (None: plain groups)."""
     seq_length: int = 512
     """Longest training sequence in tokens (longer records are truncated; text is packed to it)."""
-    pad_to_multiple_of: Optional[int] = 64
-    """Pad batches to a multiple of this so compiled steps are reused across batches."""
+    pad_to_multiple_of: Optional[int] = None
+    """Pad each batch's length to a multiple of this; None pads every batch to seq_length. Every distinct
+    batch shape compiles its own training graph (about a minute and several GB on CPU for a 135M model),
+    so the default keeps one shape; a partial last batch is filled with rows that carry no labels."""
     logging_steps: int = 10
     """Log loss, learning rate and throughput every this many steps."""
     eval_steps: Optional[int] = None

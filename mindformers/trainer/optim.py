@@ -52,6 +52,55 @@ def parameter_groups(model, args: TrainingArguments) -> List[dict]:
     return [g for g in groups if g["params"]]
 
 
+# Per-tensor functions applied with HyperMap: the compiler builds one graph per distinct tensor signature
+# instead of unrolling every parameter (a Python loop over SmolLM2's 272 tensors took minutes to compile).
+_scale = ops.MultitypeFuncGraph("scale")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+_sgd_update = ops.MultitypeFuncGraph("sgd_update")
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_tensor(factor, x):
+    return x * factor
+
+
+@_square_sum.register("Tensor")
+def _square_sum_tensor(x):
+    return ops.square(x).sum()
+
+
+@_adamw_update.register("Float", "Float", "Float", "Tensor", "Tensor", "Tensor", "Float", "Float", "Tensor", "Tensor",
+                        "Tensor", "Tensor")
+def _adamw_tensor(beta1, beta2, eps, correction1, correction2_sqrt, factor, peak_lr, decay, param, grad, m, v):
+    m_new = beta1 * m + (1.0 - beta1) * grad
+    v_new = beta2 * v + (1.0 - beta2) * ops.square(grad)
+    update = (m_new / correction1) / (ops.sqrt(v_new) / correction2_sqrt + eps)
+    if decay > 0:
+        update = update + decay * param
+    ops.assign(m, m_new)
+    ops.assign(v, v_new)
+    ops.assign(param, param - (peak_lr * factor) * update)
+    return True
+
+
+@_sgd_update.register("Tensor", "Float", "Float", "Tensor", "Tensor")
+def _sgd_tensor(factor, peak_lr, decay, param, grad):
+    update = grad + decay * param if decay > 0 else grad
+    ops.assign(param, param - (peak_lr * factor) * update)
+    return True
+
+
+def scale_all(tensors, factor):
+    """``tuple(t * factor for t in tensors)`` without unrolling (inside compiled functions)."""
+    return ops.HyperMap()(ops.partial(_scale, factor), tensors)
+
+
+def global_norm(tensors):
+    """The L2 norm of all ``tensors`` together."""
+    return ops.sqrt(ops.addn(ops.HyperMap()(_square_sum, tensors)))
+
+
 class _Optimizer(nn.Cell):
     """Parameters from groups ``{"params", "lr", "weight_decay"}``; each keeps its group's peak rate."""
 
@@ -67,6 +116,7 @@ class _Optimizer(nn.Cell):
         self.peak_lrs = tuple(lrs)
         self.weight_decays = tuple(decays)
         self.peaks = sorted({lr for lr in lrs}, key=lrs.index)
+        self.hyper_map = ops.HyperMap()
 
     def state_parameters(self) -> Dict[str, Parameter]:
         """The optimizer's own tensors by name, for checkpoints."""
@@ -89,18 +139,9 @@ class AdamW(_Optimizer):
         ops.assign(self.state_step, step)
         correction1 = 1.0 - ops.pow(self.beta1, step)
         correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, step))
-        for i in range(len(self.parameters)):
-            param, grad, m, v = self.parameters[i], grads[i], self.exp_avg[i], self.exp_avg_sq[i]
-            lr = self.peak_lrs[i] * factor
-            m_new = self.beta1 * m + (1.0 - self.beta1) * grad
-            v_new = self.beta2 * v + (1.0 - self.beta2) * ops.square(grad)
-            ops.assign(m, m_new)
-            ops.assign(v, v_new)
-            update = (m_new / correction1) / (ops.sqrt(v_new) / correction2_sqrt + self.eps)
-            if self.weight_decays[i] > 0:
-                update = update + self.weight_decays[i] * param
-            ops.assign(param, param - lr * update)
-        return step
+        update = ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, correction1, correction2_sqrt, factor)
+        return self.hyper_map(update, self.peak_lrs, self.weight_decays, self.parameters, grads, self.exp_avg,
+                              self.exp_avg_sq)
 
     def state_parameters(self) -> Dict[str, Parameter]:
         state = {p.name: p for p in self.exp_avg}
@@ -113,13 +154,8 @@ class SGD(_Optimizer):
     """Plain stochastic gradient descent with decoupled weight decay: ``p -= lr * (grad + wd * p)``."""
 
     def construct(self, grads, factor):
-        for i in range(len(self.parameters)):
-            param = self.parameters[i]
-            update = grads[i]
-            if self.weight_decays[i] > 0:
-                update = update + self.weight_decays[i] * param
-            ops.assign(param, param - self.peak_lrs[i] * factor * update)
-        return factor
+        return self.hyper_map(ops.partial(_sgd_update, factor), self.peak_lrs, self.weight_decays, self.parameters,
+                              grads)
 
 
 def build_optimizer(model, args: TrainingArguments) -> _Optimizer:

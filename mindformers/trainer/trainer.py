@@ -23,7 +23,7 @@ from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
 from .checkpointing import (earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
                             rotate_checkpoints, save_checkpoint, tuner_of)
-from .optim import build_optimizer, schedule_factor
+from .optim import build_optimizer, global_norm, scale_all, schedule_factor
 from .state import TrainerState
 
 RUN_SECTIONS = ("model", "processor", "training", "train_dataset", "eval_dataset", "task", "run_mode", "context",
@@ -38,6 +38,18 @@ def _world() -> tuple:
         return get_rank(), get_group_size()
     except (RuntimeError, ValueError):
         return 0, 1
+
+
+def _fill_rows(batch: Dict[str, np.ndarray], rows: int, pad_id: int) -> Dict[str, np.ndarray]:
+    """A partial batch completed with padding rows whose labels are all -100: the same shape as the
+    others (no new graph to compile) and nothing added to the loss."""
+    missing = rows - len(batch["input_ids"])
+    if missing <= 0:
+        return batch
+    length = batch["input_ids"].shape[1]
+    filler = {"input_ids": np.full((missing, length), pad_id), "attention_mask": np.zeros((missing, length)),
+              "labels": np.full((missing,) + batch["labels"].shape[1:], -100)}  # [missing] for classifiers
+    return {k: np.concatenate([v, filler[k].astype(v.dtype)]) if k in filler else v for k, v in batch.items()}
 
 
 class _StepFunctions:
@@ -75,7 +87,7 @@ class _StepFunctions:
 
     def _step(self, input_ids, attention_mask, labels, tokens, lr_factor):
         loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return self._update(tuple(g * tokens for g in grads), loss * tokens, tokens, lr_factor)
+        return self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
 
     def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor):
         loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
@@ -92,14 +104,13 @@ class _StepFunctions:
         ``tokens`` ([1] tensors) likewise for the loss and the scored-token count; ``lr_factor``: the
         schedule's multiplier of each group's peak learning rate."""
         if self.all_reduce is not None:  # data parallel: sums over all ranks
-            weighted_grads = tuple(self.all_reduce(g) for g in weighted_grads)
+            weighted_grads = ops.HyperMap()(self.all_reduce, weighted_grads)
             loss_sum, tokens = self.all_reduce(loss_sum), self.all_reduce(tokens)
         tokens = ops.maximum(tokens, 1.0)  # a batch without scored tokens contributes nothing
-        grads = tuple(g / tokens for g in weighted_grads)
-        norm = ops.sqrt(sum(ops.square(g).sum() for g in grads))
+        grads = scale_all(weighted_grads, 1.0 / tokens)
+        norm = global_norm(grads)
         if self.max_norm > 0:
-            scale = ops.minimum(self.max_norm / (norm + 1e-6), 1.0)
-            grads = tuple(g * scale for g in grads)
+            grads = scale_all(grads, ops.minimum(self.max_norm / (norm + 1e-6), 1.0))
         self.optimizer(grads, lr_factor)
         return loss_sum / tokens, norm
 
@@ -154,6 +165,7 @@ class Trainer:
         self.rank, self.world_size = _world()
         self.callbacks = CallbackList(default_callbacks(self.args) + list(callbacks or []))
         self.model = None
+        self._untouched = None  # the pretrained model while no step or checkpoint has changed it
         self._tokenizer = None
         self.parallel_config: Dict[str, Any] = {"data_parallel": self.world_size}
 
@@ -211,6 +223,8 @@ class Trainer:
         adapter_only = checkpoint is not None and os.path.isfile(os.path.join(checkpoint, "adapter_model.safetensors"))
         if not isinstance(source, str):
             model = source
+        elif pretrained and checkpoint is None and self._untouched is not None:
+            model = self._untouched  # loaded by an evaluate()/predict() before training: no second copy
         elif pretrained and (checkpoint is None or adapter_only):  # whole-model checkpoints replace every weight
             model = auto_model_for_task(self.model_task).from_pretrained(source)
         else:
@@ -218,6 +232,7 @@ class Trainer:
             model = model_class_for(config, self.model_task).from_config(config, seed=self.args.seed)
         if checkpoint:
             self._load_weights(model, checkpoint)
+        self._untouched = model if pretrained and checkpoint is None and isinstance(source, str) else None
         self.model = model
         return model
 
@@ -264,10 +279,13 @@ class Trainer:
                        "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
                        "labels": np.asarray(row.get("labels", ids), np.int32)}
             return
-        yield from data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
-                                drop_last=self.args.dataloader_drop_last if shuffle else False,
-                                rank=self.rank, world_size=self.world_size,
-                                pad_to_multiple_of=self.args.pad_to_multiple_of, start_batch=start)
+        batches = data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
+                               drop_last=self.args.dataloader_drop_last if shuffle else False,
+                               rank=self.rank, world_size=self.world_size,
+                               pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
+                               start_batch=start)
+        for batch in batches:
+            yield _fill_rows(batch, batch_size, data.pad_token_id)
 
     def _num_batches(self, data, batch_size: int) -> int:
         if hasattr(data, "get_dataset_size"):
@@ -347,6 +365,7 @@ class Trainer:
             state.max_steps, state.start_step, state.start_time = max_steps, state.global_step, time.time()
             state.is_main_process = self.rank == 0
             logger.info("resuming from %s at step %d", checkpoint, state.global_step)
+        self._untouched = None
         steps = _StepFunctions(model, optimizer, args, self.world_size)
         model.set_train(True)
         self.callbacks.on_train_begin(state, args)
@@ -443,15 +462,15 @@ class Trainer:
         """Token-weighted loss over the data (and accuracy for classification), summed over ranks."""
         model.set_train(False)
         total_loss, weight, correct, count = 0.0, 0, 0, 0
+        evaluate_batch = self._eval_step(model)
         for batch in self._batches(data, self.args.eval_batch_size, False, 0):
             ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
-            loss, logits = model(ids, mask, None, labels)
-            if self.model_task == "causal_lm":
-                tokens = int((batch["labels"][:, 1:] != -100).sum())
-            else:
-                tokens = len(batch["labels"])
-                correct += int((logits.asnumpy().argmax(-1) == batch["labels"]).sum())
-                count += len(batch["labels"])
+            loss, predicted = evaluate_batch(ids, mask, labels)
+            tokens = self._scored_tokens(batch["labels"])
+            if self.model_task != "causal_lm":
+                scored = batch["labels"] != -100
+                correct += int((predicted.asnumpy()[scored] == batch["labels"][scored]).sum())
+                count += int(scored.sum())
             total_loss += float(loss.asnumpy()) * tokens
             weight += tokens
         if self.world_size > 1:
@@ -466,6 +485,20 @@ class Trainer:
         else:
             metrics["eval_accuracy"] = correct / max(count, 1)
         return metrics
+
+    def _eval_step(self, model):
+        """``(input_ids, attention_mask, labels) -> (mean loss, predicted classes or the loss)``, compiled
+        once per model in jit mode (only the loss and the predictions leave the graph, not the logits)."""
+        if getattr(self, "_eval_for", None) is not model:
+            classify = self.model_task != "causal_lm"
+
+            def evaluate_batch(input_ids, attention_mask, labels):
+                loss, logits = model(input_ids, attention_mask, None, labels)
+                return loss, (logits.argmax(-1) if classify else loss)
+
+            self._eval_compiled = ms.jit(evaluate_batch) if self.args.mode == "jit" else evaluate_batch
+            self._eval_for = model
+        return self._eval_compiled
 
     @staticmethod
     def _apply_recompute(model) -> None:
