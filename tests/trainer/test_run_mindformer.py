@@ -68,3 +68,9 @@ def test_bad_command_lines(run_yaml):
     assert done.returncode != 0 and "--run_mode predict needs --predict_data" in done.stderr
     done = run_cli("--config", path, "--run_mode", "train", "learning_rate", ok=False)
     assert done.returncode != 0 and "is not of the form section.key=value" in done.stderr
+
+
+def test_msrun_launcher_usage():
+    done = subprocess.run(["bash", os.path.join(REPO, "scripts", "msrun_launcher.sh")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Usage: bash scripts/msrun_launcher.sh" in done.stdout and "--use_parallel True" in done.stdout
