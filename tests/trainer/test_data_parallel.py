@@ -29,7 +29,10 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def runs(small_chats, tmp_path_factory):
-    msrun = shutil.which("msrun") or os.path.join(os.path.dirname(sys.executable), "msrun")
+    # msrun of this interpreter's environment: its workers run with its python (and packages)
+    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+    if not os.path.exists(msrun):
+        msrun = shutil.which("msrun") or msrun
     if not os.path.exists(msrun):
         pytest.skip("msrun (installed with mindspore) not found")
     out = tmp_path_factory.mktemp("dp")
