@@ -11,6 +11,7 @@ A run reads top to bottom as setup -> train -> cleanup:
 import math
 import os
 import time
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
@@ -38,6 +39,13 @@ def _world() -> tuple:
         return get_rank(), get_group_size()
     except (RuntimeError, ValueError):
         return 0, 1
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _fill_rows(batch: Dict[str, np.ndarray], rows: int, pad_id: int) -> Dict[str, np.ndarray]:
@@ -157,6 +165,9 @@ class Trainer:
             trainable = [n for n in TASKS.names() if getattr(TASKS.get(n), "model_task", None)]
             raise ValueError(f"task {self.task!r} has no trainable model; trainable tasks: {trainable}")
         self._model_source = model if model is not None else (self._model_yaml(run, args) if run.get("model") else None)
+        if isinstance(self._model_source, str) and self._model_source != args and os.path.basename(
+                self._model_source).startswith("mindformers-model-"):
+            weakref.finalize(self, _remove_file, self._model_source)  # the temporary YAML lives as long as we do
         if self._model_source is None:
             raise ValueError("no model: pass model= (a preset name, path or instance) or a run YAML with a model: section")
         self._tokenizer_source = tokenizer
