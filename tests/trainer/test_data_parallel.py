@@ -36,7 +36,9 @@ def runs(small_chats, tmp_path_factory):
     if not os.path.exists(msrun):
         pytest.skip("msrun (installed with mindspore) not found")
     out = tmp_path_factory.mktemp("dp")
-    env = {**os.environ, "PYTHONPATH": REPO}
+    # msrun starts its workers with the `python` found on PATH: make it this environment's
+    env = {**os.environ, "PYTHONPATH": REPO,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     parallel = subprocess.run(
         [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", f"--log_dir={out}/logs",
          "--join=True", WORKER, str(out), small_chats[0], "2", str(STEPS), "True"],
