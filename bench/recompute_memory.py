@@ -9,7 +9,7 @@ For each mode (``TrainingArguments.mode``) the same randomly initialised Llama
 SGD steps on the same packed random-word text, once without and once with recompute, each in a fresh
 process. Per run:
 
-- step MB: the highest resident set size (``ru_maxrss``) reached during training minus the RSS when
+- step MB: the highest resident set size (VmHWM) reached during training minus the RSS when
   training begins (model, optimizer and data already loaded). Besides the activations kept for the backward
   pass it holds a part that recompute does not change (kernels, the compiled update, gradients: a few
   hundred MB), so the on/off ratio understates the saving on activations themselves.
@@ -60,7 +60,17 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Highest resident set size of this process so far, in MB (Linux reports ru_maxrss in KB)."""
+    """Highest resident set size of this process so far, in MB.
+
+    WARNING: ru_maxrss survives exec, so a worker started by a large process (a pytest run holding models)
+    reports its parent's size; /proc/self/status VmHWM belongs to this process image alone."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
