@@ -199,6 +199,7 @@ class TokenizedDataset:
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        full_last: bool = False,
     ) -> Iterator[np.ndarray]:
         """The example indices of each of this rank's batches in one epoch (see the module's contract).
 
@@ -208,6 +209,8 @@ class TokenizedDataset:
             drop_last: skip the last, partial global batch.
             rank, world_size: this rank and the number of data-parallel ranks.
             start_batch: skip this many batches first (to resume inside an epoch).
+            full_last: fill the last, partial batch with filler rows up to ``batch_size`` (every batch has
+                one shape, so a compiled step is not compiled again for it).
 
         Returns:
             An iterator of [rows] int64 arrays; -1 marks a filler row.
@@ -216,9 +219,9 @@ class TokenizedDataset:
         if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
             raise ValueError(f"start_batch must be an int >= 0, found {start_batch!r}")
         order = self.epoch_order(shuffle, seed, epoch)
-        return self._indices(order, batch_size, drop_last, rank, world_size, int(start_batch))
+        return self._indices(order, batch_size, drop_last, rank, world_size, int(start_batch), full_last)
 
-    def _indices(self, order, batch_size, drop_last, rank, world_size, start_batch) -> Iterator[np.ndarray]:
+    def _indices(self, order, batch_size, drop_last, rank, world_size, start_batch, full_last) -> Iterator[np.ndarray]:
         global_batch = batch_size * world_size
         full = len(order) // global_batch
         for i in range(start_batch, full):
@@ -228,7 +231,8 @@ class TokenizedDataset:
         if tail.size and not drop_last and start_batch <= full:
             part = math.ceil(tail.size / world_size)
             mine = tail[rank * part:(rank + 1) * part]
-            yield np.concatenate([mine, np.full(part - mine.size, -1, dtype=np.int64)])
+            rows = batch_size if full_last else part
+            yield np.concatenate([mine, np.full(rows - mine.size, -1, dtype=np.int64)])
 
     def batches(
         self,
@@ -241,6 +245,7 @@ class TokenizedDataset:
         world_size: int = 1,
         pad_to_multiple_of: Optional[int] = None,
         start_batch: int = 0,
+        full_last: bool = False,
     ) -> Iterator[Dict[str, np.ndarray]]:
         """This rank's padded batches for one epoch (see the module's contract).
 
@@ -251,12 +256,14 @@ class TokenizedDataset:
             rank, world_size: this rank and the number of data-parallel ranks.
             pad_to_multiple_of: round each batch's length up to a multiple of this.
             start_batch: skip this many batches first (to resume inside an epoch).
+            full_last: fill the last, partial batch with filler rows up to ``batch_size``.
 
         Returns:
             An iterator of batches as returned by :meth:`collate`.
         """
         _check_multiple(pad_to_multiple_of)
-        indices = self.batch_indices(batch_size, shuffle, seed, epoch, drop_last, rank, world_size, start_batch)
+        indices = self.batch_indices(batch_size, shuffle, seed, epoch, drop_last, rank, world_size, start_batch,
+                                     full_last)
         return (self.collate(index, pad_to_multiple_of) for index in indices)
 
     def collate(self, indices: Sequence[int], pad_to_multiple_of: Optional[int] = None) -> Dict[str, np.ndarray]:

@@ -48,18 +48,6 @@ def _remove_file(path: str) -> None:
         pass
 
 
-def _fill_rows(batch: Dict[str, np.ndarray], rows: int, pad_id: int) -> Dict[str, np.ndarray]:
-    """A partial batch completed with padding rows whose labels are all -100: the same shape as the
-    others (no new graph to compile) and nothing added to the loss."""
-    missing = rows - len(batch["input_ids"])
-    if missing <= 0:
-        return batch
-    length = batch["input_ids"].shape[1]
-    filler = {"input_ids": np.full((missing, length), pad_id), "attention_mask": np.zeros((missing, length)),
-              "labels": np.full((missing,) + batch["labels"].shape[1:], -100)}  # [missing] for classifiers
-    return {k: np.concatenate([v, filler[k].astype(v.dtype)]) if k in filler else v for k, v in batch.items()}
-
-
 class _StepFunctions:
     """The compiled pieces of a training step.
 
@@ -99,7 +87,7 @@ class _StepFunctions:
 
     def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor):
         loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return self.update(tuple(g * tokens for g in grads), loss * tokens, tokens, lr_factor)
+        return self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
 
     def update(self, weighted_grads, loss_sum, tokens, lr_factor):
         """Apply gradients summed outside the compiled step; returns (mean loss, gradient norm)."""
@@ -165,9 +153,6 @@ class Trainer:
             trainable = [n for n in TASKS.names() if getattr(TASKS.get(n), "model_task", None)]
             raise ValueError(f"task {self.task!r} has no trainable model; trainable tasks: {trainable}")
         self._model_source = model if model is not None else (self._model_yaml(run, args) if run.get("model") else None)
-        if isinstance(self._model_source, str) and self._model_source != args and os.path.basename(
-                self._model_source).startswith("mindformers-model-"):
-            weakref.finalize(self, _remove_file, self._model_source)  # the temporary YAML lives as long as we do
         if self._model_source is None:
             raise ValueError("no model: pass model= (a preset name, path or instance) or a run YAML with a model: section")
         self._tokenizer_source = tokenizer
@@ -177,12 +162,13 @@ class Trainer:
         self.callbacks = CallbackList(default_callbacks(self.args) + list(callbacks or []))
         self.model = None
         self._untouched = None  # the pretrained model while no step or checkpoint has changed it
+        self._eval_for, self._eval_compiled = None, None  # the model the evaluation step was built for, and it
         self._tokenizer = None
         self.parallel_config: Dict[str, Any] = {"data_parallel": self.world_size}
 
-    @staticmethod
-    def _model_yaml(run: Dict[str, Any], args: Any) -> str:
-        """A YAML path the Auto classes can read for the run's model (and processor) sections."""
+    def _model_yaml(self, run: Dict[str, Any], args: Any) -> str:
+        """A YAML path the Auto classes can read for the run's model (and processor) sections; one written
+        for a run dict is a temporary file that lives as long as this Trainer."""
         if isinstance(args, str):
             return args
         import tempfile
@@ -192,6 +178,7 @@ class Trainer:
         handle, path = tempfile.mkstemp(suffix=".yaml", prefix="mindformers-model-")
         with os.fdopen(handle, "w") as f:
             yaml.safe_dump({k: run[k] for k in ("model", "processor") if k in run}, f)
+        weakref.finalize(self, _remove_file, path)
         return path
 
     # ------------------------------------------------------------------ configuration
@@ -290,13 +277,12 @@ class Trainer:
                        "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
                        "labels": np.asarray(row.get("labels", ids), np.int32)}
             return
-        batches = data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
-                               drop_last=self.args.dataloader_drop_last if shuffle else False,
-                               rank=self.rank, world_size=self.world_size,
-                               pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
-                               start_batch=start)
-        for batch in batches:
-            yield _fill_rows(batch, batch_size, data.pad_token_id)
+        # one batch shape (seq_length, full rows) unless pad_to_multiple_of asks otherwise: one compiled graph
+        yield from data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
+                                drop_last=self.args.dataloader_drop_last if shuffle else False,
+                                rank=self.rank, world_size=self.world_size,
+                                pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
+                                start_batch=start, full_last=True)
 
     def _num_batches(self, data, batch_size: int) -> int:
         if hasattr(data, "get_dataset_size"):
@@ -500,7 +486,7 @@ class Trainer:
     def _eval_step(self, model):
         """``(input_ids, attention_mask, labels) -> (mean loss, predicted classes or the loss)``, compiled
         once per model in jit mode (only the loss and the predictions leave the graph, not the logits)."""
-        if getattr(self, "_eval_for", None) is not model:
+        if self._eval_for is not model:
             classify = self.model_task != "causal_lm"
 
             def evaluate_batch(input_ids, attention_mask, labels):
@@ -516,7 +502,8 @@ class Trainer:
         """Mark every decoder layer for recomputation in the backward pass (compiled steps)."""
         from mindspore import nn
 
-        base = tuner_of(model).base_model if tuner_of(model) is not None else model
+        tuner = tuner_of(model)
+        base = tuner.base_model if tuner is not None else model
         stacks = [c for _, c in base.cells_and_names() if isinstance(c, nn.CellList)]
         if not stacks:
             raise ValueError(f"{type(base).__name__} has no layer list to recompute")

@@ -121,6 +121,19 @@ def test_classification_batches_and_filler_label():
     assert batches[1]["input_ids"].tolist() == [[PAD]] and batches[1]["attention_mask"].tolist() == [[0]]
 
 
+def test_full_last_fills_the_partial_batch_with_filler_rows():
+    ds = toy(7)
+    assert [b.tolist() for b in ds.batch_indices(3, shuffle=False, full_last=True)] == [[0, 1, 2], [3, 4, 5], [6, -1, -1]]
+    last = list(ds.batches(3, shuffle=False, full_last=True))[-1]
+    assert last["input_ids"].shape[0] == 3 and (last["labels"][1:] == -100).all()
+    assert last["attention_mask"][1:].sum() == 0 and (last["input_ids"][1:] == PAD).all()
+    ranks = [[b.tolist() for b in ds.batch_indices(2, shuffle=False, rank=r, world_size=2, full_last=True)]
+             for r in range(2)]
+    assert ranks == [[[0, 1], [4, 5]], [[2, 3], [6, -1]]]
+    classes = toy(5, task="text_classification")
+    assert list(classes.batches(2, shuffle=False, full_last=True))[-1]["labels"].tolist() == [int(classes[4]["label"]), -100]
+
+
 def test_resuming_inside_an_epoch():
     ds = toy(23)
     whole = [b.tolist() for b in ds.batch_indices(3, seed=1, rank=1, world_size=2)]
