@@ -18,7 +18,6 @@ from safetensors.numpy import save_file
 
 from ..checkpoint import load_state_dict
 from ..utils import atomic_path, atomic_write_text, read_json_object, write_parameter
-from .optim import optimizer_state
 from .state import TrainerState
 
 PREFIX = "checkpoint-"
@@ -52,7 +51,7 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
         else:
             model.save_pretrained(tmp)
         with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as path:
-            save_file({k: v.asnumpy() for k, v in optimizer_state(optimizer).items()}, path)
+            save_file({k: v.asnumpy() for k, v in optimizer.state_parameters().items()}, path)
         atomic_write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(state.to_dict(), indent=1) + "\n")
         args.to_yaml(os.path.join(tmp, "training_args.yaml"))
         if os.path.exists(final):  # same step saved again: swap in the complete new one
@@ -128,7 +127,7 @@ def load_checkpoint(path: str, model, optimizer) -> TrainerState:
     else:
         model.load_state_dict(load_state_dict(path), strict=True)
     saved = load_state_dict(os.path.join(path, "optimizer.safetensors"))
-    current = optimizer_state(optimizer)
+    current = optimizer.state_parameters()
     missing = sorted(set(current) - set(saved))
     if missing:
         raise ValueError(f"{path}: optimizer state lacks {missing[:5]}; was it saved for another model or optimizer?")

@@ -115,7 +115,6 @@ class _Optimizer(nn.Cell):
         self.parameters = ParameterTuple(params)
         self.peak_lrs = tuple(lrs)
         self.weight_decays = tuple(decays)
-        self.peaks = sorted({lr for lr in lrs}, key=lrs.index)
         self.hyper_map = ops.HyperMap()
 
     def state_parameters(self) -> Dict[str, Parameter]:
@@ -164,8 +163,3 @@ def build_optimizer(model, args: TrainingArguments) -> _Optimizer:
     if args.optim == "adamw":
         return AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     return SGD(groups)
-
-
-def optimizer_state(optimizer) -> Dict[str, Parameter]:
-    """The optimizer's own tensors (moments, step counter) by name, for checkpoints."""
-    return optimizer.state_parameters()

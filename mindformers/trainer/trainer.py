@@ -375,7 +375,7 @@ class Trainer:
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
                 if micro == 0:  # the schedule is a function of the optimizer step
                     factor = schedule_factor(state.global_step, max_steps, args)
-                    lr, lr_factor = optimizer.peaks[0] * factor, Tensor(factor, ms.float32)
+                    lr, lr_factor = optimizer.peak_lrs[0] * factor, Tensor(factor, ms.float32)
                 micro += 1
                 window["tokens"] += int(batch["attention_mask"].sum())
                 scored = self._scored_tokens(batch["labels"])
