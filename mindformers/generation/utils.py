@@ -83,8 +83,9 @@ class DecodeStep(nn.Cell):
         compiled = mode == "jit" or ms.get_context("mode") == ms.GRAPH_MODE  # GRAPH_MODE: compile regardless
         self.run = ms.jit(self.construct) if compiled else self
 
-    def construct(self, input_ids, attention_mask, position_ids, cache_slots):
-        return self._model.decode_logits(input_ids, attention_mask, position_ids, self.cache.tensors, cache_slots)
+    def construct(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
+        return self._model.decode_logits(input_ids, attention_mask, position_ids, self.cache.tensors, cache_slots,
+                                         cache_rows)
 
     def reorder(self, index: Tensor) -> None:
         """Row r of every cache tensor takes the contents of row ``index[r]`` (beam search)."""

@@ -80,23 +80,29 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     return ops.matmul(probs, v).reshape(batch, heads, q_len, head_dim)
 
 
-def cache_write_index(cache_slots, kv_heads: int):
+def cache_write_index(cache_slots, kv_heads: int, cache_rows=None):
     """Scatter indices writing ``[batch, kv_heads, seq, head_dim]`` keys into slots ``cache_slots`` [batch, seq].
 
+    Args:
+        cache_rows: [batch] cache row of each input row (a serving engine's rows); None: row i is row i.
     Returns:
         int32 ``[batch, kv_heads, seq, 3]`` of (row, head, slot).
     """
     batch, seq = cache_slots.shape
-    rows = ops.arange(batch).astype(ms.int32).reshape(batch, 1, 1).broadcast_to((batch, kv_heads, seq))
+    rows = ops.arange(batch) if cache_rows is None else cache_rows
+    rows = rows.astype(ms.int32).reshape(batch, 1, 1).broadcast_to((batch, kv_heads, seq))
     heads = ops.arange(kv_heads).astype(ms.int32).reshape(1, kv_heads, 1).broadcast_to((batch, kv_heads, seq))
     slots = cache_slots.astype(ms.int32).reshape(batch, 1, seq).broadcast_to((batch, kv_heads, seq))
     return ops.stack((rows, heads, slots), -1)
 
 
-def update_cache(k_cache, v_cache, k, v, write_index):
-    """Write this step's keys/values into the layer's cache in place; return the full cache tensors."""
+def update_cache(k_cache, v_cache, k, v, write_index, cache_rows=None):
+    """Write this step's keys/values into the layer's cache in place; return the cache tensors of the
+    input rows (all rows, or the rows ``cache_rows`` [batch] picks)."""
     k_cache = ops.depend(k_cache, ops.scatter_nd_update(k_cache, write_index, k))
     v_cache = ops.depend(v_cache, ops.scatter_nd_update(v_cache, write_index, v))
+    if cache_rows is not None:
+        return ops.gather(k_cache, cache_rows, 0), ops.gather(v_cache, cache_rows, 0)
     return k_cache, v_cache
 
 

@@ -58,14 +58,14 @@ class GPT2Attention(nn.Cell):
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
 
-    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None):
+    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = split_heads(q, self.num_heads, self.head_dim)
         k = split_heads(k, self.num_heads, self.head_dim)
         v = split_heads(v, self.num_heads, self.head_dim)
         if k_cache is not None:
-            k, v = update_cache(k_cache, v_cache, k, v, write_index)
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
         out = grouped_attention(q, k, v, bias, self.scale, self.attn_dropout)
         return self.resid_dropout(self.c_proj(merge_heads(out)))
 
@@ -92,8 +92,8 @@ class GPT2Block(nn.Cell):
         self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
         self.mlp = GPT2MLP(config)
 
-    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None):
-        x = x + self.attn(self.ln_1(x), bias, k_cache, v_cache, write_index)
+    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
+        x = x + self.attn(self.ln_1(x), bias, k_cache, v_cache, write_index, cache_rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -113,7 +113,7 @@ class GPT2Model(nn.Cell):
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
         self.num_kv_heads = config.num_attention_heads
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None, cache_rows=None):
         batch, seq = input_ids.shape
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
@@ -124,9 +124,9 @@ class GPT2Model(nn.Cell):
                 x = block(x, bias)
         else:
             bias = attention_bias(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
-            write_index = cache_write_index(cache_slots, self.num_kv_heads)
+            write_index = cache_write_index(cache_slots, self.num_kv_heads, cache_rows)
             for i, block in enumerate(self.h):
-                x = block(x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index)
+                x = block(x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index, cache_rows)
         return self.ln_f(x)
 
 
@@ -168,9 +168,9 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
         hidden = self.transformer(input_ids, attention_mask, position_ids)
         return lm_output(hidden, self.lm_head, self.transformer.wte.weight, labels)
 
-    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
+    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
-        hidden = self.transformer(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
+        hidden = self.transformer(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[:, -1:]
         return cast(lm_output(hidden, self.lm_head, self.transformer.wte.weight, None)[:, 0], ms.float32)
 
     def kv_cache_spec(self):

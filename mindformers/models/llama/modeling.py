@@ -53,14 +53,14 @@ class LlamaAttention(nn.Cell):
         self.o_proj = Linear(self.num_heads * self.head_dim, hidden, config.attention_bias, dtype)
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
 
-    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None):
+    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = split_heads(self.q_proj(x), self.num_heads, self.head_dim)
         k = split_heads(self.k_proj(x), self.num_kv_heads, self.head_dim)
         v = split_heads(self.v_proj(x), self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
-            k, v = update_cache(k_cache, v_cache, k, v, write_index)
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
         out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
         return self.o_proj(merge_heads(out))
 
@@ -86,8 +86,8 @@ class LlamaDecoderLayer(nn.Cell):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = LlamaMLP(config)
 
-    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, k_cache, v_cache, write_index)
+    def construct(self, x, cos, sin, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, k_cache, v_cache, write_index, cache_rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -96,7 +96,8 @@ class LlamaModel(nn.Cell):
 
     With ``kv_cache`` (the tensors of a :class:`KVCache`), ``cache_slots`` [batch, seq] says which cache
     slot each input token is written to, and ``attention_mask`` [batch, max_len] marks the slots holding
-    real tokens (including the ones written now).
+    real tokens (including the ones written now). ``cache_rows`` [batch] maps input rows to cache rows
+    (a serving engine's running requests); None: input row i is cache row i.
     """
 
     def __init__(self, config: LlamaConfig):
@@ -108,7 +109,7 @@ class LlamaModel(nn.Cell):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self.num_kv_heads = config.num_key_value_heads
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None, cache_rows=None):
         batch, seq = input_ids.shape
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
@@ -120,9 +121,9 @@ class LlamaModel(nn.Cell):
                 x = layer(x, cos, sin, bias)
         else:
             bias = attention_bias(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
-            write_index = cache_write_index(cache_slots, self.num_kv_heads)
+            write_index = cache_write_index(cache_slots, self.num_kv_heads, cache_rows)
             for i, layer in enumerate(self.layers):
-                x = layer(x, cos, sin, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index)
+                x = layer(x, cos, sin, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index, cache_rows)
         return self.norm(x)
 
 
@@ -150,9 +151,9 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         hidden = self.model(input_ids, attention_mask, position_ids)
         return lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, labels)
 
-    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots):
+    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
-        hidden = self.model(input_ids, attention_mask, position_ids, kv_cache, cache_slots)[:, -1:]
+        hidden = self.model(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[:, -1:]
         return cast(lm_output(hidden, self.lm_head, self.model.embed_tokens.weight, None)[:, 0], ms.float32)
 
     def kv_cache_spec(self):

@@ -1,0 +1,84 @@
+"""What a served model is allowed to hold: batch, length and adapter-pool limits, fixed at install time.
+
+``RuntimeConfigBuilder`` is MindIE's chained spelling of the same dataclass::
+
+    cfg = RuntimeConfigBuilder("smollm2", model="smollm2_135m_instruct").max_batch(8).max_length(512).build()
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .status import ServingError, StatusCode
+
+
+@dataclass
+class RuntimeConfig:
+    """Limits of one served model. Every buffer (KV cache, adapter pool) is allocated from these once."""
+
+    model_name: str
+    """The name requests and the server use for the base model."""
+    model: str
+    """A preset name (``smollm2_135m_instruct``) or a model directory (Hugging Face layout)."""
+    max_batch: int = 8
+    """Requests decoded together; more wait in the queue."""
+    max_length: int = 512
+    """Longest request: prompt plus new tokens (the KV cache holds this many per row)."""
+    lora_max_num: int = 8
+    """Adapters loaded at once (slots of the adapter pool)."""
+    lora_max_rank: int = 64
+    """Highest adapter rank the pool holds; higher-rank adapters are refused."""
+    lora_target_modules: Optional[List[str]] = None
+    """Module names (or suffixes, e.g. ``q_proj``) adapters may target; None: every linear layer of the
+    decoder blocks. Only these layers carry the adapter pool."""
+    max_queue: int = 64
+    """Requests waiting for a row; beyond this, requests are refused with QUEUE_FULL."""
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_length", "lora_max_num", "lora_max_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ServingError(StatusCode.INVALID_REQUEST, f"{name} must be a positive integer, found {value!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ServingError(StatusCode.INVALID_REQUEST, f"max_queue must be an integer >= 0, found {self.max_queue!r}")
+        if not self.model_name or not isinstance(self.model_name, str):
+            raise ServingError(StatusCode.INVALID_REQUEST, f"model_name must be a non-empty string, found {self.model_name!r}")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+
+
+class RuntimeConfigBuilder:
+    """Chained setters for :class:`RuntimeConfig`; ``build()`` validates and returns it.
+
+    Args:
+        model_name: the served name.
+        model: preset name or model directory.
+    """
+
+    def __init__(self, model_name: str, model: str):
+        self._fields = {"model_name": model_name, "model": model}
+
+    def _set(self, name: str, value) -> "RuntimeConfigBuilder":
+        self._fields[name] = value
+        return self
+
+    def max_batch(self, n: int) -> "RuntimeConfigBuilder":
+        return self._set("max_batch", n)
+
+    def max_length(self, n: int) -> "RuntimeConfigBuilder":
+        return self._set("max_length", n)
+
+    def lora_max_num(self, n: int) -> "RuntimeConfigBuilder":
+        return self._set("lora_max_num", n)
+
+    def lora_max_rank(self, n: int) -> "RuntimeConfigBuilder":
+        return self._set("lora_max_rank", n)
+
+    def lora_target_modules(self, names: Optional[List[str]]) -> "RuntimeConfigBuilder":
+        return self._set("lora_target_modules", names)
+
+    def max_queue(self, n: int) -> "RuntimeConfigBuilder":
+        return self._set("max_queue", n)
+
+    def build(self) -> RuntimeConfig:
+        return RuntimeConfig(**self._fields)
+
+

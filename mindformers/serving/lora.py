@@ -1,0 +1,237 @@
+"""Many LoRA adapters in one batch: a preallocated adapter pool and a segment-grouped low-rank kernel.
+
+Every targeted linear layer becomes a :class:`MultiLoraLinear`: ``y = W x + b + delta(x)``. The base matmul
+runs once for the whole batch; ``delta`` adds each row's own adapter (Punica / S-LoRA's segmented
+gather matrix-vector product, SGMV):
+
+    for each adapter s in the batch, rows R_s:   delta[R_s] = (x[R_s] @ A_s[:r_s]^T) @ (scaling_s * B_s[:, :r_s])^T
+
+- rows are grouped by adapter (the engine orders them so each group is one contiguous slice), so every
+  adapter's weights are read once per step, never gathered per token;
+- each adapter runs at its own rank ``r_s`` (no padding to ``lora_max_rank``);
+- base rows (no adapter) cost nothing.
+
+The pool holds, per targeted layer, ``A [lora_max_num, lora_max_rank, in]`` and ``scaling * B^T
+[lora_max_num, lora_max_rank, out]`` in host memory, allocated once from the runtime limits; loading an
+adapter copies its factors into a free slot (no recompilation, no new graph), unloading frees the slot.
+
+The kernel runs on the host in numpy, inside the compiled step, as a MindSpore ``pyfunc`` custom op
+(CPU). Which slot each row uses is not a graph input: the engine sets it on the pool before each step
+(:meth:`AdapterPool.bind_rows`), so the model's forward signature stays the one ``generate`` uses.
+"""
+import os
+import re
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..checkpoint.safetensors_dir import _read_file
+from ..models.common.layers import Conv1D, Linear, cast
+from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME, read_config_file
+from ..tuners.lora.model import replace_module, resolve_targets
+from .status import ServingError, StatusCode
+
+_PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+_SWIFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.(?P<name>[^.]+)\.weight$")
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(StatusCode.INVALID_REQUEST, message)
+
+
+class AdapterPool:
+    """Adapter factors of every targeted layer, ``lora_max_num`` slots of up to ``lora_max_rank``.
+
+    Args:
+        layers: module path -> (in_features, out_features) of the layers adapters may target.
+        max_num, max_rank: the limits.
+    """
+
+    def __init__(self, layers: Dict[str, Tuple[int, int]], max_num: int, max_rank: int):
+        self.layers = dict(layers)
+        self.max_num, self.max_rank = max_num, max_rank
+        self.a = {p: np.zeros((max_num, max_rank, i), np.float32) for p, (i, o) in layers.items()}
+        self.bt = {p: np.zeros((max_num, max_rank, o), np.float32) for p, (i, o) in layers.items()}
+        self.ranks = {p: np.zeros(max_num, np.int64) for p in layers}  # 0: the adapter leaves that layer alone
+        self.slots: Dict[str, int] = {}  # adapter name -> slot
+        self.info: Dict[str, dict] = {}
+        self._groups: List[Tuple[int, slice]] = []  # (slot, rows) of the step being run
+
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes one slot takes across all layers."""
+        return sum(a[0].nbytes + b[0].nbytes for a, b in zip(self.a.values(), self.bt.values()))
+
+    # ------------------------------------------------------------------ the kernel
+    def bind_rows(self, row_slots: Sequence[int]) -> None:
+        """Set the slot of each row of the next step (-1: base model). Rows of one slot must be contiguous."""
+        groups, start = [], 0
+        row_slots = list(row_slots)
+        for i in range(1, len(row_slots) + 1):
+            if i == len(row_slots) or row_slots[i] != row_slots[start]:
+                if row_slots[start] >= 0:
+                    groups.append((row_slots[start], slice(start, i)))
+                start = i
+        slots = [s for s, _ in groups]
+        if len(slots) != len(set(slots)):
+            raise ValueError(f"rows of one adapter must be contiguous, found slots {row_slots}")
+        self._groups = groups
+
+    def delta(self, path: str, x: np.ndarray) -> np.ndarray:
+        """The adapters' contribution for layer ``path``: x [rows, seq, in] -> [rows, seq, out] float32."""
+        out = np.zeros(x.shape[:-1] + (self.layers[path][1],), np.float32)
+        a, bt, ranks = self.a[path], self.bt[path], self.ranks[path]
+        for slot, rows in self._groups:
+            r = ranks[slot]
+            if r:
+                out[rows] = (x[rows] @ a[slot, :r].T) @ bt[slot, :r]
+        return out
+
+    # ------------------------------------------------------------------ loading
+    def load(self, name: str, directory: str) -> int:
+        """Read the PEFT or SWIFT adapter in ``directory`` into a free slot; returns the slot."""
+        start = time.perf_counter()
+        if name in self.slots:
+            raise ServingError(StatusCode.CONFLICT, f"an adapter called {name!r} is already loaded; unload it first "
+                                                    f"or pick another name")
+        free = sorted(set(range(self.max_num)) - set(self.slots.values()))
+        if not free:
+            raise ServingError(StatusCode.CONFLICT, f"the adapter pool is full ({self.max_num} adapters loaded, "
+                                                    f"lora_max_num={self.max_num}); unload one first")
+        factors, scaling, rank = read_lora_dir(directory, self.layers, self.max_rank)
+        slot = free[0]
+        for path in self.layers:
+            self.ranks[path][slot] = 0
+        for path, (a, b) in factors.items():
+            r = a.shape[0]
+            self.a[path][slot, :r] = a
+            self.bt[path][slot, :r] = (scaling[path] * b.astype(np.float64)).T.astype(np.float32)
+            self.ranks[path][slot] = r
+        self.slots[name] = slot
+        size = sum(a.nbytes + b.nbytes for a, b in factors.values())
+        self.info[name] = {"path": os.path.abspath(directory), "rank": rank, "slot": slot,
+                           "modules": len(factors), "weight_bytes": int(size), "slot_bytes": self.slot_bytes,
+                           "load_seconds": time.perf_counter() - start}
+        return slot
+
+    def unload(self, name: str) -> None:
+        slot = self.slots.pop(name)
+        self.info.pop(name)
+        for path in self.layers:
+            self.ranks[path][slot] = 0
+
+
+def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: int):
+    """LoRA factors of a PEFT or SWIFT adapter directory, checked against the served layers and limits.
+
+    Returns:
+        ({module: (A [r, in], B [out, r])}, {module: scaling}, highest rank)
+    """
+    from ..tuners.peft import config_from_dir
+
+    if not os.path.isdir(directory):
+        raise _invalid(f"adapter directory {directory!r} does not exist")
+    if not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        subdirs = sorted(d for d in os.listdir(directory) if os.path.isfile(os.path.join(directory, d, CONFIG_NAME)))
+        hint = f"; it holds adapter folders {subdirs}: give one of them" if subdirs else ""
+        raise _invalid(f"{directory} has no {CONFIG_NAME}: expected a PEFT or SWIFT adapter directory{hint}")
+    try:
+        config = config_from_dir(directory)
+    except (ValueError, TypeError) as err:
+        raise _invalid(str(err)) from None
+    if config.peft_type != "LORA":
+        raise _invalid(f"{directory}: a {config.peft_type} adapter; the serving engine runs LoRA adapters only")
+    unsupported = [f for f, bad in (("use_dora", config.use_dora), ("modules_to_save", config.modules_to_save),
+                                    ("bias", config.bias != "none")) if bad]
+    if unsupported:
+        raise _invalid(f"{directory}: LoRA with {', '.join(unsupported)} is not served (plain LoRA and rsLoRA are); "
+                       f"merge the adapter into the model instead")
+    weights_path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(weights_path):
+        raise _invalid(f"no {WEIGHTS_NAME} in {directory} (found: {sorted(os.listdir(directory))})")
+    try:
+        tensors = _read_file(weights_path)
+    except ValueError as err:
+        raise _invalid(str(err)) from None
+    swift = "swift_type" in read_config_file(directory)
+    pattern = _SWIFT_KEY if swift else _PEFT_KEY
+    factors: Dict[str, Dict[str, np.ndarray]] = {}
+    names = set()
+    for key, value in tensors.items():
+        match = pattern.match(key)
+        if not match:
+            raise _invalid(f"{weights_path}: tensor {key!r} is not a LoRA factor of a linear layer "
+                           f"(expected {'<module>.lora_A.<adapter>.weight' if swift else 'base_model.model.<module>.lora_A.weight'})")
+        if swift:
+            names.add(match.group("name"))
+        factors.setdefault(match.group("module"), {})[match.group("factor")] = value
+    if len(names) > 1:
+        raise _invalid(f"{weights_path} holds several adapters {sorted(names)}; save them one per folder")
+    if not factors:
+        raise _invalid(f"{weights_path} holds no LoRA factors")
+    out, scaling, problems = {}, {}, []
+    for module, pair in sorted(factors.items()):
+        if module not in layers:
+            problems.append(f"{module} is not a served layer")
+            continue
+        if set(pair) != {"A", "B"}:
+            problems.append(f"{module} lacks lora_{'A' if 'A' not in pair else 'B'}")
+            continue
+        a, b = pair["A"], pair["B"]
+        fan_in, fan_out = layers[module]
+        r = a.shape[0]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != fan_in or b.shape != (fan_out, r):
+            problems.append(f"{module}: A {tuple(a.shape)} B {tuple(b.shape)}, expected A [r, {fan_in}] B [{fan_out}, r]")
+            continue
+        if r > max_rank:
+            problems.append(f"{module} has rank {r} > lora_max_rank={max_rank}")
+            continue
+        _, alpha = config.rank_and_alpha(module)
+        scaling[module] = config.scaling(r, alpha)
+        out[module] = (a.astype(np.float32), b.astype(np.float32))
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} in all)" if len(problems) > 4 else "")
+        raise _invalid(f"{directory} does not fit the served model: {shown}. Served layers are named like "
+                       f"{next(iter(layers), '(none)')} (set lora_target_modules to serve other layers; raise "
+                       f"lora_max_rank for higher ranks)")
+    return out, scaling, max(a.shape[0] for a, _ in out.values())
+
+
+class MultiLoraLinear(nn.Cell):
+    """A Linear or Conv1D layer plus the pool's adapters: ``y = base(x) + delta(x)`` (see the module doc).
+
+    Keeps the base layer as ``base`` so its Parameters keep their names under it.
+    """
+
+    def __init__(self, base, pool: AdapterPool, path: str):
+        super().__init__()
+        self.base = base
+        fan_out = base.out_features
+        object.__setattr__(self, "_pool", pool)  # host memory, not a sub-cell
+        self.delta = ops.Custom(lambda x: pool.delta(path, x), out_shape=lambda x: x[:-1] + [fan_out],
+                                out_dtype=lambda x: x, func_type="pyfunc")
+
+    def construct(self, x):
+        return self.base(x) + cast(self.delta(cast(x, ms.float32)), x.dtype)
+
+
+def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int) -> AdapterPool:
+    """Replace the layers adapters may target by :class:`MultiLoraLinear` sharing one new pool."""
+    from ..tuners.lora.config import LoraConfig
+    from ..tuners.lora.model import is_target
+
+    linear = {n: c for n, c in model.cells_and_names() if n and isinstance(c, (Linear, Conv1D))}
+    targets = resolve_targets(LoraConfig(target_modules=target_modules or "all-linear"), model)
+    chosen = {n: c for n, c in linear.items() if is_target(LoraConfig(target_modules=targets), n, targets)}
+    if not chosen:
+        raise _invalid(f"lora_target_modules {target_modules!r} match no linear layer; layers are named like "
+                       f"{', '.join(list(linear)[:4])}")
+    pool = AdapterPool({n: (c.in_features, c.out_features) for n, c in chosen.items()}, max_num, max_rank)
+    for name, cell in chosen.items():
+        replace_module(model, name, MultiLoraLinear(cell, pool, name))
+    for path, param in model.parameters_and_names():  # keep the checkpoint names ("...q_proj.weight")
+        param.name = path.replace(".base.", ".")
+    return pool

@@ -1,0 +1,459 @@
+"""An OpenAI-compatible HTTP server for one model of the serving :class:`Engine` and its LoRA adapters.
+
+Endpoints (request and response bodies are OpenAI's, https://platform.openai.com/docs/api-reference):
+
+=============================  ===========================================================================
+``POST /v1/completions``       ``prompt`` (text or token ids), streamed or not; extensions ``top_k``,
+                               ``repetition_penalty``
+``POST /v1/chat/completions``  ``messages`` rendered with the tokenizer's chat template
+``GET  /v1/models``            the base model and every loaded adapter (``parent`` = the base model)
+``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` (vLLM's endpoint names)
+``POST /v1/unload_lora_adapter`` ``{"lora_name"}``
+``GET  /metrics``              per-adapter request and token counters (JSON)
+``GET  /health``               200 ``{"status": "ok"}`` while the model runs, else 503
+=============================  ===========================================================================
+
+A request's ``model`` picks the adapter: the base model's name means no adapter, an adapter's name means
+that adapter, anything else is a 404. Every error body has OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``; the engine's refusals map to HTTP statuses through
+:data:`HTTP_STATUS` (a full queue is a 429 with ``Retry-After``).
+
+Example::
+
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder("smollm2", model="smollm2_135m_instruct").build())
+    engine.start_model("smollm2")
+    serve(engine, "smollm2", port=8000)   # or: python -m mindformers.serving --help
+"""
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Dict, List, Optional, Union
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .status import HTTP_STATUS, ServingError, Status, StatusCode
+
+OWNER = "mindformers"
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error body.
+
+    Args:
+        status: the HTTP status.
+        message: what went wrong and what to do.
+        param: the request field at fault, if any.
+        code: a short machine-readable reason (``model_not_found``, ``queue_full``, ...).
+        headers: extra response headers (``Retry-After``).
+    """
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    @classmethod
+    def refused(cls, status: Status, param: Optional[str] = None) -> "APIError":
+        """The engine's refusal ``status`` as an HTTP error (a full queue asks to retry in a second)."""
+        headers = {"Retry-After": "1"} if status.code is StatusCode.QUEUE_FULL else None
+        return cls(HTTP_STATUS[status.code], status.message, param, status.code.value, headers)
+
+    def response(self) -> JSONResponse:
+        kind = "rate_limit_error" if self.status == 429 else "server_error" if self.status >= 500 else "invalid_request_error"
+        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """One 400 naming the first bad field (FastAPI's default is a 422 with its own body)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "invalid"}
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                        code="invalid_json")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return APIError(400, message, param, code=first.get("type"))
+
+
+# --------------------------------------------------------------------------------------- request bodies
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+    """Send a last chunk with ``usage`` (and no choices) before ``[DONE]``."""
+
+
+class _GenerationRequest(BaseModel):
+    """Settings shared by completions and chat completions. Unknown OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    """0 or absent: greedy decoding; > 0: sampling at this temperature."""
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    """Extension: sample among the k most likely tokens (0 or absent: all, as OpenAI does)."""
+    repetition_penalty: Optional[float] = Field(None, gt=0)
+    """Extension: CTRL's penalty on tokens already in the sequence (1 disables)."""
+    seed: Optional[int] = None
+    stop: Union[str, List[str], None] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = 1
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: Union[str, List[StrictInt]]
+    max_tokens: Optional[int] = Field(16, ge=1)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ... are passed on to the chat template
+
+    role: str
+    content: Union[str, List[Dict[str, Any]], None] = None
+    """Text, or OpenAI's content parts of which only ``{"type": "text", "text": ...}`` are supported."""
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: List[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    """OpenAI's newer name of ``max_tokens`` (wins when both are given)."""
+
+
+class LoadLoraRequest(BaseModel):
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoraRequest(BaseModel):
+    lora_name: str = Field(min_length=1)
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+class IncrementalText:
+    """The text of generated ids, released piece by piece as it becomes final, cut at stop strings.
+
+    Each call decodes all the ids generated so far (not the new ones alone: single tokens lose spaces and
+    split multi-byte characters) and releases what is new, except (as :mod:`..generation.streamers`)
+
+    - a trailing "\\ufffd": byte-level BPE splits an emoji or a CJK character over several tokens, and the
+      bytes decoded so far show as U+FFFD until the rest arrives;
+    - a tail that may be the beginning of a stop string (``"\\n"`` when a stop string is ``"\\n\\n"``).
+
+    Args:
+        tokenizer: has ``decode(ids, skip_special_tokens=True)``.
+        stop: strings that end the text at their first occurrence (left out of the text, as OpenAI does).
+    """
+
+    def __init__(self, tokenizer: Any, stop: List[str]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: List[int] = []
+        self.released = 0  # characters of the decoded text already given out
+        self.stopped = False  # a stop string was found
+
+    def add(self, new_ids: List[int]) -> str:
+        """Take the next ids; return the newly final text (may be empty). Check ``stopped`` afterwards."""
+        self.ids.extend(new_ids)
+        text = self._decode()
+        if self.stopped:
+            return self._release(text)
+        end = len(text.rstrip("\ufffd"))
+        return self._release(text[:end - self._stop_prefix_len(text[:end])])
+
+    def finish(self) -> str:
+        """Generation ended: release everything left (a lone U+FFFD stays, the bytes never completed)."""
+        return self._release(self._decode())
+
+    def _decode(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            return text[:min(hits)]
+        return text
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest end of ``text`` that begins a stop string."""
+        return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+    def _release(self, text: str) -> str:
+        piece = text[self.released:]
+        self.released = max(self.released, len(text))
+        return piece
+
+
+class _Generation:
+    """One admitted request: reads its token queue off the event loop and turns it into text pieces.
+
+    Iterate :meth:`pieces` once; afterwards ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``
+    are set. The request is released when iteration ends, also when it is abandoned (client gone).
+    """
+
+    def __init__(self, engine: Any, model: str, handle: Any, queue: Any, stop: List[str], reader: ThreadPoolExecutor):
+        self.engine, self.model, self.handle, self.queue, self.reader = engine, model, handle, queue, reader
+        self.text = IncrementalText(engine.tokenizer(model), stop)
+        self.finish_reason: Optional[str] = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.queue.prompt_tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.text.ids)
+
+    def usage(self) -> Dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    async def pieces(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                ids = await loop.run_in_executor(self.reader, self.queue.Get)
+                if ids is None:
+                    break
+                piece = self.text.add(list(ids))
+                if piece:
+                    yield piece
+                if self.text.stopped:
+                    break
+            piece = self.text.finish()
+            if piece:
+                yield piece
+            self.finish_reason = "stop" if self.text.stopped else (self.queue.finish_reason or "stop")
+        finally:
+            # Interrupts the request if it still runs (a stop string, a client that went away), frees it.
+            self.engine.release_request(self.model, self.handle)
+
+
+def _sse(data: Any) -> str:
+    """One server-sent event as OpenAI streams them."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+# ------------------------------------------------------------------------------------------------- app
+
+
+def create_app(engine: Any, model_name: str) -> FastAPI:
+    """The FastAPI app serving ``model_name`` (installed and started in ``engine``) and its adapters.
+
+    Args:
+        engine: a :class:`mindformers.serving.Engine`.
+        model_name: the installed model's name; it is also the ``model`` requests use for the base model.
+
+    Returns:
+        The app (run it with uvicorn, or :func:`serve`).
+    """
+    limits = engine.runtime_config(model_name)
+    # Every admitted request waits in queue.Get in a thread while its tokens come. The shared thread pool of
+    # starlette (40 threads) would make concurrent streams wait for one another, so queue reads get their
+    # own pool, as large as the number of requests the engine admits (running + waiting), plus some slack
+    # for reads of requests whose client has just gone away.
+    reader = ThreadPoolExecutor(max_workers=limits.max_batch + limits.max_queue + 8, thread_name_prefix="queue-read")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        reader.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title=f"mindformers serving: {model_name}", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException):
+        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+
+    def adapter_of(model: str) -> Optional[str]:
+        """The ``lora_name`` a request's ``model`` selects (None: the base model)."""
+        if model == model_name:
+            return None
+        if model in engine.loras(model_name):
+            return model
+        raise APIError(404, f"model {model!r} does not exist; served: {[model_name, *engine.loras(model_name)]} "
+                            "(GET /v1/models lists them)", "model", "model_not_found")
+
+    def gen_config(body: _GenerationRequest, max_tokens: Optional[int]) -> Dict[str, Any]:
+        if body.n != 1:
+            raise APIError(400, f"n must be 1 (one choice per request), found {body.n}", "n")
+        cfg: Dict[str, Any] = {"lora_name": adapter_of(body.model)}
+        if max_tokens is None:
+            cfg["max_length"] = limits.max_length  # as many new tokens as the prompt leaves room for
+        else:
+            cfg["max_new_tokens"] = max_tokens
+        if body.temperature:
+            # OpenAI samples from the whole distribution unless told otherwise: no top-k cut by default.
+            cfg.update(do_sample=True, temperature=body.temperature, top_k=body.top_k or 0,
+                       top_p=1.0 if body.top_p is None else body.top_p)
+        else:
+            cfg["do_sample"] = False
+        if body.repetition_penalty is not None:
+            cfg["repetition_penalty"] = body.repetition_penalty
+        if body.seed is not None:
+            cfg["seed"] = body.seed
+        return cfg
+
+    def stop_strings(body: _GenerationRequest) -> List[str]:
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if any(not s for s in stop):
+            raise APIError(400, "stop strings must not be empty", "stop")
+        return stop
+
+    async def start(prompt: Union[str, List[int]], cfg: Dict[str, Any], stop: List[str]) -> _Generation:
+        if isinstance(prompt, str):
+            status, handle, queue = await run_in_threadpool(engine.start_request_text, model_name, prompt, cfg)
+        else:
+            status, handle, queue = await run_in_threadpool(engine.start_request_ids, model_name, prompt, cfg)
+        if not status:
+            raise APIError.refused(status, "model" if status.code is StatusCode.UNKNOWN_ADAPTER else None)
+        return _Generation(engine, model_name, handle, queue, stop, reader)
+
+    def stream(gen: _Generation, chunk, body: _GenerationRequest, first: Optional[Dict] = None) -> StreamingResponse:
+        """Server-sent events: ``first`` (if any), a chunk per text piece, the finish, usage, ``[DONE]``."""
+
+        async def events() -> AsyncIterator[str]:
+            if first is not None:
+                yield _sse(first)
+            async for piece in gen.pieces():
+                yield _sse(chunk(piece, None))
+            yield _sse(chunk(None, gen.finish_reason))
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse({**chunk(None, None), "choices": [], "usage": gen.usage()})
+            yield _sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        cfg = gen_config(body, body.max_tokens)
+        gen = await start(body.prompt, cfg, stop_strings(body))
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": body.model}
+
+        def chunk(text: Optional[str], finish_reason: Optional[str]) -> Dict:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {**head, "choices": [choice]}
+
+        if body.stream:
+            return stream(gen, chunk, body)
+        text = "".join([piece async for piece in gen.pieces()])
+        return {**chunk(text, gen.finish_reason), "usage": gen.usage()}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest):
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        cfg = gen_config(body, max_tokens)
+        stop = stop_strings(body)
+        messages = [_message_dict(m) for m in body.messages]
+        try:
+            prompt = engine.tokenizer(model_name).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template raises on conversations it does not support (roles, order)
+            raise APIError(400, f"the chat template cannot render these messages: {exc}", "messages") from exc
+        gen = await start(prompt, cfg, stop)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.model}
+
+        def chunk(text: Optional[str], finish_reason: Optional[str], delta: Optional[Dict] = None) -> Dict:
+            delta = delta if delta is not None else ({} if text is None else {"content": text})
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+        if body.stream:
+            return stream(gen, chunk, body, first=chunk(None, None, {"role": "assistant", "content": ""}))
+        text = "".join([piece async for piece in gen.pieces()])
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": gen.finish_reason}
+        return {**head, "object": "chat.completion", "choices": [choice], "usage": gen.usage()}
+
+    @app.get("/v1/models")
+    async def models():
+        created = int(time.time())
+        base = {"id": model_name, "object": "model", "created": created, "owned_by": OWNER,
+                "root": limits.model, "parent": None}
+        adapters = [{"id": name, "object": "model", "created": created, "owned_by": OWNER,
+                     "root": info.get("path"), "parent": model_name}
+                    for name, info in engine.loras(model_name).items()]
+        return {"object": "list", "data": [base, *adapters]}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(body: LoadLoraRequest):
+        try:
+            await run_in_threadpool(engine.load_lora, model_name, body.lora_name, body.lora_path)
+        except ServingError as exc:
+            raise APIError.refused(exc.status, "lora_path" if exc.code is StatusCode.INVALID_REQUEST else "lora_name") from exc
+        return {"lora_name": body.lora_name, **engine.loras(model_name)[body.lora_name]}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadLoraRequest):
+        try:
+            await run_in_threadpool(engine.unload_lora, model_name, body.lora_name)
+        except ServingError as exc:
+            raise APIError.refused(exc.status, "lora_name") from exc
+        return {"lora_name": body.lora_name, "unloaded": True}
+
+    @app.get("/metrics")
+    async def metrics():
+        return engine.metrics(model_name)
+
+    @app.get("/health")
+    async def health():
+        if model_name not in engine.model_names():
+            raise APIError(503, f"model {model_name!r} is not installed", code=StatusCode.NOT_RUNNING.value)
+        return {"status": "ok"}
+
+    return app
+
+
+def _message_dict(message: ChatMessage) -> Dict[str, Any]:
+    """A message as the chat template takes it: content parts joined into one text."""
+    data = message.model_dump(exclude_none=True)
+    if isinstance(message.content, list):
+        texts = []
+        for part in message.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"only text content parts are supported, found {part.get('type')!r}", "messages")
+            texts.append(part["text"])
+        data["content"] = "".join(texts)
+    return data
+
+
+def serve(engine: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``model_name`` of ``engine`` over HTTP until interrupted (Ctrl-C).
+
+    Args:
+        engine: a :class:`mindformers.serving.Engine` with the model installed and started.
+        model_name: the installed model's name (the ``model`` of base-model requests).
+        host: the interface to listen on.
+        port: the TCP port.
+        log_level: uvicorn's log level.
+    """
+    uvicorn.run(create_app(engine, model_name), host=host, port=port, log_level=log_level)
