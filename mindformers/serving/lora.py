@@ -30,7 +30,7 @@ from mindspore import nn, ops
 
 from ..checkpoint.safetensors_dir import _read_file
 from ..models.common.layers import Conv1D, Linear, cast
-from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME, read_config_file
+from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME
 from ..tuners.lora.model import replace_module, resolve_targets
 from .status import ServingError, StatusCode
 
@@ -97,11 +97,11 @@ class AdapterPool:
         if name in self.slots:
             raise ServingError(StatusCode.CONFLICT, f"an adapter called {name!r} is already loaded; unload it first "
                                                     f"or pick another name")
+        factors, scaling, rank = read_lora_dir(directory, self.layers, self.max_rank)
         free = sorted(set(range(self.max_num)) - set(self.slots.values()))
         if not free:
             raise ServingError(StatusCode.CONFLICT, f"the adapter pool is full ({self.max_num} adapters loaded, "
                                                     f"lora_max_num={self.max_num}); unload one first")
-        factors, scaling, rank = read_lora_dir(directory, self.layers, self.max_rank)
         slot = free[0]
         for path in self.layers:
             self.ranks[path][slot] = 0
@@ -156,7 +156,7 @@ def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: 
         tensors = _read_file(weights_path)
     except ValueError as err:
         raise _invalid(str(err)) from None
-    swift = "swift_type" in read_config_file(directory)
+    swift = not any(key.startswith("base_model.model.") for key in tensors)  # SWIFT keys carry the adapter name
     pattern = _SWIFT_KEY if swift else _PEFT_KEY
     factors: Dict[str, Dict[str, np.ndarray]] = {}
     names = set()

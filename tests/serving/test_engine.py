@@ -1,0 +1,268 @@
+"""The multi-LoRA engine against the tuner API: every request of a mixed, continuously batched run gives
+the ids ``generate`` gives for it alone with its adapter applied through PeftModel / Swift."""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from mindformers.serving import Engine, GenerateStatus, RuntimeConfigBuilder, ServingError, StatusCode
+from mindformers.tuners import LoraConfig, PeftModel, Swift, get_peft_model
+
+from tests.serving.conftest import ADAPTERS, tiny_model
+
+PROMPTS = ["Hello there", "What is your name? I would like to know it before we go on.", "Robots",
+           "Tell me a joke about cats and dogs, please, a long one with a twist", "Hi", "Why is the sky blue?",
+           "Do you like books?", "I am a student of computer science and I want to learn about compilers today",
+           "ok", "What time is it in Tokyo when it is noon in Paris?", "Sing", "Who are you?"]
+RUNNING = (GenerateStatus.Init, GenerateStatus.ContextFinished, GenerateStatus.Generating)
+
+
+def read_all(queue):
+    """The issue's reading loop: Get() while the status says more may come."""
+    tokens = []
+    while queue.GenerateStatus() in RUNNING:
+        new = queue.Get(timeout=120)
+        tokens += new or []
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, adapter_dirs):
+    engine = Engine()
+    config = (RuntimeConfigBuilder("tiny", model=model_dir).max_batch(4).max_length(96).lora_max_num(8)
+              .lora_max_rank(16).max_queue(32).build())
+    engine.install_model(config)
+    engine.start_model("tiny")
+    for name, path in adapter_dirs.items():
+        engine.load_lora("tiny", name, path)
+    yield engine
+    engine.uninstall_model("tiny")
+
+
+@pytest.fixture(scope="module")
+def reference(tokenizer, adapter_dirs):
+    """``reference(prompt, lora, **settings)``: the request run alone through ``generate`` with its adapter
+    applied by the tuner API (PEFT's or SWIFT's, after the file format), eagerly (no graphs to compile)."""
+    peft = PeftModel.from_pretrained(tiny_model(), adapter_dirs["qv-4"], adapter_name="qv-4")
+    for name, (_, _, kind) in ADAPTERS.items():
+        if kind == "peft" and name != "qv-4":
+            peft.load_adapter(adapter_dirs[name], name)
+    swift = Swift.from_pretrained(tiny_model(), os.path.dirname(adapter_dirs["swift-4"]))
+    for model in (peft, swift):
+        model.base_model.generation_mode = "pynative"
+
+    def run(prompt, lora, **settings):
+        ids = tokenizer(prompt)["input_ids"]
+        if lora is None:
+            with peft.disable_adapter():
+                out = peft.generate(ids, **settings)
+        elif ADAPTERS[lora][2] == "swift":
+            swift.set_active_adapters(lora)
+            out = swift.generate(ids, **settings)
+        else:
+            peft.set_adapter(lora)
+            out = peft.generate(ids, **settings)
+        return out[0, len(ids):].tolist()
+
+    return run
+
+
+def strip_pad(ids, eos=2):
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_mixed_batch_equals_each_request_alone(engine, reference, monkeypatch):
+    pool = engine._models["tiny"].pool
+    groups_seen = []
+    bind = pool.bind_rows
+    monkeypatch.setattr(pool, "bind_rows", lambda rows: (groups_seen.append(list(rows)), bind(rows)))
+    names = [None] + list(ADAPTERS)
+    requests = []
+    for i, prompt in enumerate(PROMPTS):  # 12 requests on 4 rows: they join and leave between steps
+        settings = {"max_new_tokens": 6 + 3 * (i % 4), "do_sample": False}
+        if i == 5:
+            settings.update(top_k=1, repetition_penalty=1.1)
+        if i == 9:
+            settings.update(do_sample=True, seed=7, top_p=0.9, temperature=0.8)
+        lora = names[i % len(names)]
+        status, handle, queue = engine.start_request_text("tiny", prompt, {**settings, "lora_name": lora})
+        assert status.ok, status.message
+        requests.append((prompt, lora, settings, handle, queue))
+    for prompt, lora, settings, handle, queue in requests:
+        got = read_all(queue)
+        assert queue.GenerateStatus() is GenerateStatus.GenerateFinished
+        assert queue.finish_reason in ("stop", "length")
+        assert got == queue.output_ids
+        expected = strip_pad(reference(prompt, lora, **settings))
+        assert got == expected, (prompt, lora)
+        assert engine.release_request("tiny", handle).ok
+    decode_groups = [g for g in groups_seen if len(g) > 1]
+    assert max(len({s for s in g if s >= 0}) for g in decode_groups) >= 3  # one step served 3+ adapters
+    assert any(-1 in g and any(s >= 0 for s in g) for g in decode_groups)  # base rows beside adapter rows
+    metrics = engine.metrics("tiny")
+    assert metrics["adapters"]["base"]["requests"] >= 2
+    assert metrics["running"] == 0 and metrics["waiting"] == 0
+
+
+def test_adapters_change_outputs(engine):
+    outputs = {}
+    for lora in [None] + list(ADAPTERS):
+        status, ids = engine.sync_request("tiny", "Tell me about robots", {"max_new_tokens": 8, "lora_name": lora,
+                                                                          "min_new_tokens": 8})
+        assert status.ok
+        outputs[lora] = tuple(ids)
+    assert len(set(outputs.values())) == len(outputs)  # random adapters: every answer differs
+
+
+def test_release_interrupts_and_keeps_tokens(engine):
+    status, handle, queue = engine.start_request_text("tiny", "Count with me", {"max_new_tokens": 80,
+                                                                                 "min_new_tokens": 80})
+    assert status.ok
+    first = queue.Get(timeout=120)
+    assert first and queue.GenerateStatus() in RUNNING
+    assert engine.release_request("tiny", handle).ok
+    rest = []
+    while True:
+        new = queue.Get(timeout=120)
+        if new is None:
+            break
+        rest += new
+    assert queue.GenerateStatus() is GenerateStatus.GenerateInterrupted
+    assert queue.finish_reason == "interrupted"
+    assert queue.output_ids == first + rest and 1 <= len(queue.output_ids) < 80
+    assert not engine.release_request("tiny", handle).ok  # already forgotten
+
+
+def test_bad_requests_are_refused_with_a_reason(engine):
+    cases = [
+        (("nope", [1, 2], {}), StatusCode.UNKNOWN_MODEL, "installed"),
+        (("tiny", [1, 2], {"lora_name": "nope"}), StatusCode.UNKNOWN_ADAPTER, "loaded"),
+        (("tiny", [1, 2], {"max_new_token": 3}), StatusCode.INVALID_REQUEST, "max_new_token"),
+        (("tiny", [1, 2], {"num_beams": 2}), StatusCode.INVALID_REQUEST, "num_beams"),
+        (("tiny", [1, 2], {"top_p": 1.5}), StatusCode.INVALID_REQUEST, "top_p"),
+        (("tiny", [], {}), StatusCode.INVALID_REQUEST, "empty"),
+        (("tiny", [1, 10 ** 6], {}), StatusCode.INVALID_REQUEST, "vocabulary"),
+        (("tiny", [1] * 96, {}), StatusCode.INVALID_REQUEST, "max_length"),
+        (("tiny", [1] * 10, {"max_new_tokens": 90}), StatusCode.INVALID_REQUEST, "exceeds max_length=96"),
+        (("tiny", "text", {}), StatusCode.INVALID_REQUEST, "integers"),
+    ]
+    for args, code, words in cases:
+        status, handle, queue = engine.start_request_ids(*args)
+        assert status.code is code and words in status.message, (args, status)
+        assert handle is None and queue is None
+
+
+def test_adapter_loading_errors(engine, adapter_dirs, tmp_path):
+    def refused(path, name="x"):
+        with pytest.raises(ServingError) as info:
+            engine.load_lora("tiny", name, path)
+        return info.value
+
+    assert refused(str(tmp_path / "missing")).code is StatusCode.INVALID_REQUEST
+    assert "adapter folders" in refused(os.path.dirname(adapter_dirs["swift-4"])).message
+    assert refused(adapter_dirs["qv-4"], name="qv-4").code is StatusCode.CONFLICT
+    assert refused(adapter_dirs["qv-4"], name="base").code is StatusCode.INVALID_REQUEST
+    # rank over the limit, DoRA, and a truncated weights file
+    for kind, config in (("r32", LoraConfig(r=32, target_modules=["q_proj"], init_lora_weights=False)),
+                         ("dora", LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))):
+        get_peft_model(tiny_model(), config, seed=0).save_pretrained(str(tmp_path / kind))
+    assert "lora_max_rank=16" in refused(str(tmp_path / "r32")).message
+    assert "use_dora" in refused(str(tmp_path / "dora")).message
+    broken = tmp_path / "broken"
+    get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj"]), seed=0).save_pretrained(str(broken))
+    data = (broken / "adapter_model.safetensors").read_bytes()
+    (broken / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "safetensors" in refused(str(broken)).message
+    with pytest.raises(ServingError) as info:
+        engine.unload_lora("tiny", "nope")
+    assert info.value.code is StatusCode.UNKNOWN_ADAPTER
+    # the pool is full (8 of 8): a ninth adapter is refused until one is unloaded
+    ok_dir = tmp_path / "ok"
+    get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False), seed=3).save_pretrained(str(ok_dir))
+    assert refused(str(ok_dir), name="ninth").code is StatusCode.CONFLICT
+    # an adapter in use cannot be unloaded; afterwards its slot takes the new one
+    status, handle, queue = engine.start_request_ids("tiny", [1, 2, 3], {"max_new_tokens": 60, "lora_name": "o-8"})
+    with pytest.raises(ServingError) as info:
+        engine.unload_lora("tiny", "o-8")
+    assert info.value.code is StatusCode.CONFLICT
+    engine.release_request("tiny", handle)
+    read_all(queue)
+    for _ in range(100):  # the scheduler frees the row at its next step
+        try:
+            engine.unload_lora("tiny", "o-8")
+            break
+        except ServingError:
+            threading.Event().wait(0.05)
+    assert "o-8" not in engine.loras("tiny")
+    assert engine.start_request_ids("tiny", [1], {"lora_name": "o-8"})[0].code is StatusCode.UNKNOWN_ADAPTER
+    engine.load_lora("tiny", "ninth", str(ok_dir))
+    info = engine.loras("tiny")["ninth"]
+    assert info["rank"] == 4 and info["weight_bytes"] < info["slot_bytes"]
+    engine.unload_lora("tiny", "ninth")
+    engine.load_lora("tiny", "o-8", adapter_dirs["o-8"])
+
+
+def test_full_queue_and_stop(model_dir):
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder("one", model=model_dir).max_batch(1).max_length(64).max_queue(1)
+                         .lora_max_num(1).lora_max_rank(4).build())
+    assert engine.start_request_ids("one", [1, 2], {})[0].code is StatusCode.NOT_RUNNING
+    engine.start_model("one")
+    settings = {"max_new_tokens": 40, "min_new_tokens": 40}
+    results = [engine.start_request_ids("one", [1, 2, 3], settings) for _ in range(3)]
+    codes = [status.code for status, _, _ in results]
+    assert codes[:2] == [StatusCode.OK, StatusCode.OK] and codes[2] is StatusCode.QUEUE_FULL
+    assert "max_queue=1" in results[2][0].message
+    for status, handle, queue in results[:2]:  # nothing admitted is lost
+        assert len(read_all(queue)) == 40 and queue.finish_reason == "length"
+    status, handle, queue = engine.start_request_ids("one", [1, 2, 3], {"max_new_tokens": 60})
+    queue.Get(timeout=120)
+    engine.stop_model("one")
+    assert queue.GenerateStatus() in RUNNING + (GenerateStatus.GenerateInterrupted,)
+    read_all(queue)
+    assert queue.GenerateStatus() is GenerateStatus.GenerateInterrupted and queue.output_ids
+    assert engine.start_request_ids("one", [1, 2], {})[0].code is StatusCode.NOT_RUNNING
+    engine.uninstall_model("one")
+    assert engine.model_names() == []
+
+
+def test_runtime_config_builder_checks_values(model_dir):
+    config = (RuntimeConfigBuilder("m", model=model_dir).max_batch(2).max_length(32).lora_max_num(3)
+              .lora_max_rank(8).lora_target_modules(["q_proj"]).max_queue(5).build())
+    assert (config.max_batch, config.max_length, config.lora_max_num, config.lora_max_rank, config.max_queue) == \
+        (2, 32, 3, 8, 5)
+    with pytest.raises(ServingError, match="max_batch must be a positive integer, found 0"):
+        RuntimeConfigBuilder("m", model=model_dir).max_batch(0).build()
+    engine = Engine()
+    with pytest.raises(ServingError, match="exceeds the model's context of 256"):
+        engine.install_model(RuntimeConfigBuilder("m", model=model_dir).max_length(1000).build())
+    with pytest.raises(ServingError, match="match no linear layer"):
+        engine.install_model(RuntimeConfigBuilder("m", model=model_dir).max_length(64).lora_target_modules(["nope"])
+                             .build())
+    with pytest.raises(ServingError, match="cannot load model"):
+        engine.install_model(RuntimeConfigBuilder("m", model=str(model_dir) + "-missing").build())
+
+
+def test_pool_kernel_runs_each_adapter_at_its_rank():
+    from mindformers.serving.lora import AdapterPool
+
+    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=8)
+    rng = np.random.default_rng(0)
+    a = {0: rng.normal(size=(2, 6)), 2: rng.normal(size=(8, 6))}
+    b = {0: rng.normal(size=(5, 2)), 2: rng.normal(size=(5, 8))}
+    for slot in a:
+        r = a[slot].shape[0]
+        pool.a["layer"][slot, :r] = a[slot]
+        pool.bt["layer"][slot, :r] = b[slot].T
+        pool.ranks["layer"][slot] = r
+    pool.a["layer"][0, 2:] = 1e6  # beyond slot 0's rank: must never be read
+    x = rng.normal(size=(5, 3, 6)).astype(np.float32)
+    pool.bind_rows([-1, 0, 0, 2, -1])
+    out = pool.delta("layer", x)
+    expected = np.zeros((5, 3, 5))
+    for row, slot in ((1, 0), (2, 0), (3, 2)):
+        expected[row] = x[row] @ a[slot].T @ b[slot].T
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="contiguous"):
+        pool.bind_rows([0, 2, 0])
