@@ -22,9 +22,11 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.7",
+        "fastapi>=0.110",  # the OpenAI-compatible server (mindformers/serving/server.py)
+        "uvicorn>=0.29",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "openai>=1.0"],
         # the peers the benchmarks compare against (torch 2.13.0 is the CPU build this machine provides)
         "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0", "peft==0.21.2"],
     },

@@ -419,6 +419,14 @@ class Engine:
     def model_names(self) -> List[str]:
         return sorted(self._models)
 
+    def is_running(self, model_name: str) -> bool:
+        """Whether the model is installed and its scheduler accepts requests."""
+        served = self._models.get(model_name)
+        if served is None:
+            return False
+        with served.cond:
+            return served.thread is not None and not served.stopping
+
     def runtime_config(self, model_name: str) -> RuntimeConfig:
         return self._served(model_name).config
 

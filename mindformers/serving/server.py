@@ -72,7 +72,11 @@ class APIError(Exception):
         return cls(HTTP_STATUS[status.code], status.message, param, status.code.value, headers)
 
     def response(self) -> JSONResponse:
-        kind = "rate_limit_error" if self.status == 429 else "server_error" if self.status >= 500 else "invalid_request_error"
+        kind = "invalid_request_error"
+        if self.status == 429:
+            kind = "rate_limit_error"
+        elif self.status >= 500:
+            kind = "server_error"
         body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
@@ -85,8 +89,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
                         code="invalid_json")
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {first['msg']}" if param else first["msg"]
+    param = loc[0] if loc else None  # the request's field; the message has the path inside it
+    message = f"{'.'.join(loc)}: {first['msg']}" if loc else first["msg"]
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
     return APIError(400, message, param, code=first.get("type"))
@@ -209,7 +213,8 @@ class _Generation:
     """One admitted request: reads its token queue off the event loop and turns it into text pieces.
 
     Iterate :meth:`pieces` once; afterwards ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``
-    are set. The request is released when iteration ends, also when it is abandoned (client gone).
+    are set. The request is released when iteration ends, also when it is abandoned (client gone); a
+    stream that never started iterating is released by :class:`_ReleasingStream`.
     """
 
     def __init__(self, engine: Any, model: str, handle: Any, queue: Any, stop: List[str], reader: ThreadPoolExecutor):
@@ -246,8 +251,28 @@ class _Generation:
                 yield piece
             self.finish_reason = "stop" if self.text.stopped else (self.queue.finish_reason or "stop")
         finally:
-            # Interrupts the request if it still runs (a stop string, a client that went away), frees it.
+            self.release()
+
+    def release(self) -> None:
+        """Interrupt the request if it still runs (a stop string, a client that went away) and free it."""
+        if self.handle is not None:
             self.engine.release_request(self.model, self.handle)
+            self.handle = None
+
+
+class _ReleasingStream(StreamingResponse):
+    """A stream that releases its request however it ends: a client that disconnects before the first
+    chunk cancels the response before its generator starts, so the generator's own ``finally`` never runs."""
+
+    def __init__(self, content: AsyncIterator[str], generation: _Generation):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.generation = generation
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.generation.release()
 
 
 def _sse(data: Any) -> str:
@@ -294,6 +319,14 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
     async def _http_error(_request: Request, exc: HTTPException):
         return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
 
+    @app.exception_handler(ServingError)
+    async def _refused(_request: Request, exc: ServingError):
+        return APIError.refused(exc.status).response()
+
+    @app.exception_handler(Exception)
+    async def _crashed(_request: Request, exc: Exception):  # logged by starlette, answered in OpenAI's shape
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error").response()
+
     def adapter_of(model: str) -> Optional[str]:
         """The ``lora_name`` a request's ``model`` selects (None: the base model)."""
         if model == model_name:
@@ -329,11 +362,11 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
             raise APIError(400, "stop strings must not be empty", "stop")
         return stop
 
-    async def start(prompt: Union[str, List[int]], cfg: Dict[str, Any], stop: List[str]) -> _Generation:
-        if isinstance(prompt, str):
-            status, handle, queue = await run_in_threadpool(engine.start_request_text, model_name, prompt, cfg)
-        else:
-            status, handle, queue = await run_in_threadpool(engine.start_request_ids, model_name, prompt, cfg)
+    def start(body: _GenerationRequest, prompt: Union[str, List[int]], max_tokens: Optional[int]) -> _Generation:
+        """Admit the request (blocking: the engine's lock and the tokenizer; call it in a thread)."""
+        cfg, stop = gen_config(body, max_tokens), stop_strings(body)
+        begin = engine.start_request_text if isinstance(prompt, str) else engine.start_request_ids
+        status, handle, queue = begin(model_name, prompt, cfg)
         if not status:
             raise APIError.refused(status, "model" if status.code is StatusCode.UNKNOWN_ADAPTER else None)
         return _Generation(engine, model_name, handle, queue, stop, reader)
@@ -351,12 +384,11 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
                 yield _sse({**chunk(None, None), "choices": [], "usage": gen.usage()})
             yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _ReleasingStream(events(), gen)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        cfg = gen_config(body, body.max_tokens)
-        gen = await start(body.prompt, cfg, stop_strings(body))
+        gen = await run_in_threadpool(start, body, body.prompt, body.max_tokens)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": body.model}
 
@@ -372,14 +404,13 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        cfg = gen_config(body, max_tokens)
-        stop = stop_strings(body)
         messages = [_message_dict(m) for m in body.messages]
         try:
-            prompt = engine.tokenizer(model_name).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt = engine.tokenizer(model_name).apply_chat_template(messages, tokenize=False,
+                                                                      add_generation_prompt=True)
         except Exception as exc:  # the template raises on conversations it does not support (roles, order)
             raise APIError(400, f"the chat template cannot render these messages: {exc}", "messages") from exc
-        gen = await start(prompt, cfg, stop)
+        gen = await run_in_threadpool(start, body, prompt, max_tokens)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.model}
 
@@ -394,8 +425,10 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
                   "finish_reason": gen.finish_reason}
         return {**head, "object": "chat.completion", "choices": [choice], "usage": gen.usage()}
 
+    # The endpoints below are plain functions: FastAPI runs them in its thread pool, so the engine's lock
+    # (held while an adapter loads) never blocks the event loop.
     @app.get("/v1/models")
-    async def models():
+    def models():
         created = int(time.time())
         base = {"id": model_name, "object": "model", "created": created, "owned_by": OWNER,
                 "root": limits.model, "parent": None}
@@ -405,29 +438,30 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
         return {"object": "list", "data": [base, *adapters]}
 
     @app.post("/v1/load_lora_adapter")
-    async def load_lora_adapter(body: LoadLoraRequest):
+    def load_lora_adapter(body: LoadLoraRequest):
         try:
-            await run_in_threadpool(engine.load_lora, model_name, body.lora_name, body.lora_path)
+            engine.load_lora(model_name, body.lora_name, body.lora_path)
         except ServingError as exc:
-            raise APIError.refused(exc.status, "lora_path" if exc.code is StatusCode.INVALID_REQUEST else "lora_name") from exc
+            param = "lora_path" if exc.code is StatusCode.INVALID_REQUEST else "lora_name"
+            raise APIError.refused(exc.status, param) from exc
         return {"lora_name": body.lora_name, **engine.loras(model_name)[body.lora_name]}
 
     @app.post("/v1/unload_lora_adapter")
-    async def unload_lora_adapter(body: UnloadLoraRequest):
+    def unload_lora_adapter(body: UnloadLoraRequest):
         try:
-            await run_in_threadpool(engine.unload_lora, model_name, body.lora_name)
+            engine.unload_lora(model_name, body.lora_name)
         except ServingError as exc:
             raise APIError.refused(exc.status, "lora_name") from exc
         return {"lora_name": body.lora_name, "unloaded": True}
 
     @app.get("/metrics")
-    async def metrics():
+    def metrics():
         return engine.metrics(model_name)
 
     @app.get("/health")
-    async def health():
-        if model_name not in engine.model_names():
-            raise APIError(503, f"model {model_name!r} is not installed", code=StatusCode.NOT_RUNNING.value)
+    def health():
+        if not engine.is_running(model_name):
+            raise APIError(503, f"model {model_name!r} is not running", code=StatusCode.NOT_RUNNING.value)
         return {"status": "ok"}
 
     return app

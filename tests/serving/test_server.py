@@ -1,0 +1,339 @@
+"""The OpenAI-compatible server, used as a client would: the official ``openai`` client (and raw HTTP for
+malformed requests) against a real server (uvicorn in a thread) on the tiny random Llama with SmolLM2's
+tokenizer and the eight random LoRA adapters of ``conftest.py``. Answers are checked against the ids of
+``engine.sync_request`` for the same settings."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import uvicorn
+
+from mindformers.serving import Engine, RuntimeConfigBuilder
+from mindformers.serving.server import IncrementalText, create_app
+from tests.serving.conftest import ADAPTERS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = "tiny"
+ADAPTER_NAMES = list(ADAPTERS)  # 8 adapters of ranks 2..16 on different layers, one in SWIFT's files
+PROMPT = "Once upon a time"
+CHAT = [{"role": "user", "content": "Tell me a story."}]
+NEW = 12  # new tokens of most requests
+MAX_LENGTH = 128
+
+
+@contextlib.contextmanager
+def http_server(engine, model_name):
+    """A real uvicorn server for ``model_name`` on a free port, in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name), host="127.0.0.1", port=0,
+                                          log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def http(url, body=None, raw=None):
+    """GET (no body) or POST JSON to ``url``; returns (status, decoded JSON body, headers)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def assert_openai_error(body, status_param=None):
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    if status_param is not None:
+        assert body["error"]["param"] == status_param, body
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, adapter_dirs):
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder(MODEL, model=model_dir).max_batch(8).max_length(MAX_LENGTH)
+                         .lora_max_num(9).lora_max_rank(16).max_queue(64).build())
+    engine.start_model(MODEL)
+    for name in ADAPTER_NAMES:
+        engine.load_lora(MODEL, name, adapter_dirs[name])
+    yield engine
+    engine.uninstall_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def tok(engine):
+    return engine.tokenizer(MODEL)
+
+
+@pytest.fixture(scope="module")
+def expected(engine, tok):
+    """The greedy answer to PROMPT of the base model and of each adapter, from the engine itself."""
+    answers = {}
+    for name in [MODEL] + ADAPTER_NAMES:
+        lora_name = None if name == MODEL else name
+        status, ids = engine.sync_request(MODEL, PROMPT, {"max_new_tokens": NEW, "lora_name": lora_name})
+        assert status and len(ids) == NEW
+        answers[name] = tok.decode(ids, skip_special_tokens=True)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with http_server(engine, MODEL) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def test_completions_streamed_equal_blocking_equal_engine(client, tok, expected):
+    prompt_tokens = len(tok(PROMPT)["input_ids"])
+    for model in (MODEL, "all-8"):
+        answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=NEW, temperature=0)
+        assert answer.object == "text_completion" and answer.model == model
+        assert answer.choices[0].text == expected[model] and answer.choices[0].finish_reason == "length"
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (
+            prompt_tokens, NEW, prompt_tokens + NEW)
+        chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=NEW, stream=True))
+        assert len(chunks) > 2 and all(c.object == "text_completion" for c in chunks)
+        assert "".join(c.choices[0].text for c in chunks) == expected[model]
+        assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+def test_prompt_as_token_ids(client, tok, expected):
+    answer = client.completions.create(model="swift-4", prompt=tok(PROMPT)["input_ids"], max_tokens=NEW)
+    assert answer.choices[0].text == expected["swift-4"]
+
+
+def test_chat_streamed_equals_blocking_equals_engine(client, engine, tok):
+    text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    status, ids = engine.sync_request(MODEL, text, {"max_new_tokens": NEW, "lora_name": "attn-16"})
+    want = tok.decode(ids, skip_special_tokens=True)
+    answer = client.chat.completions.create(model="attn-16", messages=CHAT, max_tokens=NEW)
+    assert answer.object == "chat.completion" and answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == want and answer.choices[0].finish_reason == "length"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(tok(text)["input_ids"]), NEW)
+    chunks = list(client.chat.completions.create(model="attn-16", messages=CHAT, max_completion_tokens=NEW,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == NEW
+
+
+def test_chat_without_max_tokens_runs_to_max_length(client):
+    answer = client.chat.completions.create(model=MODEL, messages=CHAT)
+    total = answer.usage.total_tokens
+    assert total == MAX_LENGTH if answer.choices[0].finish_reason == "length" else total < MAX_LENGTH
+
+
+def test_each_adapter_answers_differently(expected):
+    assert len(set(expected.values())) == 1 + len(ADAPTER_NAMES), expected
+
+
+def test_stop_string_cuts_the_text(client, expected):
+    full = expected["mlp-6"]
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    cut = full[:full.find(stop)]
+    answer = client.completions.create(model="mlp-6", prompt=PROMPT, max_tokens=NEW, stop=[stop, "never there"])
+    assert answer.choices[0].text == cut and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens < NEW
+    chunks = list(client.completions.create(model="mlp-6", prompt=PROMPT, max_tokens=NEW, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == cut and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_sampling_follows_temperature_and_seed(client, engine, tok):
+    settings = {"max_new_tokens": NEW, "do_sample": True, "temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 7}
+    status, ids = engine.sync_request(MODEL, PROMPT, {**settings, "lora_name": "qv-4"})
+    answer = client.completions.create(model="qv-4", prompt=PROMPT, max_tokens=NEW, temperature=1.5, seed=7)
+    assert answer.choices[0].text == tok.decode(ids, skip_special_tokens=True)
+    status, ids = engine.sync_request(MODEL, PROMPT, {**settings, "top_k": 5, "repetition_penalty": 1.3})
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=NEW, temperature=1.5, seed=7,
+                                       extra_body={"top_k": 5, "repetition_penalty": 1.3})
+    assert answer.choices[0].text == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_32_concurrent_clients_across_8_adapters(client, url, engine, expected):
+    before = engine.metrics(MODEL)["adapters"]
+    answers, failures = {}, []
+
+    def ask(i):
+        model = ADAPTER_NAMES[i % len(ADAPTER_NAMES)]
+        try:
+            if i % 2:
+                stream = client.completions.create(model=model, prompt=PROMPT, max_tokens=NEW, stream=True)
+                answers[i] = (model, "".join(c.choices[0].text for c in stream))
+            else:
+                answer = client.completions.create(model=model, prompt=PROMPT, max_tokens=NEW)
+                answers[i] = (model, answer.choices[0].text)
+        except Exception as err:  # pylint: disable=broad-except
+            failures.append((i, repr(err)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and len(answers) == 32
+    assert {i: text for i, (model, text) in answers.items() if text != expected[model]} == {}
+    after = engine.metrics(MODEL)
+    for name in ADAPTER_NAMES:
+        grew = {key: after["adapters"][name][key] - before[name][key]
+                for key in ("requests", "finished", "completion_tokens")}
+        assert grew == {"requests": 4, "finished": 4, "completion_tokens": 4 * NEW}, name
+    assert (after["running"], after["waiting"]) == (0, 0)
+    assert http(f"{url}/health")[:2] == (200, {"status": "ok"})
+    status, served, _ = http(f"{url}/metrics")
+    assert status == 200 and served["adapters"]["o-8"] == after["adapters"]["o-8"]
+
+
+def test_client_disconnect_releases_the_request(client, engine):
+    before = engine.metrics(MODEL)["adapters"]["qv-4"]
+    stream = client.completions.create(model="qv-4", prompt=PROMPT, max_tokens=MAX_LENGTH - 8, stream=True)
+    chunks = iter(stream)
+    next(chunks), next(chunks)
+    stream.close()
+    deadline = time.time() + 20
+    while engine.metrics(MODEL)["adapters"]["qv-4"]["interrupted"] == before["interrupted"]:
+        assert time.time() < deadline, "the request of a client that went away was not released"
+        time.sleep(0.05)
+    after = engine.metrics(MODEL)
+    assert after["running"] == 0
+    assert after["adapters"]["qv-4"]["completion_tokens"] - before["completion_tokens"] < MAX_LENGTH - 8
+
+
+def test_bad_requests_get_openai_errors(client, url):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="no-such-adapter", prompt=PROMPT, max_tokens=NEW)
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+    cases = [  # (path, body, param)
+        ("/v1/chat/completions", {"model": MODEL}, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": "hello"}, "messages"),
+        ("/v1/completions", {"prompt": PROMPT}, "model"),
+        ("/v1/completions", {"model": MODEL, "prompt": PROMPT, "n": 2}, "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": -1}, "max_tokens"),
+        ("/v1/completions", {"model": MODEL, "prompt": PROMPT, "temperature": "hot"}, "temperature"),
+        ("/v1/completions", {"model": MODEL, "prompt": PROMPT, "stop": [""]}, "stop"),
+        ("/v1/completions", {"model": MODEL, "prompt": ["a", 1]}, None),
+        ("/v1/completions", {"model": MODEL, "prompt": "word " * MAX_LENGTH}, None),  # prompt too long
+        ("/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_LENGTH}, None),  # no room
+        ("/v1/completions", {"model": MODEL, "prompt": [10 ** 9]}, None),  # outside the vocabulary
+    ]
+    for path, body, param in cases:
+        status, answer, _ = http(url + path, body)
+        assert status == 400, (body, answer)
+        assert_openai_error(answer, param)
+    status, answer, _ = http(f"{url}/v1/completions", raw=b'{"model": "tiny", "prompt": ')
+    assert status == 400 and answer["error"]["code"] == "invalid_json"
+    assert_openai_error(answer)
+    status, answer, _ = http(f"{url}/v1/no-such-endpoint")
+    assert status == 404
+    assert_openai_error(answer)
+
+
+def test_load_and_unload_adapters_over_http(url, client, adapter_dirs, expected, tmp_path):
+    def served():
+        return {m["id"]: m["parent"] for m in http(f"{url}/v1/models")[1]["data"]}
+
+    assert served() == {MODEL: None, **{name: MODEL for name in ADAPTER_NAMES}}
+    extra = {"lora_name": "extra", "lora_path": adapter_dirs["down-2"]}  # the same files under a second name
+    status, answer, _ = http(f"{url}/v1/load_lora_adapter", extra)
+    assert status == 200 and answer["rank"] == 2
+    assert served()["extra"] == MODEL
+    text = client.completions.create(model="extra", prompt=PROMPT, max_tokens=NEW).choices[0].text
+    assert text == expected["down-2"]
+
+    status, answer, _ = http(f"{url}/v1/load_lora_adapter", extra)
+    assert status == 409
+    assert_openai_error(answer)
+    missing = {"lora_name": "ghost", "lora_path": str(tmp_path / "missing")}
+    status, answer, _ = http(f"{url}/v1/load_lora_adapter", missing)
+    assert status == 400 and "ghost" not in served()
+    assert_openai_error(answer, "lora_path")
+    status, answer, _ = http(f"{url}/v1/load_lora_adapter", {"lora_name": "ghost"})
+    assert status == 400
+    assert_openai_error(answer, "lora_path")
+
+    status, _, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "extra"})
+    assert status == 200 and "extra" not in served()
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="extra", prompt=PROMPT, max_tokens=NEW)
+    status, answer, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "extra"})
+    assert status == 404
+    assert_openai_error(answer, "lora_name")
+
+
+def test_full_queue_is_429_and_admitted_requests_finish(engine, model_dir, tok):
+    """One running row and one waiting place: of three requests, the third is refused."""
+    engine.install_model(RuntimeConfigBuilder("tiny-q", model=model_dir).max_batch(1).max_length(64)
+                         .max_queue(1).lora_max_num(1).lora_max_rank(8).build())
+    try:
+        engine.start_model("tiny-q")
+        new = 64 - len(tok(PROMPT)["input_ids"])  # long enough that nothing ends before the third request
+        status, ids = engine.sync_request("tiny-q", PROMPT, {"max_new_tokens": new})
+        want = tok.decode(ids, skip_special_tokens=True)
+        with http_server(engine, "tiny-q") as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            # the server answers a stream's headers once the request is admitted: both hold a place now
+            streams = [client.completions.create(model="tiny-q", prompt=PROMPT, max_tokens=new, stream=True)
+                       for _ in range(2)]
+            with pytest.raises(openai.RateLimitError) as err:
+                client.completions.create(model="tiny-q", prompt=PROMPT, max_tokens=new)
+            assert err.value.status_code == 429 and err.value.response.headers["retry-after"] == "1"
+            assert err.value.body["code"] == "queue_full"
+            for stream in streams:
+                chunks = list(stream)
+                assert "".join(c.choices[0].text for c in chunks) == want
+                assert chunks[-1].choices[0].finish_reason == "length"
+    finally:
+        engine.uninstall_model("tiny-q")
+
+
+def test_incremental_text_holds_back_partial_characters_and_stop_prefixes(tok):
+    text = "Hi wörld 你好 😀!\n\nThe end"
+    ids = tok(text)["input_ids"]
+    assert any(tok.decode(ids[:n]).endswith("\ufffd") for n in range(1, len(ids))), "no split character to test"
+
+    pieces, decoder = [], IncrementalText(tok, stop=[])
+    for token in ids:
+        pieces.append(decoder.add([token]))
+    pieces.append(decoder.finish())
+    assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
+
+    pieces, decoder = [], IncrementalText(tok, stop=["\n\n"])
+    for token in ids:
+        pieces.append(decoder.add([token]))
+        if decoder.stopped:
+            break
+    pieces.append(decoder.finish())
+    assert "".join(pieces) == "Hi wörld 你好 😀!" and not any("\n" in piece for piece in pieces)
+
+
+def test_cli_help_and_bad_lora_argument():
+    command = [sys.executable, "-m", "mindformers.serving"]
+    runs = [subprocess.Popen(command + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args in (["--help"], ["--model", "smollm2_135m_instruct", "--lora", "lora-1"])]
+    (help_out, _), (_, bad_err) = [run.communicate(timeout=120) for run in runs]
+    assert runs[0].returncode == 0 and "--lora NAME=PATH" in help_out and "--served-model-name" in help_out
+    assert runs[1].returncode == 2 and "expected name=path" in bad_err and "'lora-1'" in bad_err
