@@ -24,6 +24,7 @@ setup(
         "matplotlib>=3.7",
         "fastapi>=0.110",  # the OpenAI-compatible server (mindformers/serving/server.py)
         "uvicorn>=0.29",
+        "threadpoolctl>=3.1",  # the serving engine's host kernel runs BLAS on one thread
     ],
     extras_require={
         "test": ["pytest>=8", "openai>=1.0"],

@@ -82,13 +82,17 @@ class AdapterPool:
 
     def delta(self, path: str, x: np.ndarray) -> np.ndarray:
         """The adapters' contribution for layer ``path``: x [rows, seq, in] -> [rows, seq, out] float32."""
-        out = np.zeros(x.shape[:-1] + (self.layers[path][1],), np.float32)
+        x_shape = x.shape
+        rows_n, seq = x.shape[0], int(np.prod(x.shape[1:-1]))
+        out = np.zeros((rows_n * seq, self.layers[path][1]), np.float32)
+        x = x.reshape(rows_n * seq, -1)  # 2-D: one BLAS call per product (3-D matmul loops over rows)
         a, bt, ranks = self.a[path], self.bt[path], self.ranks[path]
         for slot, rows in self._groups:
             r = ranks[slot]
             if r:
-                out[rows] = (x[rows] @ a[slot, :r].T) @ bt[slot, :r]
-        return out
+                tokens = slice(rows.start * seq, rows.stop * seq)
+                out[tokens] = (x[tokens] @ a[slot, :r].T) @ bt[slot, :r]
+        return out.reshape(x_shape[:-1] + (self.layers[path][1],))
 
     # ------------------------------------------------------------------ loading
     def load(self, name: str, directory: str) -> int:
