@@ -31,6 +31,9 @@ class RuntimeConfig:
     decoder blocks. Only these layers carry the adapter pool."""
     max_queue: int = 64
     """Requests waiting for a row; beyond this, requests are refused with QUEUE_FULL."""
+    warmup: bool = True
+    """Compile every prefill and decode graph in ``start_model`` (about 10 s per graph for SmolLM2 on 2
+    cores), so no request waits for a compilation; False compiles each on first use."""
 
     def __post_init__(self):
         for name in ("max_batch", "max_length", "lora_max_num", "lora_max_rank"):
@@ -77,6 +80,9 @@ class RuntimeConfigBuilder:
 
     def max_queue(self, n: int) -> "RuntimeConfigBuilder":
         return self._set("max_queue", n)
+
+    def warmup(self, on: bool) -> "RuntimeConfigBuilder":
+        return self._set("warmup", on)
 
     def build(self) -> RuntimeConfig:
         return RuntimeConfig(**self._fields)

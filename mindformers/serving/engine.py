@@ -18,6 +18,7 @@ on the running rows padded to a power of two (one graph per bucket, rows picked 
 import collections
 import itertools
 import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -180,6 +181,7 @@ class _ServedModel:
         self.counters: Dict[str, Dict[str, int]] = collections.defaultdict(collections.Counter)
         self.thread: Optional[threading.Thread] = None
         self.stopping = False
+        self.warm = False
 
     # ------------------------------------------------------------------ requests
     def settings(self, gen_cfg: Optional[Dict[str, Any]]) -> Tuple[GenerationConfig, Optional[str]]:
@@ -260,6 +262,12 @@ class _ServedModel:
         with self.cond:
             if self.thread is not None:
                 return
+        if self.config.warmup and not self.warm:
+            start = time.perf_counter()
+            self.warmup()
+            self.warm = True
+            logger.info("%s: graphs compiled in %.0f s", self.config.model_name, time.perf_counter() - start)
+        with self.cond:
             self.stopping = False
             self.thread = threading.Thread(target=self._loop, name=f"serving-{self.config.model_name}", daemon=True)
             self.thread.start()
@@ -326,7 +334,7 @@ class _ServedModel:
         with EXECUTION_LOCK:
             self.pool.bind_rows(row_slots)
             logits = self.step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
-                                   Tensor(slots, ms.int32), Tensor(rows, ms.int32))
+                                   Tensor(slots, ms.int32), None if rows is None else Tensor(rows, ms.int32))
             return logits.asnumpy()
 
     def _prefill(self, request: _Request) -> None:
@@ -346,25 +354,62 @@ class _ServedModel:
         self._deliver(request, request.choose(logits[0]), first=True)
 
     def _decode(self) -> None:
+        """One token for every running row. Rows are the cache rows in order when the batch bucket is the
+        whole cache (no copy of the cache); a smaller bucket picks its rows out of the cache, ordered by
+        adapter so each adapter's rows are one slice."""
+        max_batch = self.config.max_batch
         with self.cond:
-            requests = sorted(self.running.values(), key=lambda r: self.pool.slots.get(r.lora, -1) if r.lora else -1)
-        size = min(_power_of_two(len(requests)), self.config.max_batch)
-        active_rows = [r.row for r in requests]
-        spare = [r for r in range(self.config.max_batch) if r not in active_rows][:size - len(requests)]
-        rows = np.array(active_rows + spare, np.int32)
+            requests = list(self.running.values())
+        size = min(_power_of_two(len(requests)), max_batch)
+        if size == max_batch:
+            order = list(range(max_batch))
+            by_row = {r.row: r for r in requests}
+            batch = [by_row.get(row) for row in order]
+            rows = None
+        else:
+            batch = sorted(requests, key=lambda r: self.pool.slots[r.lora] if r.lora is not None else -1)
+            spare = [row for row in range(max_batch) if row not in {r.row for r in batch}]
+            order = [r.row for r in batch] + spare[:size - len(batch)]
+            batch += [None] * (size - len(batch))
+            rows = np.array(order, np.int32)
         slots = np.full((size, 1), self.trash_slot, np.int32)
         positions = np.zeros((size, 1), np.int32)
-        for i, row in enumerate(active_rows):
-            slots[i, 0] = positions[i, 0] = self.lengths[row]
-            self.slot_mask[row, self.lengths[row]] = 1
-            self.lengths[row] += 1
-        mask = self.slot_mask[rows]
-        mask[len(requests):] = 0
-        ids = self.last_tokens[rows].reshape(size, 1)
-        row_slots = [self.pool.slots[r.lora] if r.lora is not None else -1 for r in requests] + [-1] * len(spare)
+        for i, request in enumerate(batch):
+            if request is not None:
+                row = request.row
+                slots[i, 0] = positions[i, 0] = self.lengths[row]
+                self.slot_mask[row, self.lengths[row]] = 1
+                self.lengths[row] += 1
+        mask = self.slot_mask[order]
+        mask[[i for i, r in enumerate(batch) if r is None]] = 0  # idle rows attend nothing
+        ids = self.last_tokens[order].reshape(size, 1)
+        row_slots = [self.pool.slots[r.lora] if r is not None and r.lora is not None else -1 for r in batch]
         logits = self._run(ids, mask, positions, slots, rows, row_slots)
-        for i, request in enumerate(requests):
-            self._deliver(request, request.choose(logits[i]), first=False)
+        for i, request in enumerate(batch):
+            if request is not None:
+                self._deliver(request, request.choose(logits[i]), first=False)
+
+    def warmup(self) -> None:
+        """Compile every prefill and decode graph now (base rows on idle cache rows), so no request waits for
+        a compilation later."""
+        bucket = MIN_PROMPT_BUCKET
+        while True:  # prompts of 1 .. max_length - 1 tokens
+            self._run(np.zeros((1, bucket), np.int64), np.zeros((1, self.cache_len), np.int32),
+                      np.zeros((1, bucket), np.int32), np.full((1, bucket), self.trash_slot, np.int32),
+                      np.array([0]), [-1])
+            if bucket >= self.config.max_length - 1:
+                break
+            bucket *= 2
+        size = 1
+        while True:
+            full = size >= self.config.max_batch
+            size = min(size, self.config.max_batch)
+            self._run(np.zeros((size, 1), np.int64), np.zeros((size, self.cache_len), np.int32),
+                      np.zeros((size, 1), np.int32), np.full((size, 1), self.trash_slot, np.int32),
+                      None if full else np.arange(size, dtype=np.int32), [-1] * size)
+            if full:
+                break
+            size *= 2
 
     def metrics(self) -> Dict[str, Any]:
         with self.cond:
@@ -407,7 +452,8 @@ class Engine:
             self._models[config.model_name] = served
 
     def start_model(self, model_name: str) -> None:
-        """Start the scheduler thread; requests are accepted from now on."""
+        """Compile the model's graphs (unless ``warmup`` is off) and start the scheduler thread; requests are
+        accepted from then on."""
         self._served(model_name).start()
 
     def stop_model(self, model_name: str) -> None:

@@ -6,8 +6,8 @@ gather matrix-vector product, SGMV):
 
     for each adapter s in the batch, rows R_s:   delta[R_s] = (x[R_s] @ A_s[:r_s]^T) @ (scaling_s * B_s[:, :r_s])^T
 
-- rows are grouped by adapter (the engine orders them so each group is one contiguous slice), so every
-  adapter's weights are read once per step, never gathered per token;
+- rows are grouped by adapter (one slice of the batch when the engine could order them so, else an
+  index array), so every adapter's weights are read once per step, never gathered per token;
 - each adapter runs at its own rank ``r_s`` (no padding to ``lora_max_rank``);
 - base rows (no adapter) cost nothing.
 
@@ -67,17 +67,14 @@ class AdapterPool:
 
     # ------------------------------------------------------------------ the kernel
     def bind_rows(self, row_slots: Sequence[int]) -> None:
-        """Set the slot of each row of the next step (-1: base model). Rows of one slot must be contiguous."""
-        groups, start = [], 0
-        row_slots = list(row_slots)
-        for i in range(1, len(row_slots) + 1):
-            if i == len(row_slots) or row_slots[i] != row_slots[start]:
-                if row_slots[start] >= 0:
-                    groups.append((row_slots[start], slice(start, i)))
-                start = i
-        slots = [s for s, _ in groups]
-        if len(slots) != len(set(slots)):
-            raise ValueError(f"rows of one adapter must be contiguous, found slots {row_slots}")
+        """Set the slot of each row of the next step (-1: base model). Rows of one adapter should be
+        contiguous (one slice of the batch); scattered rows work too, through an index array."""
+        slots = np.asarray(row_slots)
+        groups = []
+        for slot in dict.fromkeys(int(s) for s in slots if s >= 0):
+            rows = np.flatnonzero(slots == slot)
+            contiguous = rows[-1] - rows[0] + 1 == len(rows)
+            groups.append((slot, slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows))
         self._groups = groups
 
     def delta(self, path: str, x: np.ndarray) -> np.ndarray:
@@ -90,7 +87,10 @@ class AdapterPool:
         for slot, rows in self._groups:
             r = ranks[slot]
             if r:
-                tokens = slice(rows.start * seq, rows.stop * seq)
+                if isinstance(rows, slice):
+                    tokens = slice(rows.start * seq, rows.stop * seq)
+                else:
+                    tokens = (rows[:, None] * seq + np.arange(seq)).reshape(-1)
                 out[tokens] = (x[tokens] @ a[slot, :r].T) @ bt[slot, :r]
         return out.reshape(x_shape[:-1] + (self.layers[path][1],))
 

@@ -206,7 +206,7 @@ def test_adapter_loading_errors(engine, adapter_dirs, tmp_path):
 def test_full_queue_and_stop(model_dir):
     engine = Engine()
     engine.install_model(RuntimeConfigBuilder("one", model=model_dir).max_batch(1).max_length(64).max_queue(1)
-                         .lora_max_num(1).lora_max_rank(4).build())
+                         .lora_max_num(1).lora_max_rank(4).warmup(False).build())
     assert engine.start_request_ids("one", [1, 2], {})[0].code is StatusCode.NOT_RUNNING
     engine.start_model("one")
     settings = {"max_new_tokens": 40, "min_new_tokens": 40}
@@ -264,5 +264,8 @@ def test_pool_kernel_runs_each_adapter_at_its_rank():
     for row, slot in ((1, 0), (2, 0), (3, 2)):
         expected[row] = x[row] @ a[slot].T @ b[slot].T
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="contiguous"):
-        pool.bind_rows([0, 2, 0])
+    pool.bind_rows([0, 2, -1, 0, 2])  # scattered rows of one adapter
+    out = pool.delta("layer", x)
+    for row, slot in ((0, 0), (1, 2), (3, 0), (4, 2)):
+        np.testing.assert_allclose(out[row], x[row] @ a[slot].T @ b[slot].T, rtol=1e-5, atol=1e-5)
+    assert not out[2].any()
