@@ -32,6 +32,7 @@ bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/generate.py --rounds 5
 	$(PY) bench/train.py --rounds 3
+	$(PY) bench/serve.py --rounds 3
 
 clean:
 	rm -rf $(VENV) assets

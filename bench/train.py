@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from sides import SideFailed, read_reply, reply
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PRESET = "smollm2_135m_instruct"
@@ -41,7 +43,6 @@ LEARNING_RATE = 1e-4
 MAX_GRAD_NORM = 1.0
 LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
 MODES = ("lora", "full")
-REPLY = "@bench "  # marks the lines a side writes for the parent (libraries may print to stdout too)
 FORWARD_REPEATS = 3
 
 
@@ -69,10 +70,6 @@ def batch_stream(data, batch, seq):
     """Batches in the order our Trainer draws them (its seed, one shuffle per epoch), epoch after epoch."""
     for epoch in itertools.count():
         yield from data.batches(batch, shuffle=True, seed=SEED, epoch=epoch, pad_to_multiple_of=seq)
-
-
-def reply(message):
-    print(REPLY + json.dumps(message), flush=True)
 
 
 def run_mindformers(args):
@@ -198,19 +195,6 @@ def run_transformers(args):
         for _ in range(args.steps):
             step(next(batches))
         reply({"time": time.perf_counter() - start})
-
-
-class SideFailed(RuntimeError):
-    """A side process ended before answering."""
-
-
-def read_reply(proc, side):
-    """The next message of a side; other lines it prints go to stderr."""
-    for line in proc.stdout:
-        if line.startswith(REPLY):
-            return json.loads(line[len(REPLY):])
-        sys.stderr.write(line)
-    raise SideFailed(f"the {side} side ended with exit code {proc.wait()} before answering (see its error above)")
 
 
 def measure(mode, args, env):
