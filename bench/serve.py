@@ -24,8 +24,9 @@ tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exact
   ``disable_adapter()``, where every LoRA layer calls its base layer only: the plain model's cost, which is
   what serving without adapters costs a PEFT user (``adapter_names=["__base__"] * B`` would add PEFT's
   per-layer sub-batch bookkeeping to the base and so flatter PEFT's ratio).
-Each side runs in its own process with --threads CPU threads, warms up every configuration once (MindSpore
-compiles its graphs), then rounds alternate between the two processes; figures are medians over --rounds:
+Each side runs in its own process with --threads CPU threads and warms up (the engine compiles its graphs
+in ``start_model``, then every configuration runs once; PyTorch runs the base and one LoRA configuration),
+then rounds alternate between the two processes; figures are medians over --rounds:
 - decode tokens/s = batch * (new tokens - 1) / (time of new tokens - time of 1 new token), as generate.py;
 - ratio = decode tokens/s with N adapters / decode tokens/s of the base, per side;
 - load s: wall time of loading one adapter (``load_lora`` / ``load_adapter``), median over every load;
