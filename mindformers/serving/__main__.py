@@ -17,6 +17,7 @@ See ``server.py`` for the endpoints.
 import argparse
 import os
 import sys
+import time
 from typing import List, Optional, Tuple
 
 
@@ -58,7 +59,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     engine = Engine()
     try:
         engine.install_model(config)
+        print(f"compiling the prefill and decode graphs of {name} (max_batch {config.max_batch}, max_length "
+              f"{config.max_length}); this takes a few seconds per graph", flush=True)
+        start = time.perf_counter()
         engine.start_model(name)
+        print(f"ready in {time.perf_counter() - start:.0f} s", flush=True)
         for lora_name, path in args.lora:
             engine.load_lora(name, lora_name, path)
     except ServingError as err:
