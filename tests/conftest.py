@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 # Eager (PyNative) ops on CPU are ~10x faster with blocking launches: the asynchronous pipeline makes
-# every Python-side shape/dtype query wait (../shared/MINDSPORE_CPU.md).
+# every Python-side shape/dtype query wait (docs/mindspore_cpu.md).
 import mindspore as ms  # noqa: E402
 
 ms.runtime.launch_blocking()
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-INTEROP = os.path.join(FIXTURES, "interop")  # a copy of ../shared/interop (see its README)
+INTEROP = os.path.join(FIXTURES, "interop")  # PEFT/transformers reference outputs, see fixtures/interop/README.md
 HF_MODELS = os.path.join(FIXTURES, "hf_models")
 
 

@@ -3,7 +3,7 @@
 The KV cache is preallocated with a fixed shape ``[batch, kv_heads, max_len, head_dim]`` per layer and held
 in Parameters that each forward pass updates in place (``ops.scatter_nd_update``). A decode step therefore
 costs the same at every length and a compiled step is reused for every token (a growing, concatenated
-cache would be recompiled each step; see ../shared/MINDSPORE_CPU.md). Every row has its own write slots,
+cache would be recompiled each step; see docs/mindspore_cpu.md). Every row has its own write slots,
 so rows of one batch may sit at different lengths.
 """
 from typing import Optional

@@ -2,7 +2,7 @@
 
 Parameters carry Hugging Face's names (``weight``, ``bias``) so checkpoints map 1:1. Everything here uses
 ``mindspore.ops`` functions that have kernels on CPU, GPU and Ascend (several ``mint`` kernels are missing
-on CPU, see ../shared/MINDSPORE_CPU.md). Parameters are created with cheap placeholder values; a model's
+on CPU, see docs/mindspore_cpu.md). Parameters are created with cheap placeholder values; a model's
 ``init_weights`` fills them, or a checkpoint overwrites them.
 """
 import math

@@ -102,7 +102,7 @@ def replace_module(model: nn.Cell, path: str, new: nn.Cell) -> None:
 
 def rename_parameters(model: nn.Cell) -> None:
     """Give every Parameter its path as name. Cells inserted after construction get short names that
-    clash between layers, which compiled graphs and optimizers refuse (../shared/MINDSPORE_CPU.md)."""
+    clash between layers, which compiled graphs and optimizers refuse (docs/mindspore_cpu.md)."""
     for path, param in model.parameters_and_names():
         param.name = path
 
