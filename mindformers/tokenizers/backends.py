@@ -1,20 +1,23 @@
-"""Build the ``tokenizers.Tokenizer`` that does the work, from whichever tokenizer files a checkpoint has.
+"""Build the backend that does the work, from whichever tokenizer files a checkpoint has.
 
-| file(s)                        | what is built                                                          |
-|--------------------------------|------------------------------------------------------------------------|
-| ``tokenizer.json``             | loaded as it is (the ``tokenizers`` library's own serialization)        |
-| ``vocab.json`` + ``merges.txt``| byte-level BPE as transformers' ``GPT2Tokenizer`` builds it             |
-| ``*.model`` (sentencepiece)    | Llama-style BPE as transformers' ``LlamaTokenizer`` builds it (:mod:`.sentencepiece`) |
-| ``*.gguf``                     | the tokenizer in the GGUF metadata (:mod:`.gguf`)                       |
+| file(s)                        | backend                                                                      |
+|--------------------------------|------------------------------------------------------------------------------|
+| ``tokenizer.json``             | a ``tokenizers.Tokenizer``, loaded as it is: Hugging Face's behaviour         |
+| ``vocab.json`` + ``merges.txt``| a ``tokenizers.Tokenizer``: byte-level BPE as transformers' ``GPT2Tokenizer`` |
+| ``*.model`` (sentencepiece)    | a :class:`~.sentencepiece.SentencePieceTokenizer`: sentencepiece's own ids    |
+| ``*.gguf``                     | the tokenizer in the GGUF metadata (:mod:`.gguf`); sentencepiece vocabularies |
+|                                | ("llama") as for a ``.model``, byte-level BPE ("gpt2") as llama.cpp splits it |
 """
 
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from .gguf import gguf_to_tokenizer
-from .sentencepiece import sentencepiece_to_tokenizer
+from .sentencepiece import SentencePieceTokenizer, sentencepiece_to_tokenizer
+
+Backend = Union[Tokenizer, SentencePieceTokenizer]
 
 
 def byte_level_bpe_tokenizer(vocab_file: str, merges_file: str, *, add_prefix_space: bool = False) -> Tokenizer:
@@ -46,8 +49,8 @@ def build_backend(
     vocab_file: Optional[str] = None,
     merges_file: Optional[str] = None,
     add_prefix_space: Optional[bool] = None,
-    legacy: bool = False,
-) -> Tuple[Tokenizer, Dict[str, Any]]:
+    legacy: Optional[bool] = None,
+) -> Tuple[Backend, Dict[str, Any]]:
     """Build the backend tokenizer from tokenizer files (see the module docstring for which file gives what).
 
     Args:
@@ -55,8 +58,9 @@ def build_backend(
         vocab_file: ``vocab.json`` (with ``merges_file``) or a sentencepiece ``.model``.
         merges_file: ``merges.txt`` for ``vocab_file``.
         add_prefix_space: byte-level BPE: add a leading space (default False); sentencepiece: the "▁" dummy
-            prefix (default True).
-        legacy: sentencepiece only: also add the prefix after special tokens (transformers' ``legacy``).
+            prefix (default: as the model says, ``add_dummy_prefix``).
+        legacy: sentencepiece only: ``False`` leaves the dummy prefix off text that follows a special token
+            (transformers' ``legacy=False``); by default every run of text is encoded as sentencepiece does.
 
     Returns:
         ``(tokenizer, config)``: ``config`` holds the settings the file itself states (special tokens,
@@ -76,9 +80,7 @@ def build_backend(
     if ext == ".gguf":
         return gguf_to_tokenizer(path)
     if ext == ".model":
-        tokenizer, special = sentencepiece_to_tokenizer(
-            path, add_prefix_space=True if add_prefix_space is None else add_prefix_space, legacy=legacy
-        )
+        tokenizer, special = sentencepiece_to_tokenizer(path, add_prefix_space=add_prefix_space, legacy=legacy)
         return tokenizer, {k: v for k, v in special.items() if v is not None}
     if ext == ".json" and vocab_file is not None:
         if merges_file is None:
@@ -103,7 +105,7 @@ def build_backend(
     )
 
 
-def add_tokens_at_ids(tokenizer: Tokenizer, added_tokens_decoder: Dict[Any, Any], where: str = "") -> None:
+def add_tokens_at_ids(tokenizer: Backend, added_tokens_decoder: Dict[Any, Any], where: str = "") -> None:
     """Register the added tokens listed in a tokenizer_config.json ``added_tokens_decoder`` at their ids.
 
     A token already in the vocabulary keeps its id there (it just becomes an added token, matched whole in

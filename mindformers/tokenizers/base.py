@@ -1,10 +1,18 @@
-"""``PreTrainedTokenizer``: one tokenizer class, backed by a ``tokenizers.Tokenizer`` (the Rust library).
+"""``PreTrainedTokenizer``: one tokenizer class, backed by a ``tokenizers.Tokenizer`` (the Rust library) or, for
+sentencepiece models, by a :class:`~.sentencepiece.SentencePieceTokenizer` (the ``sentencepiece`` library
+behind the same API).
 
 The backend does all the splitting, BPE merging, special-token matching, truncation, padding and decoding;
 this class adds the Hugging Face API around it (names and semantics of transformers 5.x
 ``TokenizersBackend``): ``__call__``, ``encode``/``decode``, special tokens, ``apply_chat_template``,
 ``from_pretrained``/``save_pretrained``. Subclasses (``GPT2Tokenizer``, ``LlamaTokenizer``) only change
 defaults, so a tokenizer behaves the same whatever class loaded it: the backend is the whole truth.
+
+Which backend follows from the files (:mod:`.backends`): a Hugging Face ``tokenizer.json`` behaves as in
+Hugging Face; a sentencepiece ``.model`` (or a GGUF sentencepiece vocabulary) gives sentencepiece's ids.
+What a MindFormers preset adds (BOS/EOS, ``token_type_ids``) is stated in its YAML ``tokenizer:`` section as
+options (``add_bos_token``, ``add_eos_token``, ``return_token_type_ids``), so the files themselves keep the
+behaviour of the library that wrote them.
 
 Ids for ``return_tensors="ms"`` are int32: MindSpore's ``ops.gather`` and ``nn.Embedding`` take int32 or
 int64 indices on CPU, GPU and Ascend alike, int32 is what Ascend kernels and MindSpore datasets use and what
@@ -21,9 +29,10 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, processors
 
 from ..registry import TOKENIZERS
-from ..utils import atomic_write_text, logger
-from .backends import add_tokens_at_ids, build_backend
+from ..utils import atomic_path, atomic_write_text, logger
+from .backends import Backend, add_tokens_at_ids, build_backend
 from .chat_template import render_chat_template
+from .sentencepiece import SentencePieceTokenizer
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
 LARGE_INTEGER = int(1e20)  # a model_max_length above this means "no limit" (transformers' test, too)
@@ -34,6 +43,7 @@ TOKENIZER_FILE = "tokenizer.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILE_SUFFIXES = (".json", ".model", ".gguf", ".txt", ".yaml", ".yml")
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -44,6 +54,7 @@ INIT_KEYS = (
     "additional_special_tokens",
     "add_bos_token",
     "add_eos_token",
+    "return_token_type_ids",
     "model_max_length",
     "padding_side",
     "truncation_side",
@@ -96,13 +107,16 @@ class PreTrainedTokenizer:
     constructor takes a ready backend.
 
     Args:
-        tokenizer_object: the ``tokenizers.Tokenizer`` to use (used as it is, not copied).
+        tokenizer_object: the backend to use (used as it is, not copied): a ``tokenizers.Tokenizer`` or a
+            :class:`~.sentencepiece.SentencePieceTokenizer`.
         bos_token, eos_token, unk_token, pad_token: special tokens (strings in the vocabulary); a string
             that is not yet an added token becomes a special added token. Unset ones fall back to the class's
             ``default_special_tokens`` when the vocabulary has them.
         additional_special_tokens: more special tokens (skipped by ``decode(skip_special_tokens=True)``).
         add_bos_token, add_eos_token: add BOS/EOS around each sequence. ``None`` keeps the backend's own
             post-processor (from tokenizer.json) if it has one, else adds neither.
+        return_token_type_ids: ``__call__`` also returns ``token_type_ids`` (0 for the first sequence and its
+            special tokens, 1 for a pair's second), as MindFormers' GPT-2 tokenizer does; default False.
         model_max_length: longest input the model takes; the default for ``truncation``/``max_length``.
         padding_side: ``"right"`` or ``"left"`` (default: the class's ``padding_side``).
         truncation_side: ``"right"`` (default) or ``"left"``.
@@ -112,11 +126,10 @@ class PreTrainedTokenizer:
 
     default_special_tokens: Dict[str, str] = {}
     padding_side: str = "right"
-    model_input_names = ("input_ids", "attention_mask")
 
     def __init__(
         self,
-        tokenizer_object: Tokenizer,
+        tokenizer_object: Backend,
         *,
         bos_token: Optional[str] = None,
         eos_token: Optional[str] = None,
@@ -125,16 +138,18 @@ class PreTrainedTokenizer:
         additional_special_tokens: Optional[Iterable[str]] = None,
         add_bos_token: Optional[bool] = None,
         add_eos_token: Optional[bool] = None,
+        return_token_type_ids: bool = False,
         model_max_length: Optional[int] = None,
         padding_side: Optional[str] = None,
         truncation_side: Optional[str] = None,
         chat_template: Union[str, Dict[str, str], None] = None,
         name_or_path: str = "",
     ):
-        if not isinstance(tokenizer_object, Tokenizer):
+        if not isinstance(tokenizer_object, (Tokenizer, SentencePieceTokenizer)):
             raise TypeError(
-                f"tokenizer_object must be a tokenizers.Tokenizer, found {type(tokenizer_object).__name__}; "
-                f"to load files use {type(self).__name__}.from_pretrained(path) or .from_files(...)"
+                "tokenizer_object must be a tokenizers.Tokenizer or a SentencePieceTokenizer, found "
+                f"{type(tokenizer_object).__name__}; to load files use {type(self).__name__}.from_pretrained(path) "
+                "or .from_files(...)"
             )
         self._tokenizer = tokenizer_object
         # A tokenizer.json may carry its own truncation/padding settings; like transformers we take the pad
@@ -161,6 +176,7 @@ class PreTrainedTokenizer:
         self.truncation_side = self._check_side("truncation_side", truncation_side or "right")
         self.chat_template = chat_template
         self.name_or_path = name_or_path
+        self.return_token_type_ids = bool(return_token_type_ids)
 
         if add_bos_token is None and add_eos_token is None and tokenizer_object.post_processor is not None:
             # Keep the post-processor the file came with; report what it actually adds.
@@ -179,7 +195,7 @@ class PreTrainedTokenizer:
         vocab_file: Optional[str] = None,
         merges_file: Optional[str] = None,
         add_prefix_space: Optional[bool] = None,
-        legacy: bool = False,
+        legacy: Optional[bool] = None,
         added_tokens_decoder: Optional[Dict[str, Any]] = None,
         **kwargs: Any,
     ) -> "PreTrainedTokenizer":
@@ -188,8 +204,10 @@ class PreTrainedTokenizer:
         Args:
             tokenizer_file: ``tokenizer.json``, a sentencepiece ``.model`` or a ``.gguf`` file.
             vocab_file, merges_file: GPT-2 style ``vocab.json`` + ``merges.txt`` (or a ``.model`` as vocab_file).
-            add_prefix_space: byte-level BPE: add a leading space; sentencepiece: the "▁" dummy prefix.
-            legacy: sentencepiece: transformers' ``legacy`` prefix handling (see :mod:`.sentencepiece`).
+            add_prefix_space: byte-level BPE: add a leading space; sentencepiece: the "▁" dummy prefix
+                (default: the model's ``add_dummy_prefix``).
+            legacy: sentencepiece: ``False`` puts no dummy prefix on text after a special token
+                (transformers' ``legacy=False``); default: as sentencepiece and llama.cpp (see :mod:`.sentencepiece`).
             added_tokens_decoder: extra added tokens at fixed ids (tokenizer_config.json's field).
             kwargs: constructor arguments (special tokens, ``model_max_length``, ...); they override what
                 the file states (a GGUF's special tokens and chat template, a .model's BOS/EOS pieces).
@@ -216,22 +234,28 @@ class PreTrainedTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs: Any) -> "PreTrainedTokenizer":
-        """Load a tokenizer from a directory or a single tokenizer file.
+        """Load a tokenizer from a directory, a single tokenizer file or a preset name.
 
         A directory in Hugging Face layout holds one of (looked for in this order) ``tokenizer.json``,
         ``tokenizer.model`` (sentencepiece), ``vocab.json`` + ``merges.txt``, or one ``*.gguf`` (choose with
         ``gguf_file=`` when there are several), plus optional ``tokenizer_config.json``,
         ``special_tokens_map.json`` and ``chat_template.jinja``. A file is ``tokenizer.json``, a
-        sentencepiece ``*.model`` or a ``*.gguf``.
+        sentencepiece ``*.model`` or a ``*.gguf``. A name that is no local path is a preset
+        (:func:`mindformers.list_presets`): ``GPT2Tokenizer.from_pretrained("gpt2")`` builds what the preset's
+        YAML ``processor.tokenizer`` section says, and fails if that is not a ``GPT2Tokenizer``.
 
         Args:
-            path: the directory or file.
+            path: the directory, file or preset name.
             kwargs: options overriding the files' (see :meth:`from_files`), and ``gguf_file``.
 
         Returns:
             The tokenizer.
         """
         path = os.fspath(path)
+        if is_preset_name(path):
+            from .loading import load_preset_tokenizer  # loading.py imports this module
+
+            return load_preset_tokenizer(path, cls, **kwargs)
         gguf_file = kwargs.pop("gguf_file", None)
         if os.path.isdir(path):
             files, config, _ = read_pretrained_dir(path, gguf_file=gguf_file)
@@ -385,6 +409,13 @@ class PreTrainedTokenizer:
         adds_eos = bool(rest) and self.eos_token_id is not None and rest[-1] == self.eos_token_id
         return adds_bos, adds_eos
 
+    @property
+    def model_input_names(self) -> Tuple[str, ...]:
+        """The keys ``__call__`` returns by default (with ``token_type_ids`` if ``return_token_type_ids``)."""
+        if self.return_token_type_ids:
+            return ("input_ids", "token_type_ids", "attention_mask")
+        return ("input_ids", "attention_mask")
+
     # ------------------------------------------------------------------ vocabulary
 
     @property
@@ -406,8 +437,9 @@ class PreTrainedTokenizer:
         return self._tokenizer.get_added_tokens_decoder()
 
     @property
-    def backend_tokenizer(self) -> Tokenizer:
-        """The ``tokenizers.Tokenizer`` doing the work."""
+    def backend_tokenizer(self) -> Backend:
+        """The backend doing the work: a ``tokenizers.Tokenizer``, or for a sentencepiece model a
+        :class:`~.sentencepiece.SentencePieceTokenizer` (same ``encode``/``encode_batch``/``decode`` API)."""
         return self._tokenizer
 
     def convert_tokens_to_ids(self, tokens: Union[str, Sequence[str]]) -> Union[Optional[int], List[Optional[int]]]:
@@ -444,6 +476,7 @@ class PreTrainedTokenizer:
         pad_to_multiple_of: Optional[int] = None,
         padding_side: Optional[str] = None,
         return_tensors: Optional[str] = None,
+        return_token_type_ids: Optional[bool] = None,
         return_attention_mask: bool = True,
     ) -> Dict[str, Any]:
         """Tokenize a text or a batch of texts.
@@ -462,11 +495,13 @@ class PreTrainedTokenizer:
             padding_side: ``"right"`` or ``"left"`` for this call (default ``self.padding_side``).
             return_tensors: ``None`` (Python lists), ``"np"`` (int64 arrays) or ``"ms"`` (MindSpore int32
                 Tensors; see the module docstring). Tensors always have a batch axis: ``[batch, length]``.
+            return_token_type_ids: also return ``token_type_ids`` (0 for the first sequence, 1 for the pair's
+                second); default: the tokenizer's ``return_token_type_ids``.
             return_attention_mask: also return ``attention_mask`` (1 for tokens, 0 for padding).
 
         Returns:
-            ``{"input_ids": ..., "attention_mask": ...}``: lists for one string, lists of lists for a batch,
-            or ``[batch, length]`` arrays/Tensors.
+            ``{"input_ids": ..., "token_type_ids": ..., "attention_mask": ...}`` (the keys asked for): lists for
+            one string, lists of lists for a batch, or ``[batch, length]`` arrays/Tensors.
         """
         if return_tensors not in RETURN_TENSORS:
             raise ValueError(
@@ -493,6 +528,8 @@ class PreTrainedTokenizer:
             padding_side=padding_side,
         )
         output = {"input_ids": [e.ids for e in encodings]}
+        if self.return_token_type_ids if return_token_type_ids is None else return_token_type_ids:
+            output["token_type_ids"] = [e.type_ids for e in encodings]
         if return_attention_mask:
             output["attention_mask"] = [e.attention_mask for e in encodings]
         if return_tensors is not None:
@@ -521,6 +558,7 @@ class PreTrainedTokenizer:
             truncation=truncation,
             max_length=max_length,
             return_tensors=return_tensors,
+            return_token_type_ids=False,
             return_attention_mask=False,
         )["input_ids"]
 
@@ -730,12 +768,14 @@ class PreTrainedTokenizer:
     # ------------------------------------------------------------------ saving
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> Tuple[str, ...]:
-        """Write ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` (and
-        ``chat_template.jinja``) so that this class and transformers' ``AutoTokenizer`` load the same ids back.
+        """Write the backend's file, ``tokenizer_config.json``, ``special_tokens_map.json`` (and
+        ``chat_template.jinja``) so that this class loads the same ids back.
 
-        ``tokenizer_class`` is written as ``"TokenizersBackend"``: transformers then loads tokenizer.json as it
-        is, where a model class such as its ``LlamaTokenizer`` would rebuild the pre-tokenizer from defaults.
-        Each file is written atomically.
+        A ``tokenizers`` backend is written as ``tokenizer.json`` with ``tokenizer_class`` ``"TokenizersBackend"``:
+        transformers then loads tokenizer.json as it is (a model class such as its ``LlamaTokenizer`` would
+        rebuild the pre-tokenizer from defaults), so it gives the same ids too. A sentencepiece backend is
+        written as the ``tokenizer.model`` it was read from, with this class's name; transformers converts such
+        a file its own way (see :mod:`.sentencepiece` for where that differs). Each file is written atomically.
 
         Args:
             save_directory: the directory (created if missing).
@@ -746,9 +786,16 @@ class PreTrainedTokenizer:
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise NotADirectoryError(f"save_pretrained needs a directory, {save_directory} is a file")
+        sentencepiece = isinstance(self._tokenizer, SentencePieceTokenizer)
+        if sentencepiece and os.path.exists(os.path.join(save_directory, TOKENIZER_FILE)):
+            raise FileExistsError(
+                f"{save_directory} holds a {TOKENIZER_FILE}, which loaders read before the {SENTENCEPIECE_FILE} "
+                "this sentencepiece tokenizer writes, so the folder would load another tokenizer; save into a "
+                f"folder without {TOKENIZER_FILE}"
+            )
         os.makedirs(save_directory, exist_ok=True)
         config: Dict[str, Any] = {
-            "tokenizer_class": "TokenizersBackend",
+            "tokenizer_class": type(self).__name__ if sentencepiece else "TokenizersBackend",
             **self._special_tokens,
             "additional_special_tokens": list(self.additional_special_tokens),
             "add_bos_token": self._add_bos_token,
@@ -756,6 +803,7 @@ class PreTrainedTokenizer:
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
+            "model_input_names": list(self.model_input_names),
             "clean_up_tokenization_spaces": False,
             "added_tokens_decoder": {
                 str(index): {
@@ -769,8 +817,14 @@ class PreTrainedTokenizer:
                 for index, token in sorted(self.added_tokens_decoder.items())
             },
         }
-        files = {
-            TOKENIZER_FILE: self._tokenizer.to_str(pretty=True),
+        if sentencepiece:
+            options = {"add_prefix_space": self._tokenizer.add_prefix_space, "legacy": self._tokenizer.legacy}
+            config.update({key: value for key, value in options.items() if value is not None})
+            backend_file = {SENTENCEPIECE_FILE: self._tokenizer.serialized_model_proto()}
+        else:
+            backend_file = {TOKENIZER_FILE: self._tokenizer.to_str(pretty=True)}
+        files: Dict[str, Union[str, bytes]] = {
+            **backend_file,
             TOKENIZER_CONFIG_FILE: json.dumps(config, indent=2, ensure_ascii=False) + "\n",
             SPECIAL_TOKENS_MAP_FILE: json.dumps(self.special_tokens_map, indent=2, ensure_ascii=False) + "\n",
         }
@@ -780,9 +834,13 @@ class PreTrainedTokenizer:
             config["chat_template"] = [{"name": k, "template": v} for k, v in self.chat_template.items()]
             files[TOKENIZER_CONFIG_FILE] = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         written = []
-        for name, text in files.items():
+        for name, content in files.items():
             path = os.path.join(save_directory, name)
-            atomic_write_text(path, text)
+            if isinstance(content, bytes):
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    f.write(content)
+            else:
+                atomic_write_text(path, content)
             written.append(path)
         return tuple(written)
 
@@ -807,7 +865,10 @@ class PreTrainedTokenizer:
         # pad token or adding tokens to the copy leaves the original as it was.
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new._tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
+        if isinstance(self._tokenizer, SentencePieceTokenizer):
+            new._tokenizer = copy.copy(self._tokenizer)
+        else:
+            new._tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
         new._special_tokens = dict(self._special_tokens)
         new.additional_special_tokens = list(self.additional_special_tokens)
         new.chat_template = copy.deepcopy(self.chat_template)
@@ -818,6 +879,17 @@ class PreTrainedTokenizer:
 
 
 TOKENIZERS.register(PreTrainedTokenizer)
+
+
+def is_preset_name(source: str) -> bool:
+    """Whether ``source`` can only mean a preset: no such path, and nothing that marks a path (a separator,
+    an ``assets:``/``package:`` prefix, a file extension)."""
+    return (
+        not os.path.exists(source)
+        and os.sep not in source
+        and ":" not in source
+        and not source.endswith(TOKENIZER_FILE_SUFFIXES)
+    )
 
 
 def _padding_strategy(padding: Union[bool, str, None]) -> Optional[str]:
@@ -927,6 +999,8 @@ def read_pretrained_dir(
             raw[key] = (
                 [_token_text(t) for t in raw[key]] if key == "additional_special_tokens" else _token_text(raw[key])
             )
+    if isinstance(raw.get("model_input_names"), list) and "return_token_type_ids" not in raw:
+        raw["return_token_type_ids"] = "token_type_ids" in raw["model_input_names"]
     config = {k: v for k, v in raw.items() if k in CONFIG_KEYS and k not in FILE_KEYS and k != "name_or_path"}
     ignored = sorted(set(raw) - set(config))
     if ignored:

@@ -1,9 +1,18 @@
-"""Tokenizers stored in GGUF files (llama.cpp's format), rebuilt as ``tokenizers.Tokenizer`` objects.
+"""Tokenizers stored in GGUF files (llama.cpp's format), rebuilt so that they give llama.cpp's ids.
 
-A GGUF file has no tokenizer.json: the vocabulary, merges, token types and special-token ids are metadata
-under ``tokenizer.ggml.*`` (spec: ggml/docs/gguf.md). ``tokenizer.ggml.pre`` names llama.cpp's pre-tokenizer,
-which decides how text is split before BPE. We rebuild the split each name stands for in llama.cpp
-(``llama-vocab.cpp``), so ids equal llama.cpp's and the original tokenizer.json's:
+A GGUF file has no tokenizer.json: the vocabulary, merges, scores, token types and special-token ids are
+metadata under ``tokenizer.ggml.*`` (spec: ggml/docs/gguf.md). ``tokenizer.ggml.model`` says which algorithm:
+
+- ``llama``: a sentencepiece BPE vocabulary (pieces, scores, types). llama.cpp's SPM tokenizer is
+  sentencepiece's BPE (merge the adjacent pair whose piece scores highest, byte fallback, "▁" for spaces, a
+  space prefix per run of text), so the vocabulary is turned back into a sentencepiece ``ModelProto`` and
+  encoded by the ``sentencepiece`` library, as a ``.model`` file is (:mod:`.sentencepiece`). On llama.cpp's
+  Llama test vectors (tests/fixtures/llama_spm) the ids equal llama.cpp's for all 46 strings.
+- ``gpt2``: byte-level BPE, rebuilt as a ``tokenizers.Tokenizer``.
+
+For ``gpt2`` vocabularies ``tokenizer.ggml.pre`` names llama.cpp's pre-tokenizer, which decides how text is
+split before BPE. We rebuild the split each name stands for in llama.cpp (``llama-vocab.cpp``), so ids equal
+llama.cpp's and the original tokenizer.json's:
 
 - ``smollm`` (and ``starcoder``, ``refact``, ``command-r``, ``codeshell``, ``exaone``): llama.cpp splits every
   digit off (``\\p{N}``) and then applies the GPT-2 regex; as tokenizer.json that is
@@ -18,13 +27,13 @@ tokenizer.json. ``tests/fixtures/tokenizers/README.md`` has the measured disagre
 The metadata comes from :func:`mindformers.checkpoint.gguf.read_gguf_metadata`.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..checkpoint.gguf import read_gguf_metadata
 from ..utils import logger
-from .sentencepiece import CONTROL, USER_DEFINED, sentencepiece_bpe_tokenizer
+from .sentencepiece import BPE, CONTROL, NORMAL, USER_DEFINED, SentencePieceTokenizer, model_proto_from_vocab
 
 _GPT2_FAMILY = ("gpt-2", "mpt", "olmo", "jais")
 _DIGITS_FAMILY = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")
@@ -104,14 +113,39 @@ def _byte_level_tokenizer(meta: Dict[str, Any]) -> Tokenizer:
     return tokenizer
 
 
-def gguf_to_tokenizer(path: str) -> Tuple[Tokenizer, Dict[str, Any]]:
+def _sentencepiece_tokenizer(meta: Dict[str, Any], path: str) -> SentencePieceTokenizer:
+    """llama.cpp's "llama" vocabulary as a sentencepiece model.
+
+    llama.cpp reads a missing score as 0 and a missing type as normal, and ignores merges for this model;
+    so do we. Its ``add_space_prefix`` and ``remove_extra_whitespaces`` are sentencepiece's normalizer flags.
+    """
+    tokens = meta["tokenizer.ggml.tokens"]
+    special_ids = {
+        name: meta[f"tokenizer.ggml.{key}_token_id"]
+        for name, key in (("unk", "unknown"), ("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
+        if meta.get(f"tokenizer.ggml.{key}_token_id") is not None
+    }
+    proto = model_proto_from_vocab(
+        tokens,
+        meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens),
+        meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens),
+        model_type=BPE,
+        special_ids=special_ids,
+        add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+        remove_extra_whitespaces=bool(meta.get("tokenizer.ggml.remove_extra_whitespaces", False)),
+    )
+    return SentencePieceTokenizer(proto.SerializeToString(), where=f"the sentencepiece vocabulary of {path}")
+
+
+def gguf_to_tokenizer(path: str) -> Tuple[Union[Tokenizer, SentencePieceTokenizer], Dict[str, Any]]:
     """Build the tokenizer a GGUF file describes.
 
     Args:
         path: the ``.gguf`` file.
 
     Returns:
-        ``(tokenizer, config)``: the ``tokenizers.Tokenizer`` and tokenizer settings from the metadata
+        ``(tokenizer, config)``: the backend (a :class:`~.sentencepiece.SentencePieceTokenizer` for "llama"
+        vocabularies, a ``tokenizers.Tokenizer`` for "gpt2" ones) and tokenizer settings from the metadata
         (``bos_token``, ``eos_token``, ``unk_token``, ``pad_token``, ``add_bos_token``, ``add_eos_token``,
         ``chat_template``, ``model_max_length``), only those present.
     """
@@ -122,15 +156,7 @@ def gguf_to_tokenizer(path: str) -> Tuple[Tokenizer, Dict[str, Any]]:
     if kind == "gpt2":
         tokenizer = _byte_level_tokenizer(meta)
     elif kind == "llama":
-        # llama.cpp's "llama" vocabulary is a sentencepiece model: same conversion as tokenizer.model.
-        merges = meta.get("tokenizer.ggml.merges")
-        tokenizer = sentencepiece_bpe_tokenizer(
-            meta["tokenizer.ggml.tokens"],
-            meta.get("tokenizer.ggml.token_type") or [1] * len(meta["tokenizer.ggml.tokens"]),
-            merges=[tuple(m.split(" ", 1)) for m in merges] if merges else None,
-            scores=meta.get("tokenizer.ggml.scores"),
-            add_prefix_space=meta.get("tokenizer.ggml.add_space_prefix", True),
-        )
+        tokenizer = _sentencepiece_tokenizer(meta, path)
     else:
         raise ValueError(
             f"{path}: GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2' (byte-level BPE) and "

