@@ -1,5 +1,5 @@
-"""Llama's tokenizer: sentencepiece BPE (``tokenizer.model``) converted as transformers does, or any file
-:mod:`.backends` reads (tokenizer.json, a GGUF such as SmolLM2's)."""
+"""Llama's tokenizer: a sentencepiece ``tokenizer.model`` (encoded by the sentencepiece library, so ids are
+sentencepiece's and llama.cpp's), or any file :mod:`.backends` reads (tokenizer.json, a GGUF such as SmolLM2's)."""
 
 from ..registry import TOKENIZERS
 from .base import PreTrainedTokenizer

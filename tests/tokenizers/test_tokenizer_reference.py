@@ -1,8 +1,7 @@
-"""Our ids against transformers 5.23 and llama.cpp on 383 real and edge-case texts (fixtures/tokenizers)."""
+"""Our ids on 383 real and edge-case texts (fixtures/tokenizers): GPT-2 against transformers 5.23, Mistral's
+sentencepiece model against sentencepiece, SmolLM2's GGUF against llama.cpp."""
 
 import copy
-
-import pytest
 
 from mindformers.tokenizers import GPT2Tokenizer, LlamaTokenizer, PreTrainedTokenizer, load_tokenizer
 
