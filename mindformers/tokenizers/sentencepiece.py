@@ -162,14 +162,16 @@ def _text_offsets(text: str, segments: Segments) -> Offsets:
         if processor is None:
             offsets.append((start, end))
             continue
-        encoded = processor.encode(text[start:end], return_type="offset_mapping")
+        run = text[start:end]
+        encoded = processor.encode(run, return_type="offset_mapping")
         spans = encoded["offsets"]
-        # sentencepiece gives the last byte-fallback piece of a character the character's span and the others
-        # an empty one at its start; like tokenizers' ByteFallback, give each of them the character.
-        for k in range(len(spans) - 2, -1, -1):
-            if spans[k][0] == spans[k][1] == spans[k + 1][0] and processor.is_byte(encoded["ids"][k]):
-                spans[k] = spans[k + 1]
-        offsets.extend((start + begin, start + end) for begin, end in spans)
+        if not run.isascii():
+            # sentencepiece gives the last byte-fallback piece of a (multi-byte) character the character's span
+            # and the others an empty one at its start; like tokenizers' ByteFallback, give each the character.
+            for k in range(len(spans) - 2, -1, -1):
+                if spans[k][0] == spans[k][1] == spans[k + 1][0] and processor.is_byte(encoded["ids"][k]):
+                    spans[k] = spans[k + 1]
+        offsets.extend(spans if start == 0 else [(start + begin, start + stop) for begin, stop in spans])
     return offsets
 
 
