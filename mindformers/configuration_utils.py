@@ -107,6 +107,30 @@ class PretrainedConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, found {value!r}")
 
+    # ---------------------------------------------------------------- decoder layout
+    def layer_type(self, layer_idx: int) -> str:
+        """``"sliding_attention"`` or ``"full_attention"``: from ``layer_types`` if the family has them, else
+        every layer slides when ``sliding_window`` is set (Mistral)."""
+        types = getattr(self, "layer_types", None)
+        if types:
+            return types[layer_idx]
+        return "sliding_attention" if getattr(self, "sliding_window", None) else "full_attention"
+
+    def attention_window(self) -> Optional[int]:
+        """The sliding window of the sliding layers, or None when every layer attends to the full context."""
+        if any(self.layer_type(i) == "sliding_attention" for i in range(self.num_hidden_layers)):
+            return self.sliding_window
+        return None
+
+    def generation_defaults(self) -> Dict[str, Any]:
+        """:class:`~mindformers.generation.GenerationConfig` fields this config sets (none by default)."""
+        return {}
+
+    def aux_loss_settings(self) -> Optional[tuple]:
+        """``(coefficient, experts, top_k)`` of the router load-balancing loss added to the training loss,
+        or None (dense models, or MoE models with ``output_router_logits`` off)."""
+        return None
+
     # ---------------------------------------------------------------- reading
     @classmethod
     def _canonicalize(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:

@@ -75,6 +75,9 @@ class PreTrainedModel(nn.Cell):
                 _fill(cell.weight, np.ones(cell.weight.shape), True)
                 if getattr(cell, "bias", None) is not None:
                     _fill(cell.bias, np.zeros(cell.bias.shape), True)
+            elif hasattr(cell, "init_parameters"):  # Parameters that are not a layer of their own (MoE experts)
+                for param, value in cell.init_parameters(rng, std).items():
+                    _fill(param, value, True)
         self._post_init_weights(rng)
 
     def _post_init_weights(self, rng: np.random.Generator) -> None:
@@ -133,6 +136,20 @@ class PreTrainedModel(nn.Cell):
         """Map a checkpoint key onto this model's names (e.g. add a missing ``transformer.`` prefix)."""
         return key
 
+    def _is_ignored_key(self, key: str) -> bool:
+        """Checkpoint tensors that are not weights of this model (dropped on load)."""
+        return any(key.endswith(suffix) for suffix in self._ignored_checkpoint_keys)
+
+    def _expert_layout(self):
+        return getattr(self.config, "expert_layout", None)
+
+    def checkpoint_state(self) -> Dict[str, np.ndarray]:
+        """:meth:`state_dict` in the layout the family's checkpoints use (MoE experts one tensor each, as
+        transformers saves them); what :meth:`save_pretrained` writes."""
+        layout = self._expert_layout()
+        state = self.state_dict()
+        return state if layout is None else layout.split(state)
+
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> list:
         """Copy arrays into the parameters of the same name (in place: compiled steps see the new values).
 
@@ -147,9 +164,17 @@ class PreTrainedModel(nn.Cell):
 
     def _copy_state(self, state: Dict[str, np.ndarray], strict: bool, in_place: bool) -> list:
         params = dict(self.parameters_and_names())
+        layout = self._expert_layout()
+        if layout is not None:  # experts stored one by one -> the model's 3-D expert Parameters
+            from .models.common.moe import fused_expert_shapes
+
+            try:
+                state = layout.fuse(state, fused_expert_shapes(self))
+            except ValueError as err:
+                raise CheckpointMismatchError(f"checkpoint does not fit {type(self).__name__}: {err}") from None
         renamed = {}
         for key, value in state.items():
-            if any(key.endswith(suffix) for suffix in self._ignored_checkpoint_keys):
+            if self._is_ignored_key(key):
                 continue
             renamed[self._rename_checkpoint_key(key)] = value
         unexpected = sorted(set(renamed) - set(params))
@@ -188,7 +213,7 @@ class PreTrainedModel(nn.Cell):
         Tied output embeddings are not written (transformers re-ties them on load). Each file is written
         atomically; a sharded save writes ``model.safetensors.index.json``.
         """
-        save_state_dict(self.state_dict(), save_directory, max_shard_size)
+        save_state_dict(self.checkpoint_state(), save_directory, max_shard_size)
         self.config.save_pretrained(save_directory, architecture=type(self).__name__)
         tuner = getattr(self, "_tuner", None)
         if tuner is not None:  # adapters added by pet_config / inject_adapter_in_model: PEFT files beside

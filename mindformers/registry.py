@@ -63,3 +63,4 @@ TOKENIZERS = Registry("tokenizer")  # class name -> tokenizer class
 PROCESSORS = Registry("processor")  # class name -> processor class
 TASKS = Registry("task")  # task name -> task description (pipeline, trainer)
 TUNERS = Registry("tuner type")  # PEFT type ("LORA") -> TunerMethod
+BLOCKS = Registry("decoder block part")  # attention / MLP Cell a config names ("Attention", "SparseMoeBlock")

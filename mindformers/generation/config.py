@@ -114,8 +114,10 @@ class GenerationConfig:
 
     @classmethod
     def from_model_config(cls, config) -> "GenerationConfig":
-        """Token ids taken from a model config."""
-        return cls(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id)
+        """Token ids taken from a model config, plus the generation defaults a family's config carries
+        (MindFormers' PanguAlpha YAMLs set ``top_k``, ``do_sample``, ``max_decode_length``, ...)."""
+        return cls(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+                   **config.generation_defaults())
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "GenerationConfig":

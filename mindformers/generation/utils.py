@@ -19,7 +19,6 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..models.common.attention import KVCache
-from ..models.common.layers import MS_DTYPES
 from ..utils import EXECUTION_LOCK
 from .config import GenerationConfig
 from .logits_process import LogitsProcessor, log_softmax, sample, stop_string_hit
@@ -172,7 +171,7 @@ class GenerationMixin:
     """Adds :meth:`generate` to a causal LM.
 
     The model provides ``decode_logits(input_ids, attention_mask, position_ids, kv_cache, cache_slots)``
-    (float32 logits of each row's last position) and ``kv_cache_spec()`` (layers, kv heads, head dim).
+    (float32 logits of each row's last position) and ``kv_cache_spec()`` (layers, heads, key dim, value dim).
     """
 
     generation_mode = "jit"
@@ -195,8 +194,7 @@ class GenerationMixin:
             del step  # free the old cache before allocating the new one
             while len(steps) >= KEPT_DECODE_STEPS:
                 steps.popitem(last=False)
-            layers, kv_heads, head_dim = self.kv_cache_spec()
-            cache = KVCache(layers, rows, kv_heads, max_len, head_dim, MS_DTYPES[self.config.dtype])
+            cache = KVCache.for_model(self, rows, max_len)
             step = DecodeStep(self, cache, self.generation_mode)
         steps[key] = step
         return step

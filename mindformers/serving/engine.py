@@ -30,7 +30,6 @@ from ..generation.config import GenerationConfig
 from ..generation.logits_process import LogitsProcessor, sample
 from ..generation.utils import DecodeStep
 from ..models.common.attention import KVCache
-from ..models.common.layers import MS_DTYPES
 from ..utils import EXECUTION_LOCK, logger
 from .config import RuntimeConfig
 from .lora import AdapterPool, attach_pool
@@ -158,10 +157,9 @@ class _ServedModel:
         self.vocab = model_config.vocab_size
         self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
                                              config.lora_max_rank)
-        layers, kv_heads, head_dim = self.model.kv_cache_spec()
         self.cache_len = config.max_length + 1
         self.trash_slot = config.max_length  # prompt padding writes here; never attended
-        cache = KVCache(layers, config.max_batch, kv_heads, self.cache_len, head_dim, MS_DTYPES[model_config.dtype])
+        cache = KVCache.for_model(self.model, config.max_batch, self.cache_len)
         self.step = DecodeStep(self.model, cache, "jit")
         self.slot_mask = np.zeros((config.max_batch, self.cache_len), np.int32)
         self.lengths = np.zeros(config.max_batch, np.int32)  # slots used by each row's request

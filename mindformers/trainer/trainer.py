@@ -490,7 +490,8 @@ class Trainer:
             classify = self.model_task != "causal_lm"
 
             def evaluate_batch(input_ids, attention_mask, labels):
-                loss, logits = model(input_ids, attention_mask, None, labels)
+                out = model(input_ids, attention_mask, None, labels)
+                loss, logits = out[0], out[1]
                 return loss, (logits.argmax(-1) if classify else loss)
 
             self._eval_compiled = ms.jit(evaluate_batch) if self.args.mode == "jit" else evaluate_batch

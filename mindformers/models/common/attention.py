@@ -12,18 +12,21 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .layers import cast
+from ...registry import BLOCKS
+from .layers import MS_DTYPES, Linear, RMSNorm, apply_rotary, cast
 
 NEG_INF = float(np.finfo(np.float32).min)
 
 
-def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: int):
-    """Additive attention bias combining causality and padding.
+def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: int, window: Optional[int] = None):
+    """Additive attention bias combining causality, padding and an optional sliding window.
 
     Args:
         attention_mask: ``[batch, k_len]``, 1 for key slots holding real tokens, 0 for padding or empty
             cache slots; or None (all real).
         query_slots: ``[batch, q_len]`` slot of each query among the keys, or None for the last ``q_len``.
+        window: sliding-window length (Mistral): a query sees itself and the ``window - 1`` real tokens
+            before it. Distances count real tokens, so a left-padded row sees what it would see alone.
     Returns:
         ``[batch, 1, q_len, k_len]`` float32: 0 where a query may attend, the most negative float elsewhere.
     """
@@ -35,6 +38,17 @@ def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: i
     allowed = k_pos <= q_pos
     if attention_mask is not None:
         allowed = ops.logical_and(allowed, attention_mask.reshape(batch, 1, 1, k_len).astype(ms.bool_))
+    if window is not None:
+        if attention_mask is None:
+            k_count, q_count = k_pos, q_pos
+        else:  # index of each slot among the row's real tokens
+            counts = ops.cumsum(attention_mask.astype(ms.int32), 1)  # [batch, k_len]
+            k_count = counts.reshape(batch, 1, 1, k_len)
+            if query_slots is None:
+                q_count = counts[:, k_len - q_len:].reshape(batch, 1, q_len, 1)
+            else:
+                q_count = ops.gather_elements(counts, 1, query_slots.astype(ms.int32)).reshape(batch, 1, q_len, 1)
+        allowed = ops.logical_and(allowed, (q_count - k_count) < window)
     allowed = allowed.broadcast_to((batch, 1, q_len, k_len))
     return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), NEG_INF, dtype=ms.float32))
 
@@ -63,10 +77,11 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     the query heads of a group are folded into the sequence axis instead of copying k and v.
 
     Args:
-        q: [batch, heads, q_len, head_dim]; k, v: [batch, kv_heads, k_len, head_dim];
+        q: [batch, heads, q_len, head_dim]; k: [batch, kv_heads, k_len, head_dim];
+        v: [batch, kv_heads, k_len, v_dim] (v_dim may differ from head_dim, as in MLA);
         bias: [batch, 1, q_len, k_len].
     Returns:
-        [batch, heads, q_len, head_dim]
+        [batch, heads, q_len, v_dim]
     """
     batch, heads, q_len, head_dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
@@ -77,7 +92,7 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     probs = cast(ops.softmax(scores, -1), v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
     if dropout is not None:
         probs = dropout(probs)
-    return ops.matmul(probs, v).reshape(batch, heads, q_len, head_dim)
+    return ops.matmul(probs, v).reshape(batch, heads, q_len, v.shape[-1])
 
 
 def cache_write_index(cache_slots, kv_heads: int, cache_rows=None):
@@ -107,26 +122,40 @@ def update_cache(k_cache, v_cache, k, v, write_index, cache_rows=None):
 
 
 class KVCache(nn.Cell):
-    """Preallocated keys and values of every layer: ``2 * num_layers`` Parameters
-    ``[batch, kv_heads, max_len, head_dim]`` (layer i: entries 2i and 2i+1).
+    """Preallocated cache of every layer: ``2 * num_layers`` Parameters, layer i's at entries 2i and 2i+1.
+
+    Standard attention keeps keys ``[batch, heads, max_len, k_dim]`` and values ``[batch, heads, max_len,
+    v_dim]``; multi-head latent attention keeps its compressed latent and rotary key (one "head" each).
 
     Args:
-        num_layers, batch, kv_heads, max_len, head_dim: the shape.
+        num_layers, batch, heads, max_len, k_dim: the shape; v_dim: the second tensor's last dimension
+            (default ``k_dim``).
         dtype: the model's dtype.
     """
 
     _instances = 0
 
-    def __init__(self, num_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype=ms.float32):
+    def __init__(self, num_layers: int, batch: int, heads: int, max_len: int, k_dim: int,
+                 dtype=ms.float32, v_dim: Optional[int] = None):
         super().__init__()
         KVCache._instances += 1
         tag = KVCache._instances  # parameter names must be unique across live caches
-        shape = (batch, kv_heads, max_len, head_dim)
-        self.shape = shape
+        v_dim = k_dim if v_dim is None else v_dim
+        self.shape = (batch, heads, max_len, k_dim)
+        shapes = [(batch, heads, max_len, k_dim), (batch, heads, max_len, v_dim)]
         self.tensors = ms.ParameterTuple([
-            Parameter(Tensor(np.zeros(shape, np.float32), dtype=dtype), name=f"kv_cache{tag}.{i}", requires_grad=False)
+            Parameter(Tensor(np.zeros(shapes[i % 2], np.float32), dtype=dtype), name=f"kv_cache{tag}.{i}",
+                      requires_grad=False)
             for i in range(2 * num_layers)
         ])
+
+    @classmethod
+    def for_model(cls, model, batch: int, max_len: int) -> "KVCache":
+        """A zeroed cache of ``batch`` rows x ``max_len`` slots for ``model`` (see ``kv_cache_spec``)."""
+        from .layers import MS_DTYPES
+
+        layers, heads, k_dim, v_dim = model.kv_cache_spec()
+        return cls(layers, batch, heads, max_len, k_dim, MS_DTYPES[model.config.dtype], v_dim)
 
     @property
     def batch(self) -> int:
@@ -135,3 +164,57 @@ class KVCache(nn.Cell):
     @property
     def max_len(self) -> int:
         return self.shape[2]
+
+
+@BLOCKS.register
+class Attention(nn.Cell):
+    """Multi-head attention with rotary positions and grouped-query key/value heads (Llama and its kin).
+
+    What a config may vary: ``num_key_value_heads``, ``head_dim`` (may differ from hidden / heads),
+    biases (``attention_bias`` on q/k/v/o, ``qkv_bias`` on q/k/v), a per-head RMSNorm of q and k before
+    the rotation (``qk_norm``, Qwen3), and a sliding window for layers whose ``layer_type`` is
+    ``"sliding_attention"`` (Mistral, Qwen2/3 with ``use_sliding_window``).
+
+    Args:
+        config: the model config; layer_idx: which layer this is.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim ** -0.5
+        qkv_bias = config.attention_bias or config.qkv_bias
+        hidden = config.hidden_size
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim, qkv_bias, dtype)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, qkv_bias, dtype)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, qkv_bias, dtype)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, config.attention_bias, dtype)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype)
+        else:
+            self.q_norm = self.k_norm = None
+        self.sliding = config.layer_type(layer_idx) == "sliding_attention"
+        self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
+
+    @staticmethod
+    def cache_spec(config):
+        """(heads, key dim, value dim) of this attention's KV cache."""
+        return config.num_key_value_heads, config.head_dim, config.head_dim
+
+    def construct(self, x, cos, sin, mask, window_mask=None, k_cache=None, v_cache=None, write_index=None,
+                  cache_rows=None):
+        # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
+        q = split_heads(self.q_proj(x), self.num_heads, self.head_dim)
+        k = split_heads(self.k_proj(x), self.num_kv_heads, self.head_dim)
+        v = split_heads(self.v_proj(x), self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
+        out = grouped_attention(q, k, v, window_mask if self.sliding else mask, self.scale, self.dropout)
+        return self.o_proj(merge_heads(out))

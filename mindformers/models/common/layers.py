@@ -102,8 +102,15 @@ class LayerNorm(nn.Cell):
 
 
 # ----------------------------------------------------------------------------------------- rotary
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict] = None) -> np.ndarray:
-    """Inverse frequencies of rotary embeddings (Su et al. 2021), with Llama 3 / linear scaling.
+    """Inverse frequencies of rotary embeddings (Su et al. 2021), with linear, Llama 3 or YaRN scaling.
 
     Returns:
         float32 array ``[head_dim // 2]``.
@@ -115,6 +122,8 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict
     factor = float(scaling["factor"])
     if kind == "linear":
         return (inv_freq / factor).astype(np.float32)
+    if kind == "yarn":
+        return _yarn_inverse_frequencies(head_dim, theta, factor, scaling)
     # llama3: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
     low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
     old_context = float(scaling["original_max_position_embeddings"])
@@ -126,18 +135,77 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Optional[dict
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+def _yarn_inverse_frequencies(dim: int, theta: float, factor: float, scaling: dict) -> np.ndarray:
+    # YaRN (Peng et al. 2023), as transformers' _compute_yarn_parameters: dimensions that rotate fewer than
+    # beta_slow times over the original context are interpolated (divided by factor), more than beta_fast
+    # times extrapolated (kept), with a linear ramp between.
+    old_context = float(scaling["original_max_position_embeddings"])
+    beta_fast, beta_slow = float(scaling.get("beta_fast") or 32), float(scaling.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(old_context / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # avoid a division by zero
+    pos_freqs = theta ** (np.arange(0, dim, 2).astype(np.float32) / dim)
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq.astype(np.float32)
+
+
+def rope_attention_factor(scaling: Optional[dict]) -> float:
+    """The factor YaRN multiplies cos and sin by (1 for the other rope types)."""
+    if scaling is None or scaling["rope_type"] != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, mscale, mscale_all_dim = float(scaling["factor"]), scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+    return _yarn_mscale(factor)
+
+
+def check_rope_scaling(scaling: Optional[dict], where: str) -> Optional[dict]:
+    """Normalise a ``rope_scaling`` dict (``type`` -> ``rope_type``; "default" -> None) and check its keys."""
+    if scaling is None:
+        return None
+    scaling = dict(scaling)
+    rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"{where}: rope_scaling rope_type must be one of {ROPE_TYPES}, found {rope_type!r}")
+    if rope_type == "default":
+        return None
+    needed = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                                "original_max_position_embeddings"),
+              "yarn": ("factor", "original_max_position_embeddings")}[rope_type]
+    missing = [k for k in needed if scaling.get(k) is None]
+    if missing:
+        raise ValueError(f"{where}: rope_scaling of rope_type {rope_type!r} needs {list(needed)}; missing {missing}")
+    return {"rope_type": rope_type, **scaling}
+
+
 class RotaryEmbedding(nn.Cell):
-    """cos/sin tables for given positions, in the "rotate half" layout of Hugging Face Llama."""
+    """cos/sin tables for given positions, in the "rotate half" layout of Hugging Face Llama (YaRN scales
+    both by its attention factor)."""
 
     def __init__(self, head_dim: int, theta: float, scaling: Optional[dict] = None):
         super().__init__()
         self.inv_freq = Tensor(rope_inverse_frequencies(head_dim, theta, scaling))
+        self.attention_factor = rope_attention_factor(scaling)
 
     def construct(self, position_ids):
         # position_ids [batch, seq] -> cos, sin [batch, 1, seq, head_dim]
         freqs = position_ids.astype(ms.float32).expand_dims(-1) * self.inv_freq
         emb = ops.cat((freqs, freqs), -1)
-        return ops.cos(emb).expand_dims(1), ops.sin(emb).expand_dims(1)
+        cos, sin = ops.cos(emb).expand_dims(1), ops.sin(emb).expand_dims(1)
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos, sin
 
 
 def rotate_half(x):
@@ -148,6 +216,16 @@ def rotate_half(x):
 def apply_rotary(x, cos, sin):
     """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin are given."""
     return x * cast(cos, x.dtype) + rotate_half(x) * cast(sin, x.dtype)
+
+
+def apply_rotary_interleaved(x, cos, sin):
+    """Rotary embedding for weights laid out in interleaved pairs ``(x0, x1), (x2, x3), ...`` (DeepSeek);
+    the output is in the "rotate half" layout, as transformers' ``apply_rotary_pos_emb_interleave`` gives."""
+    half = x.shape[-1] // 2
+    pairs = x.reshape(x.shape[:-1] + (half, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = cast(cos[..., :half], x.dtype), cast(sin[..., :half], x.dtype)
+    return ops.cat((even * cos - odd * sin, odd * cos + even * sin), -1)
 
 
 def causal_lm_loss(logits, labels):

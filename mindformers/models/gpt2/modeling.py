@@ -9,29 +9,11 @@ Architecture choices:
 import mindspore as ms
 from mindspore import nn, ops
 
-from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
-from ..common.attention import (
-    attention_bias,
-    cache_write_index,
-    grouped_attention,
-    merge_heads,
-    split_heads,
-    update_cache,
-)
-from ..common.layers import (
-    MS_DTYPES,
-    Conv1D,
-    Embedding,
-    LayerNorm,
-    cast,
-    Linear,
-    classifier_output,
-    default_position_ids,
-    lm_output,
-    make_lm_head,
-)
+from ..common.attention import grouped_attention, merge_heads, split_heads, update_cache
+from ..common.decoder import DecoderForCausalLM, DecoderForSequenceClassification, DecoderStack
+from ..common.layers import MS_DTYPES, Conv1D, Embedding, LayerNorm
 from .config import GPT2Config
 
 
@@ -58,7 +40,7 @@ class GPT2Attention(nn.Cell):
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
 
-    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
+    def construct(self, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = split_heads(q, self.num_heads, self.head_dim)
@@ -66,7 +48,7 @@ class GPT2Attention(nn.Cell):
         v = split_heads(v, self.num_heads, self.head_dim)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
-        out = grouped_attention(q, k, v, bias, self.scale, self.attn_dropout)
+        out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout)
         return self.resid_dropout(self.c_proj(merge_heads(out)))
 
 
@@ -92,47 +74,51 @@ class GPT2Block(nn.Cell):
         self.ln_2 = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
         self.mlp = GPT2MLP(config)
 
-    def construct(self, x, bias, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
-        x = x + self.attn(self.ln_1(x), bias, k_cache, v_cache, write_index, cache_rows)
-        return x + self.mlp(self.ln_2(x))
+    def construct(self, x, cos, sin, mask, window_mask=None, k_cache=None, v_cache=None, write_index=None,
+                  cache_rows=None):
+        x = x + self.attn(self.ln_1(x), mask, k_cache, v_cache, write_index, cache_rows)
+        return x + self.mlp(self.ln_2(x)), None
 
 
-class GPT2Model(nn.Cell):
-    """The GPT-2 stack without a head: ids -> final hidden states [batch, seq, hidden].
-
-    ``kv_cache``/``cache_slots`` as in :class:`~mindformers.models.llama.modeling.LlamaModel`.
-    """
+class GPT2Model(DecoderStack):
+    """The GPT-2 stack without a head (``wte``, ``wpe``, ``h``, ``ln_f``): ids -> final hidden states
+    [batch, seq, hidden]. The layer loop and KV cache are :class:`DecoderStack`'s."""
 
     def __init__(self, config: GPT2Config):
         super().__init__()
         dtype = MS_DTYPES[config.dtype]
+        self.config = config
         self.wte = Embedding(config.vocab_size, config.hidden_size, dtype)
         self.wpe = Embedding(config.max_position_embeddings, config.hidden_size, dtype)
         self.drop = nn.Dropout(p=config.embd_pdrop)
         self.h = nn.CellList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
-        self.num_kv_heads = config.num_attention_heads
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None, cache_rows=None):
-        batch, seq = input_ids.shape
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
-        if kv_cache is None:
-            bias = attention_bias(attention_mask, None, batch, seq, seq)
-            for block in self.h:
-                x = block(x, bias)
-        else:
-            bias = attention_bias(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
-            write_index = cache_write_index(cache_slots, self.num_kv_heads, cache_rows)
-            for i, block in enumerate(self.h):
-                x = block(x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], write_index, cache_rows)
+    def embed(self, input_ids, position_ids):
+        return self.drop(self.wte(input_ids) + self.wpe(position_ids))
+
+    def layer_list(self):
+        return self.h
+
+    def finish(self, x, position_ids, mask, kv_cache, write_index, cache_rows):
         return self.ln_f(x)
+
+    def rope(self, position_ids):
+        return None, None  # learned absolute positions, added in embed()
+
+    def embedding_weight(self):
+        return self.wte.weight
+
+    def cache_spec(self):
+        config = self.config
+        head_dim = config.hidden_size // config.num_attention_heads
+        return config.num_hidden_layers, config.num_attention_heads, head_dim, head_dim
 
 
 class GPT2PreTrainedModel(PreTrainedModel):
     config_class = GPT2Config
     base_model_prefix = "transformer"
+    backbone_class = GPT2Model
     # torch buffers of old GPT-2 checkpoints (the causal mask), not weights
     _ignored_checkpoint_keys = (".attn.bias", ".attn.masked_bias")
 
@@ -151,46 +137,13 @@ class GPT2PreTrainedModel(PreTrainedModel):
 
 
 @MODELS.register
-class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
+class GPT2LMHeadModel(GPT2PreTrainedModel, DecoderForCausalLM):
     """GPT-2 with its (tied) language-model head.
 
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``.
     """
 
-    task = "causal_lm"
-
-    def __init__(self, config: GPT2Config):
-        super().__init__(config)
-        self.transformer = GPT2Model(config)
-        self.lm_head = make_lm_head(config)
-
-    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        hidden = self.transformer(input_ids, attention_mask, position_ids)
-        return lm_output(hidden, self.lm_head, self.transformer.wte.weight, labels)
-
-    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
-        """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
-        hidden = self.transformer(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[:, -1:]
-        return cast(lm_output(hidden, self.lm_head, self.transformer.wte.weight, None)[:, 0], ms.float32)
-
-    def kv_cache_spec(self):
-        """(layers, kv heads, head dim) of the KV cache."""
-        config = self.config
-        return config.num_hidden_layers, config.num_attention_heads, config.hidden_size // config.num_attention_heads
-
 
 @MODELS.register
-class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+class GPT2ForSequenceClassification(GPT2PreTrainedModel, DecoderForSequenceClassification):
     """GPT-2 with a linear ``score`` head on the last non-padding token."""
-
-    task = "sequence_classification"
-    _head_keys = ("score.weight",)
-
-    def __init__(self, config: GPT2Config):
-        super().__init__(config)
-        self.transformer = GPT2Model(config)
-        self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
-
-    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        hidden = self.transformer(input_ids, attention_mask, position_ids)
-        return classifier_output(hidden, self.score, input_ids, labels, self.config)

@@ -1,10 +1,9 @@
 """Config of the Llama family (Llama 2/3, SmolLM2, Qwen2 via ``qkv_bias``)."""
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
 from ...configuration_utils import PretrainedConfig
-
-ROPE_TYPES = ("default", "linear", "llama3")
+from ..common.layers import check_rope_scaling
 
 
 @dataclass(init=False)
@@ -18,6 +17,9 @@ class LlamaConfig(PretrainedConfig):
     model_type = "llama"
     processor_type = "LlamaProcessor"
     aliases = {"theta": "rope_theta", "ffn_hidden_size": "intermediate_size", "norm_eps": "rms_norm_eps"}
+    # the decoder's parts (see models/common/decoder.py); a family changes these, not the decoder
+    attention_class: ClassVar[str] = "Attention"
+    qk_norm: ClassVar[bool] = False
 
     intermediate_size: int = 11008
     """Width of the SwiGLU feed-forward layer."""
@@ -61,12 +63,11 @@ class LlamaConfig(PretrainedConfig):
             raise ValueError(f"hidden_act must be 'silu' for {type(self).__name__}, found {self.hidden_act!r}")
         if self.pretraining_tp != 1:
             raise ValueError(f"pretraining_tp must be 1, found {self.pretraining_tp}")
-        if self.rope_scaling is not None:
-            scaling = dict(self.rope_scaling)
-            rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
-            if rope_type not in ROPE_TYPES:
-                raise ValueError(f"rope_scaling rope_type must be one of {ROPE_TYPES}, found {rope_type!r}")
-            self.rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **scaling}
+        self.rope_scaling = check_rope_scaling(self.rope_scaling, type(self).__name__)
+
+    def mlp_class(self, layer_idx: int) -> str:
+        """The registered feed-forward block of layer ``layer_idx``."""
+        return "GatedMLP"
 
     @classmethod
     def normalize_hf_dict(cls, config: Dict[str, Any]) -> Dict[str, Any]:
@@ -89,20 +90,30 @@ class LlamaConfig(PretrainedConfig):
         return out
 
 
+def check_sliding_window(config) -> None:
+    """A sliding window must be a positive length (None: full attention)."""
+    window = config.sliding_window
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise ValueError(f"{type(config).__name__}: sliding_window must be a positive number of tokens or null "
+                         f"(full attention), found {window!r}")
+
+
 @dataclass(init=False)
 class Qwen2Config(LlamaConfig):
-    """Qwen2: Llama with a bias on the q, k and v projections (sliding-window attention is not supported)."""
+    """Qwen2: Llama with a bias on the q, k and v projections, and optional sliding-window attention on
+    the layers from ``max_window_layers`` on (``use_sliding_window``)."""
 
     model_type = "qwen2"
+    requires_qkv_bias: ClassVar[bool] = True
 
     use_sliding_window: bool = False
-    """Sliding-window attention; only False is supported."""
+    """Sliding-window attention on layers ``max_window_layers`` and up."""
     sliding_window: Optional[int] = None
-    """Window length when ``use_sliding_window`` is set (unused here)."""
+    """Window length (tokens a query sees, itself included) when ``use_sliding_window`` is set."""
     max_window_layers: int = 28
-    """Layers using full attention when sliding windows are on (unused here)."""
+    """Layers below this index keep full attention when sliding windows are on."""
     layer_types: Optional[List[str]] = None
-    """Per-layer attention kind written by transformers v5; only "full_attention" is supported."""
+    """Per-layer attention kind ("full_attention" / "sliding_attention"); derived when None."""
     qkv_bias: bool = True
     rms_norm_eps: float = 1e-6
     bos_token_id: Optional[int] = None
@@ -110,14 +121,28 @@ class Qwen2Config(LlamaConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.use_sliding_window:
-            raise ValueError("Qwen2Config: use_sliding_window=True is not supported; set it to false")
-        if self.layer_types and set(self.layer_types) != {"full_attention"}:
-            raise ValueError(f"Qwen2Config: only full_attention layers are supported, found {set(self.layer_types)}")
-        if not self.qkv_bias:
+        if not self.use_sliding_window:
+            self.sliding_window = None  # as transformers: the window only counts when switched on
+        check_sliding_window(self)
+        if self.layer_types is None:
+            self.layer_types = self._default_layer_types()
+        kinds = {"full_attention", "sliding_attention"}
+        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= kinds:
+            raise ValueError(f"{type(self).__name__}: layer_types must list one of {sorted(kinds)} per layer "
+                             f"({self.num_hidden_layers}), found {self.layer_types}")
+        if "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise ValueError(f"{type(self).__name__}: layer_types has sliding_attention layers but no sliding_window "
+                             "is set (use_sliding_window: true, sliding_window: N)")
+        if self.requires_qkv_bias and not self.qkv_bias:
             raise ValueError("Qwen2Config: Qwen2 always has a q/k/v bias; qkv_bias must be true")
+
+    def _default_layer_types(self) -> List[str]:
+        return ["sliding_attention" if self.sliding_window is not None and i >= self.max_window_layers
+                else "full_attention" for i in range(self.num_hidden_layers)]
 
     def to_hf_dict(self, architecture: Optional[str] = None) -> Dict[str, Any]:
         out = super().to_hf_dict(architecture)
         out.pop("qkv_bias", None)
+        if self.layer_types == self._default_layer_types():
+            out.pop("layer_types")  # transformers derives the same list
         return out

@@ -1,0 +1,226 @@
+"""One decoder for every family: a layer that takes its attention and MLP from the config, a stack with the
+layer / KV-cache loop, and the causal-LM and classification heads on top.
+
+A family is its config plus what differs. The config names its parts from the ``BLOCKS`` registry (the way
+litgpt's ``Block`` takes ``config.mlp_class``):
+
+- ``attention_class``: ``"Attention"`` (grouped-query, rotary, optional q/k norm and sliding window) or
+  ``"MultiLatentAttention"`` (DeepSeek);
+- ``mlp_class(layer_idx)``: ``"GatedMLP"`` or ``"SparseMoeBlock"``, per layer;
+- ``layer_type(layer_idx)``: ``"full_attention"`` or ``"sliding_attention"``.
+
+Every layer is called ``layer(x, cos, sin, mask, window_mask, k_cache, v_cache, write_index, cache_rows)``
+and returns ``(x, router_logits or None)``: ``cos``/``sin`` are the rotary tables (None without rotary
+positions), ``mask`` the additive bias of full attention and ``window_mask`` that of sliding-window layers
+(None when no layer slides), ``k_cache``/``v_cache`` the layer's two KV-cache tensors or None. (Tensors go
+in one by one, not in tuples: MindSpore's recompute refuses tuple inputs.) Families whose
+checkpoints use other module names (GPT-2, PanguAlpha) subclass :class:`DecoderStack` with their own
+embedding and layer names and reuse the loop.
+"""
+from typing import Tuple
+
+import mindspore as ms
+from mindspore import nn
+
+from ...generation.utils import GenerationMixin
+from ...modeling_utils import PreTrainedModel
+from ...registry import BLOCKS
+from . import mla, mlp  # noqa: F401  (their Cells register in BLOCKS)
+from .attention import attention_bias, cache_write_index
+from .layers import (
+    MS_DTYPES,
+    Embedding,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    cast,
+    classifier_output,
+    default_position_ids,
+    lm_output,
+    make_lm_head,
+)
+from .moe import load_balancing_loss
+
+
+class DecoderLayer(nn.Cell):
+    """Pre-norm block with Llama's names: ``h = x + self_attn(input_layernorm(x));
+    out = h + mlp(post_attention_layernorm(h))``; attention and MLP are the ones the config names."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = BLOCKS.get(config.attention_class)(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = BLOCKS.get(config.mlp_class(layer_idx))(config, layer_idx)
+        self.routed = getattr(self.mlp, "returns_router_logits", False)
+
+    def construct(self, x, cos, sin, mask, window_mask=None, k_cache=None, v_cache=None, write_index=None,
+                  cache_rows=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, window_mask, k_cache, v_cache, write_index,
+                               cache_rows)
+        if self.routed:
+            out, router_logits = self.mlp(self.post_attention_layernorm(x))
+            return x + out, router_logits
+        return x + self.mlp(self.post_attention_layernorm(x)), None
+
+
+class DecoderStack(nn.Cell):
+    """The embedding -> layers -> final norm loop shared by every family, with or without a KV cache.
+
+    Subclasses provide ``embed(input_ids, position_ids)``, ``layer_list()`` (the CellList of layers),
+    ``rope(position_ids)`` ((cos, sin), or (None, None)), ``finish(x, ...)`` (the final norm, or whatever
+    comes after the layers), ``embedding_weight()`` (tied head), ``cache_spec()`` and ``self.window`` (the
+    sliding window of its sliding layers, None if none slides).
+
+    With ``kv_cache`` (the tensors of a :class:`KVCache`), ``cache_slots`` [batch, seq] says which cache
+    slot each input token is written to, and ``attention_mask`` [batch, max_len] marks the slots holding
+    real tokens (including the ones written now). ``cache_rows`` [batch] maps input rows to cache rows
+    (a serving engine's running requests); None: input row i is cache row i.
+    """
+
+    window = None
+
+    def run(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None,
+            cache_rows=None):
+        """``(final hidden states [batch, seq, hidden], router logits of the MoE layers)``."""
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
+        x = self.embed(input_ids, position_ids)
+        cos, sin = self.rope(position_ids)
+        write_index = None
+        if kv_cache is None:
+            mask, window_mask = self.masks(attention_mask, None, batch, seq, seq)
+        else:
+            mask, window_mask = self.masks(attention_mask, cache_slots, batch, seq, kv_cache[0].shape[2])
+            write_index = cache_write_index(cache_slots, kv_cache[0].shape[1], cache_rows)
+        x, router_logits = self.run_layers(x, cos, sin, mask, window_mask, kv_cache, write_index, cache_rows)
+        return self.finish(x, position_ids, mask, kv_cache, write_index, cache_rows), router_logits
+
+    def run_layers(self, x, cos, sin, mask, window_mask, kv_cache, write_index, cache_rows, first: int = 0):
+        """Every layer of ``layer_list()`` in turn; layer i uses cache tensors ``2 (first + i)`` and the next."""
+        router_logits = ()
+        for i, layer in enumerate(self.layer_list()):
+            if kv_cache is None:
+                x, logits = layer(x, cos, sin, mask, window_mask)
+            else:
+                x, logits = layer(x, cos, sin, mask, window_mask, kv_cache[2 * (first + i)],
+                                  kv_cache[2 * (first + i) + 1], write_index, cache_rows)
+            if logits is not None:
+                router_logits = router_logits + (logits,)
+        return x, router_logits
+
+    def masks(self, attention_mask, query_slots, batch: int, q_len: int, k_len: int):
+        """The attention bias of full-attention layers and that of sliding layers (None if none slides)."""
+        mask = attention_bias(attention_mask, query_slots, batch, q_len, k_len)
+        if self.window is None:
+            return mask, None
+        return mask, attention_bias(attention_mask, query_slots, batch, q_len, k_len, self.window)
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None,
+                  cache_rows=None):
+        return self.run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
+
+
+class DecoderModel(DecoderStack):
+    """The backbone of Llama and its kin (Hugging Face names ``embed_tokens``, ``layers``, ``norm``):
+    ids -> final hidden states [batch, seq, hidden]."""
+
+    def __init__(self, config):
+        super().__init__()
+        dtype = MS_DTYPES[config.dtype]
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.CellList([DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.window = config.attention_window()
+
+    def embed(self, input_ids, position_ids):
+        return self.embed_tokens(input_ids)
+
+    def layer_list(self):
+        return self.layers
+
+    def finish(self, x, position_ids, mask, kv_cache, write_index, cache_rows):
+        return self.norm(x)
+
+    def rope(self, position_ids):
+        return self.rotary(position_ids)
+
+    def embedding_weight(self):
+        return self.embed_tokens.weight
+
+    def cache_spec(self) -> Tuple[int, int, int, int]:
+        """(layers, heads, key dim, value dim) of the KV cache, from the attention class."""
+        config = self.config
+        return (config.num_hidden_layers,) + BLOCKS.get(config.attention_class).cache_spec(config)
+
+
+class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
+    """A backbone with a language-model head (tied to the input embedding or its own ``lm_head``).
+
+    ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``,
+    the loss being next-token cross entropy ignoring label -100. MoE models whose config sets
+    ``output_router_logits`` add ``router_aux_loss_coef`` times the load-balancing loss to it, as
+    transformers does, and return ``(loss, logits, aux_loss)``.
+
+    Subclasses set ``config_class`` and, for other layouts, ``backbone_class`` / ``base_model_prefix``.
+    """
+
+    task = "causal_lm"
+    base_model_prefix = "model"
+    backbone_class = DecoderModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.backbone_class(config))
+        self.lm_head = make_lm_head(config)
+        self.aux_loss = config.aux_loss_settings()  # (coefficient, experts, top_k) or None
+
+    def backbone(self):
+        return getattr(self, self.base_model_prefix)
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden, router_logits = self.backbone().run(input_ids, attention_mask, position_ids)
+        out = lm_output(hidden, self.lm_head, self.backbone().embedding_weight(), labels)
+        if labels is None or self.aux_loss is None:
+            return out
+        coefficient, experts, top_k = self.aux_loss
+        aux = load_balancing_loss(router_logits, experts, top_k, attention_mask)
+        return out[0] + coefficient * aux, out[1], aux
+
+    def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
+        """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
+        hidden = self.backbone().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
+        logits = lm_output(hidden[:, -1:], self.lm_head, self.backbone().embedding_weight(), None)
+        return cast(logits[:, 0], ms.float32)
+
+    def kv_cache_spec(self) -> Tuple[int, int, int, int]:
+        """(layers, heads, key dim, value dim) of the KV cache."""
+        return self.backbone().cache_spec()
+
+
+class DecoderForSequenceClassification(PreTrainedModel):
+    """A backbone with a linear ``score`` head on the last non-padding token.
+
+    Returns logits [batch, num_labels], or ``(loss, logits)`` with ``labels``.
+    """
+
+    task = "sequence_classification"
+    base_model_prefix = "model"
+    backbone_class = DecoderModel
+    _head_keys = ("score.weight",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.backbone_class(config))
+        self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
+
+    def backbone(self):
+        return getattr(self, self.base_model_prefix)
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden = self.backbone().run(input_ids, attention_mask, position_ids)[0]
+        return classifier_output(hidden, self.score, input_ids, labels, self.config)
