@@ -24,6 +24,11 @@ from .models.llama import (
     Qwen2ForCausalLM,
     Qwen2ForSequenceClassification,
 )
+from .models.deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM, DeepseekV3ForSequenceClassification
+from .models.mistral import MistralConfig, MistralForCausalLM, MistralForSequenceClassification
+from .models.mixtral import MixtralConfig, MixtralForCausalLM, MixtralForSequenceClassification
+from .models.qwen3 import Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
+from .models.qwen3_moe import Qwen3MoeConfig, Qwen3MoeForCausalLM, Qwen3MoeForSequenceClassification
 from .pipeline import (
     FeatureExtractionPipeline,
     Pipeline,
