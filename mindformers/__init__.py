@@ -27,6 +27,7 @@ from .models.llama import (
 from .models.deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM, DeepseekV3ForSequenceClassification
 from .models.mistral import MistralConfig, MistralForCausalLM, MistralForSequenceClassification
 from .models.mixtral import MixtralConfig, MixtralForCausalLM, MixtralForSequenceClassification
+from .models.pangualpha import PanguAlphaConfig, PanguAlphaHeadModel
 from .models.qwen3 import Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
 from .models.qwen3_moe import Qwen3MoeConfig, Qwen3MoeForCausalLM, Qwen3MoeForSequenceClassification
 from .pipeline import (

@@ -179,12 +179,12 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = make_lm_head(config)
         self.aux_loss = config.aux_loss_settings()  # (coefficient, experts, top_k) or None
 
-    def backbone(self):
+    def stack(self):
         return getattr(self, self.base_model_prefix)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        hidden, router_logits = self.backbone().run(input_ids, attention_mask, position_ids)
-        out = lm_output(hidden, self.lm_head, self.backbone().embedding_weight(), labels)
+        hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
+        out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels)
         if labels is None or self.aux_loss is None:
             return out
         coefficient, experts, top_k = self.aux_loss
@@ -193,13 +193,13 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
 
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
-        hidden = self.backbone().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
-        logits = lm_output(hidden[:, -1:], self.lm_head, self.backbone().embedding_weight(), None)
+        hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
+        logits = lm_output(hidden[:, -1:], self.lm_head, self.stack().embedding_weight(), None)
         return cast(logits[:, 0], ms.float32)
 
     def kv_cache_spec(self) -> Tuple[int, int, int, int]:
         """(layers, heads, key dim, value dim) of the KV cache."""
-        return self.backbone().cache_spec()
+        return self.stack().cache_spec()
 
 
 class DecoderForSequenceClassification(PreTrainedModel):
@@ -218,9 +218,9 @@ class DecoderForSequenceClassification(PreTrainedModel):
         setattr(self, self.base_model_prefix, self.backbone_class(config))
         self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
 
-    def backbone(self):
+    def stack(self):
         return getattr(self, self.base_model_prefix)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        hidden = self.backbone().run(input_ids, attention_mask, position_ids)[0]
+        hidden = self.stack().run(input_ids, attention_mask, position_ids)[0]
         return classifier_output(hidden, self.score, input_ids, labels, self.config)
