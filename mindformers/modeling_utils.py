@@ -5,6 +5,9 @@ unexpected or wrongly shaped tensor is an error listing all of them; the only ex
 that a checkpoint cannot have (``score.weight`` when a causal-LM checkpoint seeds a classifier), which is
 initialised and reported, as transformers does.
 """
+import contextlib
+import functools
+import threading
 from typing import Any, Dict, Iterable, Optional, Union
 
 import numpy as np
@@ -21,6 +24,37 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model (names or shapes)."""
 
 
+_CONSTRUCTION = threading.local()  # depth of nested model __init__ calls, and whether weights are filled after
+
+
+@contextlib.contextmanager
+def _weights_filled_by_caller():
+    """Inside, constructing a model leaves its placeholder weights (the caller fills them)."""
+    previous = getattr(_CONSTRUCTION, "skip", False)
+    _CONSTRUCTION.skip = True
+    try:
+        yield
+    finally:
+        _CONSTRUCTION.skip = previous
+
+
+def _initialise_after(init):
+    """Wrap a model class's ``__init__`` so that ``Model(config)`` ends with random weights, as MindFormers'
+    and transformers' ``Model(config)`` do (only the outermost ``__init__`` of the chain fills them)."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        _CONSTRUCTION.depth = getattr(_CONSTRUCTION, "depth", 0) + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            _CONSTRUCTION.depth -= 1
+        if _CONSTRUCTION.depth == 0 and not getattr(_CONSTRUCTION, "skip", False):
+            self.init_weights()
+
+    return wrapped
+
+
 class PreTrainedModel(nn.Cell):
     """A model built from a :class:`PretrainedConfig`, with Hugging Face checkpoint I/O.
 
@@ -35,6 +69,13 @@ class PreTrainedModel(nn.Cell):
     _head_keys: tuple = ()
     # Checkpoint tensors that are runtime buffers in torch (e.g. GPT-2's causal mask); dropped on load.
     _ignored_checkpoint_keys: tuple = ()
+    # A table of max_position_embeddings learned positions: longer inputs are refused (rotary models extrapolate).
+    learned_positions = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _initialise_after(cls.__dict__["__init__"])
 
     def __init__(self, config: PretrainedConfig):
         super().__init__()
@@ -45,6 +86,12 @@ class PreTrainedModel(nn.Cell):
         self.config = config
 
     def __call__(self, *args, **kwargs):
+        if self.learned_positions:
+            ids = args[0] if args else kwargs.get("input_ids")
+            length = getattr(ids, "shape", (0, 0))[-1]
+            if length > self.config.max_position_embeddings:
+                raise ValueError(f"input of {length} tokens is longer than the {self.config.max_position_embeddings} "
+                                 f"positions {type(self).__name__} has (max_position_embeddings / seq_length)")
         with EXECUTION_LOCK:  # see mindformers.utils.EXECUTION_LOCK
             return super().__call__(*args, **kwargs)
 
@@ -57,13 +104,15 @@ class PreTrainedModel(nn.Cell):
             config: the model config.
             seed: seed of the numpy generator used for the weights (None: nondeterministic).
         """
-        model = cls(config)
+        with _weights_filled_by_caller():
+            model = cls(config)
         model.init_weights(seed)
         model.apply_pet_config()
         return model
 
     def init_weights(self, seed: Optional[int] = None) -> None:
-        """Fill every parameter with transformers' initialisation for its kind of layer."""
+        """Fill every parameter with transformers' initialisation for its kind of layer (``Model(config)``
+        does this with seed None; ``from_config(config, seed)`` with a seed)."""
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
         for _, cell in self.cells_and_names():
@@ -104,7 +153,8 @@ class PreTrainedModel(nn.Cell):
     @classmethod
     def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray]) -> "PreTrainedModel":
         """Build a model from ``config`` and copy ``state`` (numpy arrays by HF name) into it."""
-        model = cls(config)
+        with _weights_filled_by_caller():
+            model = cls(config)
         missing = model._copy_state(state, strict=True, in_place=False)  # no compiled graph holds its buffers yet
         if missing:
             rng = np.random.default_rng()

@@ -90,7 +90,7 @@ class TrainingArguments:
     dataloader_drop_last: bool = False
     """Drop the last incomplete batch of each epoch."""
     report_to: List[str] = field(default_factory=lambda: ["jsonl", "tensorboard", "png"])
-    """Run records to write: "jsonl" (metrics.jsonl), "tensorboard", "png" (loss_curve.png)."""
+    """Run records to write: "jsonl" (metrics.jsonl), "tensorboard", "png" (loss_curve.png); "all" or "none"."""
     disable_tqdm: bool = False
     """No progress bar."""
 
@@ -110,6 +110,8 @@ class TrainingArguments:
         check(self.logging_steps > 0, f"logging_steps must be > 0, found {self.logging_steps}")
         check(self.save_total_limit is None or self.save_total_limit > 0,
               f"save_total_limit must be None or > 0, found {self.save_total_limit}")
+        if isinstance(self.report_to, str):  # transformers' spellings: one name, "all" or "none"
+            self.report_to = {"none": [], "all": ["jsonl", "tensorboard", "png"]}.get(self.report_to, [self.report_to])
         unknown = sorted(set(self.report_to) - {"jsonl", "tensorboard", "png"})
         check(not unknown, f"report_to entries must be jsonl, tensorboard or png, found {unknown}")
         if self.eval_batch_size is None:

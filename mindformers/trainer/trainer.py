@@ -41,6 +41,27 @@ def _world() -> tuple:
         return 0, 1
 
 
+def fit_rows(batch: Dict[str, np.ndarray], seq_length: Optional[int], task: str) -> Dict[str, np.ndarray]:
+    """A batch the model can take. MindFormers' pre-training data yields rows of ``seq_length + 1`` tokens
+    (inputs ``row[:-1]``, targets ``row[1:]``): the model gets ``row[:-1]`` and the labels keep all
+    ``seq_length + 1`` ids, which the loss aligns (label t+1 for position t). Longer rows are an error.
+
+    Args:
+        batch: ``input_ids``, ``attention_mask``, ``labels`` [batch, length]; seq_length: the model's
+            ``max_position_embeddings`` (None: no check); task: the model's task.
+    """
+    length = batch["input_ids"].shape[1]
+    if seq_length is None or length <= seq_length:
+        return batch
+    if length == seq_length + 1 and task == "causal_lm" and batch["labels"].shape == batch["input_ids"].shape:
+        return {"input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1],
+                "labels": batch["labels"]}
+    raise ValueError(f"the data has rows of {length} tokens, but the model takes at most seq_length={seq_length} "
+                     f"(max_position_embeddings); give rows of at most seq_length tokens, or of seq_length + 1 "
+                     f"(MindFormers' pre-training rows: inputs row[:-1], labels row[1:]), or a model with a "
+                     f"larger seq_length")
+
+
 def _remove_file(path: str) -> None:
     try:
         os.remove(path)
@@ -266,23 +287,27 @@ class Trainer:
         return build_dataset(source, self.tokenizer, task=self.task, seq_length=self.args.seq_length,
                              label_names=options.pop("label_names", label_names), **options)
 
-    def _batches(self, data, batch_size: int, shuffle: bool, epoch: int, start: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-        """Batches of ``epoch`` from the ``start``-th on (a resumed run starts inside an epoch)."""
+    def _batches(self, data, batch_size: int, shuffle: bool, epoch: int, start: int = 0,
+                 model=None) -> Iterator[Dict[str, np.ndarray]]:
+        """Batches of ``epoch`` from the ``start``-th on (a resumed run starts inside an epoch), fitted to
+        ``model``'s ``seq_length`` (see :func:`fit_rows`)."""
+        limit = None if model is None else model.config.max_position_embeddings
         if hasattr(data, "create_dict_iterator"):  # a MindSpore dataset, batched by its owner
             for index, row in enumerate(data.create_dict_iterator(num_epochs=1, output_numpy=True)):
                 if index < start:
                     continue
                 ids = np.asarray(row["input_ids"], np.int32)
-                yield {"input_ids": ids,
-                       "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
-                       "labels": np.asarray(row.get("labels", ids), np.int32)}
+                yield fit_rows({"input_ids": ids,
+                                "attention_mask": np.asarray(row.get("attention_mask", np.ones_like(ids)), np.int32),
+                                "labels": np.asarray(row.get("labels", ids), np.int32)}, limit, self.model_task)
             return
         # one batch shape (seq_length, full rows) unless pad_to_multiple_of asks otherwise: one compiled graph
-        yield from data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
-                                drop_last=self.args.dataloader_drop_last if shuffle else False,
-                                rank=self.rank, world_size=self.world_size,
-                                pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
-                                start_batch=start, full_last=True)
+        for batch in data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
+                                  drop_last=self.args.dataloader_drop_last if shuffle else False,
+                                  rank=self.rank, world_size=self.world_size,
+                                  pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
+                                  start_batch=start, full_last=True):
+            yield fit_rows(batch, limit, self.model_task)
 
     def _num_batches(self, data, batch_size: int) -> int:
         if hasattr(data, "get_dataset_size"):
@@ -371,7 +396,7 @@ class Trainer:
         window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
         while state.global_step < max_steps:
             accumulated, micro, loss_sum, tokens = None, 0, 0.0, 0
-            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip), start=skip):
+            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip, model), start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
                 if micro == 0:  # the schedule is a function of the optimizer step
                     factor = schedule_factor(state.global_step, max_steps, args)
@@ -460,7 +485,7 @@ class Trainer:
         model.set_train(False)
         total_loss, weight, correct, count = 0.0, 0, 0, 0
         evaluate_batch = self._eval_step(model)
-        for batch in self._batches(data, self.args.eval_batch_size, False, 0):
+        for batch in self._batches(data, self.args.eval_batch_size, False, 0, model):
             ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
             loss, predicted = evaluate_batch(ids, mask, labels)
             tokens = self._scored_tokens(batch["labels"])

@@ -232,10 +232,14 @@ def causal_lm_loss(logits, labels):
     """Mean next-token cross entropy: position t predicts label t+1; label -100 is ignored.
 
     Args:
-        logits: [batch, seq, vocab]; labels: [batch, seq] int.
+        logits: [batch, seq, vocab]; labels: [batch, seq] int, or [batch, seq + 1] (MindFormers' pre-training
+            rows: the inputs were ``row[:-1]``, so every position has a target).
     """
     vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1, :].reshape(-1, vocab).astype(ms.float32)
+    if labels.shape[1] == logits.shape[1] + 1:
+        shift_logits = logits.reshape(-1, vocab).astype(ms.float32)
+    else:
+        shift_logits = logits[:, :-1, :].reshape(-1, vocab).astype(ms.float32)
     shift_labels = labels[:, 1:].reshape(-1).astype(ms.int32)
     return _mean_cross_entropy(shift_logits, shift_labels)
 

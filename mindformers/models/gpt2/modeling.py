@@ -119,6 +119,7 @@ class GPT2PreTrainedModel(PreTrainedModel):
     config_class = GPT2Config
     base_model_prefix = "transformer"
     backbone_class = GPT2Model
+    learned_positions = True
     # torch buffers of old GPT-2 checkpoints (the causal mask), not weights
     _ignored_checkpoint_keys = (".attn.bias", ".attn.masked_bias")
 
