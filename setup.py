@@ -14,7 +14,7 @@ setup(
         "numpy<2",  # mindspore 2.10 fails at the first tensor op with numpy 2
         "safetensors>=0.4",
         "tokenizers>=0.19",
-        "sentencepiece>=0.2",
+        "sentencepiece>=0.2.3",  # offset_mapping results (tokenizers/sentencepiece.py)
         "protobuf>=3.20",
         "jinja2>=3.1",
         "pyyaml>=6.0",

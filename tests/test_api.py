@@ -14,6 +14,7 @@ from mindformers import (
     GPT2Tokenizer,
     LlamaForCausalLM,
 )
+from mindformers.utils import ASSETS_DIR
 from tests.conftest import INTEROP
 
 
@@ -34,8 +35,9 @@ def test_foundation_snippet(tmp_path, smollm2):
     assert text.asnumpy()[0, -2:].tolist() == [28120, 17]  # Llama pads on the left, with <|im_end|> (2)
     assert (text.asnumpy()[0, :-2] == 2).all()
 
-    gpt2_tok = AutoTokenizer.from_pretrained("gpt2")
-    assert isinstance(gpt2_tok, GPT2Tokenizer) and gpt2_tok("hello!")["input_ids"] == [31373, 0]
+    gpt2_tok = AutoTokenizer.from_pretrained("gpt2")  # MindFormers' GPT-2 tokenizer: BOS and EOS around the text
+    assert isinstance(gpt2_tok, GPT2Tokenizer) and gpt2_tok("hello!")["input_ids"] == [50256, 31373, 0, 50256]
+    assert AutoTokenizer.from_pretrained(os.path.join(ASSETS_DIR, "gpt2"))("hello!")["input_ids"] == [31373, 0]
     assert GPT2LMHeadModel(GPT2Config(hidden_size=768, num_layers=12)).num_parameters() == 124_439_808
 
 

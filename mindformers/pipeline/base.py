@@ -128,9 +128,10 @@ class Pipeline:
                 return int(value)
         return 0
 
-    def _encode(self, texts: Sequence[str]) -> List[List[int]]:
-        """Token ids of each text (special tokens as the tokenizer adds them); an empty result is an error."""
-        rows = self.tokenizer(list(texts))["input_ids"]
+    def _encode(self, texts: Sequence[str], prompts: bool = False) -> List[List[int]]:
+        """Token ids of each text (special tokens as the tokenizer adds them; generation ``prompts`` get no
+        closing EOS); an empty result is an error."""
+        rows = self.tokenizer.encode_prompts(texts) if prompts else self.tokenizer(list(texts))["input_ids"]
         for index, row in enumerate(rows):
             if not row:
                 raise ValueError(f"input {index} ({texts[index]!r}) gives no tokens; pass a non-empty text")

@@ -74,7 +74,7 @@ class TextGenerationPipeline(Pipeline):
         options = self._options(kwargs)
         options.setdefault("tokenizer", self.tokenizer)  # generate needs it for stop_strings
         items, is_chat = self._inputs(inputs)
-        rows = self._encode_chats(items) if is_chat else self._encode(items)
+        rows = self._encode_chats(items) if is_chat else self._encode(items, prompts=True)
         input_ids, attention_mask = pad_rows(rows, self._pad_token_id(), "left")
         output = self.model.generate(input_ids, attention_mask=attention_mask, **options)
         output = np.asarray(output.asnumpy() if hasattr(output, "asnumpy") else output)

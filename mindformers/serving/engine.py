@@ -521,7 +521,7 @@ class Engine:
                 raise ServingError(StatusCode.INVALID_REQUEST, f"model {model_name!r} has no tokenizer; send token ids")
             if not isinstance(text, str):
                 raise ServingError(StatusCode.INVALID_REQUEST, f"text must be a string, found {type(text).__name__}")
-            ids = served.tokenizer(text)["input_ids"]
+            ids = served.tokenizer.encode_prompts([text])[0]
         except ServingError as err:
             return err.status, None, None
         return self.start_request_ids(model_name, ids, gen_cfg)

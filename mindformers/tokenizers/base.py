@@ -383,6 +383,15 @@ class PreTrainedTokenizer:
         self._add_eos_token = bool(value)
         self._update_post_processor()
 
+    def encode_prompts(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of generation prompts: the special tokens the tokenizer adds, except a closing EOS (a
+        prompt goes on; MindFormers' GPT-2 tokenizer puts EOS after every text)."""
+        rows = self(list(texts), return_attention_mask=False)["input_ids"]
+        eos = self.eos_token_id
+        if self.add_eos_token and eos is not None:
+            rows = [row[:-1] if row and row[-1] == eos else row for row in rows]
+        return rows
+
     def _update_post_processor(self) -> None:
         # transformers' TokenizersBackend.update_post_processor: "<bos>:0 $A:0 <eos>:0" for one sequence.
         bos, eos = self.bos_token, self.eos_token

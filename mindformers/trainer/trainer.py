@@ -396,7 +396,8 @@ class Trainer:
         window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
         while state.global_step < max_steps:
             accumulated, micro, loss_sum, tokens = None, 0, 0.0, 0
-            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip, model), start=skip):
+            for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip, model=model),
+                                          start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
                 if micro == 0:  # the schedule is a function of the optimizer step
                     factor = schedule_factor(state.global_step, max_steps, args)
@@ -485,7 +486,7 @@ class Trainer:
         model.set_train(False)
         total_loss, weight, correct, count = 0.0, 0, 0, 0
         evaluate_batch = self._eval_step(model)
-        for batch in self._batches(data, self.args.eval_batch_size, False, 0, model):
+        for batch in self._batches(data, self.args.eval_batch_size, False, 0, model=model):
             ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
             loss, predicted = evaluate_batch(ids, mask, labels)
             tokens = self._scored_tokens(batch["labels"])

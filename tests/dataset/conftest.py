@@ -25,12 +25,13 @@ def smollm2_tok():
 
 @pytest.fixture(scope="session")
 def gpt2_tok():
-    """GPT-2's tokenizer: no chat template, no pad token, EOS = <|endoftext|> (50256)."""
+    """GPT-2's tokenizer as Hugging Face files give it (the gpt2 preset is MindFormers' variant, which adds
+    BOS/EOS to every text): no chat template, no pad token, EOS = <|endoftext|> (50256)."""
     from mindformers import AutoTokenizer
 
     if not os.path.exists(os.path.join(ASSETS_DIR, "gpt2", "vocab.json")):
         pytest.skip(f"{ASSETS_DIR}/gpt2 is missing: run `python scripts/get_assets.py`")
-    return AutoTokenizer.from_pretrained("gpt2")
+    return AutoTokenizer.from_pretrained(os.path.join(ASSETS_DIR, "gpt2"))
 
 
 @pytest.fixture(scope="session")

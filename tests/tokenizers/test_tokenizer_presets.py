@@ -89,3 +89,13 @@ def test_preset_errors(gpt2_dir):
     # what looks like a path is never taken for a preset
     with pytest.raises(FileNotFoundError, match="no tokenizer directory or file at gpt2.json"):
         GPT2Tokenizer.from_pretrained("gpt2.json")
+
+
+def test_prompts_get_no_closing_eos(gpt2_dir):
+    """Generation prompts keep the BOS the gpt2 preset adds but not its EOS (the text goes on); a Hugging
+    Face directory's prompts are what its tokenizer gives."""
+    from mindformers import AutoTokenizer
+
+    preset = AutoTokenizer.from_pretrained("gpt2")
+    assert preset.encode_prompts(["hello!", "hi"]) == [[50256, 31373, 0], [50256, 5303]]
+    assert AutoTokenizer.from_pretrained(gpt2_dir).encode_prompts(["hello!"]) == [[31373, 0]]
