@@ -203,3 +203,15 @@ def test_zz_report_largest_differences(capsys):
     with capsys.disabled():
         print("\nlargest |logit difference| vs transformers:",
               {k: float(f"{v:.1e}") for k, v in sorted(LARGEST_DIFFERENCE.items())})
+
+
+def test_router_logits_give_the_aux_loss():
+    """model.router_logits (the public expert-load statistics) are the logits the aux loss is made of."""
+    from mindformers.models.common.moe import load_balancing_loss
+
+    model, ref = load("qwen3_moe"), reference("qwen3_moe")
+    logits = model.router_logits(ids_tensor(ref["input_ids"]))
+    assert len(logits) == 2 and logits[0].shape == (40, 8)  # layers 0 and 2 are sparse, layer 1 dense
+    aux = load_balancing_loss(logits, 8, 2)
+    assert abs(float(aux.asnumpy()) - float(ref["aux_loss"])) < 1e-5
+    assert load("qwen3").router_logits(ids_tensor(ref["input_ids"])) == ()

@@ -191,6 +191,11 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         aux = load_balancing_loss(router_logits, experts, top_k, attention_mask)
         return out[0] + coefficient * aux, out[1], aux
 
+    def router_logits(self, input_ids, attention_mask=None) -> Tuple:
+        """The router logits of every MoE layer, ``[batch * seq, experts]`` each (empty for dense models): what
+        transformers returns with ``output_router_logits``, for expert-load statistics."""
+        return self.stack().run(input_ids, attention_mask)[1]
+
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
         hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
