@@ -162,6 +162,38 @@ class PretrainedConfig:
         return out
 
     @classmethod
+    def from_pretrained(cls, source: str, **overrides: Any) -> "PretrainedConfig":
+        """The config of a preset, Hugging Face directory, YAML, ``config.json`` or GGUF file, as
+        ``AutoConfig.from_pretrained`` reads it (MindFormers: ``GPT2Config.from_pretrained("gpt2_13b")``).
+
+        The source must hold exactly this class: ``LlamaConfig.from_pretrained("qwen3_0_6b")`` is refused
+        although Qwen3Config derives from LlamaConfig, since a Qwen3 config read as Llama would build a
+        different model (transformers likewise refuses another ``model_type``). ``PretrainedConfig`` itself
+        takes any.
+
+        Args:
+            source: preset name or path (see :mod:`mindformers.auto`).
+            overrides: config fields to set, in any accepted spelling.
+
+        Returns:
+            The config, an instance of ``cls``.
+
+        Raises:
+            TypeError: the source holds another config class.
+        """
+        from .auto import AutoConfig  # imported here: mindformers.auto imports this module
+
+        config = AutoConfig.from_pretrained(source)
+        if cls is not PretrainedConfig and type(config) is not cls:
+            found = type(config).__name__
+            raise TypeError(
+                f"{source!r} holds a {found} (model_type {config.model_type!r}), not a {cls.__name__} (model_type "
+                f"{cls.model_type!r}); load it with {found}.from_pretrained({source!r}) or "
+                f"AutoConfig.from_pretrained({source!r})"
+            )
+        return config.replace(**overrides) if overrides else config
+
+    @classmethod
     def from_dict(cls, config: Dict[str, Any]) -> "PretrainedConfig":
         """Build a config from a dict in any supported spelling (HF ``config.json`` or MindFormers YAML)."""
         return cls(**cls.normalize_hf_dict(dict(config)))
