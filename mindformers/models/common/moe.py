@@ -101,7 +101,7 @@ class Router(nn.Cell):
         """x [tokens, hidden] -> (router logits [tokens, experts] float32, dense routing weights
         [tokens, experts] with zeros for unchosen experts)."""
         spec = self.spec
-        logits = self.matmul_nt(cast(x, ms.float32), cast(self.weight, ms.float32))
+        logits = self.matmul_nt(cast(x, ms.float32), cast(self.routing_weight(), ms.float32))
         if spec.scoring == "softmax":
             scores = ops.softmax(logits, -1)
             choice = scores
@@ -119,6 +119,10 @@ class Router(nn.Cell):
         if spec.routed_scaling_factor != 1.0:
             weights = weights * spec.routed_scaling_factor
         return logits, weights
+
+    def routing_weight(self):
+        """The [experts, hidden] scoring matrix (a LoRA layer adds its update here)."""
+        return self.weight
 
     def _limit_to_groups(self, choice):
         spec = self.spec
@@ -150,13 +154,18 @@ class Experts(nn.Cell):
         """x [tokens, hidden], weights [tokens, experts] -> sum_e weights[:, e] * expert_e(x)."""
         tokens = x.shape[0]
         experts, width, hidden = self.num_experts, self.width, self.hidden
+        gate_up_proj, down_proj = self.expert_weights()
         # every expert's gate and up projections in one product: [tokens, experts * 2 * width]
-        gate_up = self.matmul_nt(x, self.gate_up_proj.reshape(experts * 2 * width, hidden))
+        gate_up = self.matmul_nt(x, gate_up_proj.reshape(experts * 2 * width, hidden))
         act = gated_activation(gate_up.reshape(tokens, experts, 2 * width), width)  # [tokens, experts, width]
         # weighting before the (linear) down projection folds the sum over experts into one product
         act = act * cast(weights, act.dtype).expand_dims(-1)
-        down = self.down_proj.swapaxes(1, 2).reshape(experts * width, hidden)
+        down = down_proj.swapaxes(1, 2).reshape(experts * width, hidden)
         return ops.matmul(act.reshape(tokens, experts * width), down)
+
+    def expert_weights(self):
+        """``(gate_up_proj, down_proj)`` as the computation uses them (a LoRA layer adds its updates here)."""
+        return self.gate_up_proj, self.down_proj
 
 
 @BLOCKS.register

@@ -19,7 +19,7 @@ class LoraConfig(TunerConfig):
         "ensure_weight_tying": (False,), "eva_config": (None,), "kasa_config": (None,),
         "layer_replication": (None,), "loftq_config": ({}, None), "lora_bias": (False,),
         "lora_ga_config": (None,), "megatron_config": (None,), "megatron_core": ("megatron.core", None),
-        "monteclora_config": (None,), "target_parameters": (None,), "trainable_token_indices": (None,),
+        "monteclora_config": (None,), "trainable_token_indices": (None,),
         "use_bdlora": (None, False), "use_qalora": (False,), "velora_config": (None,),
         "qalora_group_size": (16, None),
     }
@@ -29,6 +29,9 @@ class LoraConfig(TunerConfig):
     target_modules: Optional[Union[List[str], str]] = None
     """Module names to adapt: a list of names or name suffixes, a regex that must match the whole name, or
     "all-linear" (every linear layer but the output head). None: the family's default (q/v projections)."""
+    target_parameters: Optional[List[str]] = None
+    """Parameters to adapt that are not linear layers (PEFT 0.21): MoE experts ``"mlp.experts.gate_up_proj"``,
+    ``"mlp.experts.down_proj"`` and routers ``"gate.weight"``, matched as ``<module>.<param>`` or its ending."""
     exclude_modules: Optional[Union[List[str], str]] = None
     """Modules never adapted, matched like target_modules."""
     lora_alpha: float = 8
@@ -71,6 +74,13 @@ class LoraConfig(TunerConfig):
             raise ValueError(f"lora_dropout must be in [0, 1), found {self.lora_dropout!r}")
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
+        if isinstance(self.target_parameters, str):
+            self.target_parameters = [self.target_parameters]
+        if self.target_parameters is not None:
+            self.target_parameters = sorted(set(self.target_parameters))
+            if self.lora_dropout or self.use_dora or self.fan_in_fan_out:
+                raise ValueError("target_parameters need lora_dropout 0, use_dora false and fan_in_fan_out false "
+                                 "(the update is added to the Parameter itself; PEFT refuses these too)")
 
     def rank_and_alpha(self, module_name: str):
         """(r, lora_alpha) for ``module_name`` after rank_pattern / alpha_pattern."""

@@ -17,6 +17,7 @@ from ...models.common.layers import Conv1D, Embedding, Linear
 from ..tuner_layer import AdapterState, TunerLayer
 from .config import LoraConfig
 from .layer import LoraEmbedding, LoraLinear, lora_layer_for
+from .params import LoraExperts, LoraRouter, lora_for_parameters, parameter_targets
 
 ALL_LINEAR = "all-linear"
 CLASSIFIER_HEADS = ("score", "classifier")
@@ -76,6 +77,8 @@ def adaptable_modules(model: nn.Cell) -> Dict[str, nn.Cell]:
 def resolve_targets(config: LoraConfig, model: nn.Cell):
     """The config's target_modules, with ``None`` -> the family default and ``"all-linear"`` expanded."""
     targets = config.target_modules
+    if targets is None and config.target_parameters:
+        return []
     if targets is None:
         targets = getattr(model, "lora_target_modules", None)
         if targets is None:
@@ -107,17 +110,71 @@ def rename_parameters(model: nn.Cell) -> None:
         param.name = path
 
 
+def convert_moe_targets(config: LoraConfig, model: nn.Cell) -> None:
+    """Retarget, in place, what PEFT 0.21 retargets on transformers 5 MoE models (its
+    ``_convert_peft_config_moe``), so adapters made here and by PEFT adapt the same tensors.
+
+    transformers 4 had one ``nn.Linear`` per expert (``gate_proj``/``up_proj``/``down_proj``, Mixtral
+    ``w1``/``w3``/``w2``) and a linear router ``gate``; transformers 5 fuses them into Parameters. PEFT maps
+    those names to ``target_parameters`` (``gate_up_proj``, ``down_proj``, ``gate.weight``) and drops them from
+    ``target_modules``, so dense layers with the same names (DeepSeek's first layers, shared experts, Qwen3-MoE's
+    ``mlp_only_layers``) are no longer adapted; the fused gate+up tensor gets rank and alpha x2; ``"all-linear"``
+    becomes the linear layers' last names plus those four. Models without experts are left alone.
+    """
+    layout = getattr(getattr(model, "config", None), "expert_layout", None)
+    if layout is None or not isinstance(config, LoraConfig):
+        return
+    gate, up, down = layout.names
+    mapping = {"gate": "gate.weight", gate: "gate_up_proj", up: "gate_up_proj", down: "down_proj"}
+    targets = config.target_modules
+    if isinstance(targets, str):
+        if targets.lower() == ALL_LINEAR:
+            linear = [n for n, c in adaptable_modules(model).items() if isinstance(c, (Linear, Conv1D, LoraLinear))]
+            targets = {n.split(".")[-1] for n in linear if n.split(".")[-1] not in {"lm_head", *CLASSIFIER_HEADS}}
+            targets |= set(mapping)
+        else:  # a regex: the last names of the modules and Parameters it matches, v4 expert names included
+            names = [n for n, _ in model.cells_and_names() if n] + [n for n, _ in model.parameters_and_names()]
+            containers = {n.rpartition(".")[0] for n in names if n.endswith((".gate_up_proj", ".down_proj"))}
+            names += [f"{c}.{old}" for c in containers for old in (gate, up, down)]
+            targets = {n.split(".")[-1] for n in names if re.fullmatch(config.target_modules, n)}
+            if not targets:
+                return
+    kept, parameters, fused = [], set(config.target_parameters or []), set()
+    for target in targets or []:
+        old = next((o for o in mapping if target == o or target.endswith("." + o)), None)
+        if old is None:
+            kept.append(target)
+            continue
+        parameters.add(mapping[old])
+        if old in (gate, up):
+            fused.add(old)
+    if len(fused) == 1:
+        raise ValueError(f"target_modules name {sorted(fused)[0]!r} but not {({gate, up} - fused).pop()!r}; both are "
+                         "fused into the experts' gate_up_proj, so target both or neither")
+    if fused:
+        config.rank_pattern[r".*\.gate_up_proj"] = config.r * 2
+        config.alpha_pattern[r".*\.gate_up_proj"] = config.lora_alpha * 2
+    config.target_modules = sorted(kept)
+    config.target_parameters = sorted(parameters) or None
+
+
 def inject_lora(model: nn.Cell, config: LoraConfig, adapter_name: str, state: AdapterState,
                 seed: Optional[int] = None) -> List[str]:
-    """Add adapter ``adapter_name`` to every module ``config`` targets, wrapping plain layers.
+    """Add adapter ``adapter_name`` to every module and Parameter ``config`` targets, wrapping plain layers.
 
     Returns:
-        The adapted module names. Raises ``ValueError`` when nothing matches.
+        The adapted module names (``<module>.<param>`` for target_parameters). Raises ``ValueError`` when
+        nothing matches.
     """
+    convert_moe_targets(config, model)
     targets = resolve_targets(config, model)
     modules = adaptable_modules(model)
-    matched = [name for name in modules if is_target(config, name, targets)]
-    if not matched:
+    matched = [name for name in modules if is_target(config, name, targets)] if targets else []
+    by_parameter = parameter_targets(model, config.target_parameters or [])
+    if config.target_parameters and not by_parameter:
+        raise ValueError(f"target_parameters {config.target_parameters} match no Parameter of {type(model).__name__}; "
+                         "MoE experts are 'mlp.experts.gate_up_proj' / 'mlp.experts.down_proj', routers 'gate.weight'")
+    if not matched and not by_parameter:
         sample = ", ".join(list(modules)[:6])
         suffixes = sorted({n.split(".")[-1] for n in modules})
         raise ValueError(
@@ -139,6 +196,15 @@ def inject_lora(model: nn.Cell, config: LoraConfig, adapter_name: str, state: Ad
         r, alpha = config.rank_and_alpha(name)
         layer.add_adapter(adapter_name, r, alpha, config.scaling(r, alpha), config.lora_dropout,
                           config.init_lora_weights, config.use_dora, rng)
+    cells = dict(model.cells_and_names())
+    for path, params in by_parameter.items():
+        layer = lora_for_parameters(cells[path], params, state, path)
+        if layer is not cells[path]:
+            replace_module(model, path, layer)
+        for param in params:
+            r, alpha = config.rank_and_alpha(f"{path}.{param}")
+            layer.add_param_adapter(param, adapter_name, r, config.scaling(r, alpha), config.init_lora_weights, rng)
+        matched += [f"{path}.{param}" for param in params]
     rename_parameters(model)
     if isinstance(config.target_modules, str) and config.target_modules.lower() == ALL_LINEAR:
         config.target_modules = sorted(matched)  # PEFT saves the expanded list
@@ -146,7 +212,8 @@ def inject_lora(model: nn.Cell, config: LoraConfig, adapter_name: str, state: Ad
 
 
 def lora_layers(model: nn.Cell) -> Dict[str, TunerLayer]:
-    return {name: cell for name, cell in model.cells_and_names() if isinstance(cell, (LoraLinear, LoraEmbedding))}
+    kinds = (LoraLinear, LoraEmbedding, LoraExperts, LoraRouter)
+    return {name: cell for name, cell in model.cells_and_names() if isinstance(cell, kinds)}
 
 
 def unload(model: nn.Cell) -> None:
