@@ -60,13 +60,28 @@ def test_saved_preset_tokenizer_keeps_its_behaviour(tmp_path):
 
 
 def test_every_tokenizer_class_loads_the_presets_of_its_class(smollm2_gguf, gpt2_dir):
-    assert presets_with_tokenizers() == ["gpt2", "smollm2_135m_instruct"]
+    assert presets_with_tokenizers() == [
+        "gpt2", "gpt2_13b", "gpt2_large", "gpt2_medium", "gpt2_xl", "mistral_7b", "mixtral_8x7b", "smollm2_135m_instruct"
+    ]
     assert set(presets_with_tokenizers()) <= set(list_presets())
     smollm2 = LlamaTokenizer.from_pretrained("smollm2_135m_instruct")
     assert type(smollm2) is LlamaTokenizer
     assert smollm2("hello!") == {"input_ids": [28120, 17], "attention_mask": [1, 1]}
     assert AutoTokenizer.from_pretrained("smollm2_135m_instruct")("hello!") == smollm2("hello!")
     assert type(GPT2Tokenizer.from_pretrained("gpt2")) is GPT2Tokenizer
+    for size in ("gpt2_medium", "gpt2_large", "gpt2_xl", "gpt2_13b"):  # the gpt2 preset's tokenizer section
+        assert GPT2Tokenizer.from_pretrained(size)("hello!") == MINDFORMERS_GPT2_HELLO
+
+
+def test_mistral_presets_tokenize_as_mistral_7b(mistral, texts):
+    """mistral_7b and mixtral_8x7b: Mistral's v1 sentencepiece model from the assets, with <s> before each text
+    and no </s> after, as a Mistral-7B-v0.1 folder (its tokenizer.model and tokenizer_config.json) gives."""
+    preset = LlamaTokenizer.from_pretrained("mistral_7b")
+    assert type(preset) is LlamaTokenizer and preset("Hello world!")["input_ids"] == [1, 22557, 1526, 28808]
+    assert (preset.bos_token_id, preset.eos_token_id, preset.pad_token, preset.vocab_size) == (1, 2, None, 32000)
+    assert [preset.encode(text) for text in texts] == [mistral.encode(text) for text in texts]
+    mixtral = AutoTokenizer.from_pretrained("mixtral_8x7b")
+    assert [mixtral.encode(text) for text in texts] == [mistral.encode(text) for text in texts]
 
 
 def test_preset_errors(gpt2_dir):
@@ -80,7 +95,8 @@ def test_preset_errors(gpt2_dir):
         GPT2Tokenizer.from_pretrained("smollm2_135m_instruct")
     no_tokenizer = (
         r"preset 'llama2_7b' defines no tokenizer \(.*predict_llama2_7b.yaml has no processor.tokenizer section\); "
-        r"presets with a tokenizer: gpt2, smollm2_135m_instruct"
+        r"presets with a tokenizer: gpt2, gpt2_13b, gpt2_large, gpt2_medium, gpt2_xl, mistral_7b, mixtral_8x7b, "
+        r"smollm2_135m_instruct"
     )
     with pytest.raises(ValueError, match=no_tokenizer):
         GPT2Tokenizer.from_pretrained("llama2_7b")
