@@ -100,7 +100,8 @@ def test_preset_errors(gpt2_dir):
     )
     with pytest.raises(ValueError, match=no_tokenizer):
         GPT2Tokenizer.from_pretrained("llama2_7b")
-    with pytest.raises(UnknownNameError, match="'gtp2' is neither a local path nor a known preset; known presets: gpt"):
+    unknown = "'gtp2' is neither a local path nor a known preset; known presets: deepseek_v3, gpt2, gpt2_13b, "
+    with pytest.raises(UnknownNameError, match=unknown):
         GPT2Tokenizer.from_pretrained("gtp2")
     # what looks like a path is never taken for a preset
     with pytest.raises(FileNotFoundError, match="no tokenizer directory or file at gpt2.json"):
