@@ -149,7 +149,8 @@ def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: 
     if config.peft_type != "LORA":
         raise _invalid(f"{directory}: a {config.peft_type} adapter; the serving engine runs LoRA adapters only")
     unsupported = [f for f, bad in (("use_dora", config.use_dora), ("modules_to_save", config.modules_to_save),
-                                    ("bias", config.bias != "none")) if bad]
+                                    ("bias", config.bias != "none"),
+                                    ("target_parameters (MoE experts or routers)", config.target_parameters)) if bad]
     if unsupported:
         raise _invalid(f"{directory}: LoRA with {', '.join(unsupported)} is not served (plain LoRA and rsLoRA are); "
                        f"merge the adapter into the model instead")

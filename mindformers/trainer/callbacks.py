@@ -246,8 +246,8 @@ class ProgressCallback(TrainerCallback):
     """A tqdm progress bar over ``state.max_steps`` on stderr, on the main process only.
 
     The bar starts at ``state.start_step`` (so a resumed run shows its true position and tqdm's rate and ETA
-    count only this process's steps); its postfix shows the latest ``loss``, ``lr`` (scientific) and
-    ``tok/s``. Evaluation metrics are printed on their own line above the bar.
+    count only this process's steps); its postfix shows the latest ``loss``, ``aux`` (MoE models' load-balancing
+    loss), ``lr`` (scientific) and ``tok/s``. Evaluation metrics are printed on their own line above the bar.
     """
 
     def __init__(self):
@@ -273,9 +273,11 @@ class ProgressCallback(TrainerCallback):
         if self._bar is None or not state.is_main_process:
             return
         parts = []
-        loss, lr, tps = (_as_float(logs.get(k)) for k in ("loss", "lr", "tokens_per_second"))
+        loss, aux, lr, tps = (_as_float(logs.get(k)) for k in ("loss", "aux_loss", "lr", "tokens_per_second"))
         if loss is not None:
             parts.append(f"loss={loss:.4f}")
+        if aux is not None:
+            parts.append(f"aux={aux:.3f}")
         if lr is not None:
             parts.append(f"lr={lr:.2e}")
         if tps is not None:

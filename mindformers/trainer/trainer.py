@@ -79,8 +79,9 @@ class _StepFunctions:
     large batch, whatever the accumulation and the number of ranks.
 
     ``step`` is a whole optimizer step on one batch (one graph: forward, backward, sums over ranks, clip,
-    update). With gradient accumulation, ``gradients`` returns one micro-batch's loss and gradients and
-    ``update`` applies the summed, weighted ones.
+    update) returning (loss, gradient norm, router aux loss). With gradient accumulation, ``gradients``
+    returns one micro-batch's ((loss, aux loss), gradients) and ``update`` applies the summed, weighted ones.
+    The aux loss is the MoE load-balancing loss (0 for other models), already inside the loss.
     """
 
     def __init__(self, model, optimizer, args: TrainingArguments, world_size: int):
@@ -88,10 +89,15 @@ class _StepFunctions:
         self.max_norm = args.max_grad_norm or 0.0
         self.all_reduce = ops.AllReduce() if world_size > 1 else None  # sum over ranks
 
-        def loss_of(input_ids, attention_mask, labels):
-            return model(input_ids, attention_mask, None, labels)[0]
+        # MoE models with output_router_logits return (loss, logits, aux_loss); the loss includes the aux term
+        reports_aux = getattr(model, "config", None) is not None and model.config.aux_loss_settings() is not None
+        self.reports_aux = reports_aux
 
-        self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters)
+        def loss_of(input_ids, attention_mask, labels):
+            out = model(input_ids, attention_mask, None, labels)
+            return out[0], (out[2] if reports_aux else ops.zeros((), ms.float32))
+
+        self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters, has_aux=True)
         # The update is always compiled: MindSpore's optimizers compile their own inner step when called
         # eagerly and would compile it again for every new tuple of gradients.
         self._update_compiled = ms.jit(self._update)
@@ -103,12 +109,14 @@ class _StepFunctions:
             self.step = self._eager_step
 
     def _step(self, input_ids, attention_mask, labels, tokens, lr_factor):
-        loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
+        loss, norm = self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        return loss, norm, aux
 
     def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor):
-        loss, grads = self._value_and_grad(input_ids, attention_mask, labels)
-        return self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
+        loss, norm = self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        return loss, norm, aux
 
     def update(self, weighted_grads, loss_sum, tokens, lr_factor):
         """Apply gradients summed outside the compiled step; returns (mean loss, gradient norm)."""
@@ -393,7 +401,7 @@ class Trainer:
         self.callbacks.on_train_begin(state, args)
         epoch = state.global_step // steps_per_epoch
         skip = (state.global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        window = {"loss": [], "tokens": 0, "steps": 0, "start": time.time()}
+        window = {"loss": [], "aux": [], "tokens": 0, "steps": 0, "start": time.time(), "reports_aux": steps.reports_aux}
         while state.global_step < max_steps:
             accumulated, micro, loss_sum, tokens = None, 0, 0.0, 0
             for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip, model=model),
@@ -406,9 +414,11 @@ class Trainer:
                 window["tokens"] += int(batch["attention_mask"].sum())
                 scored = self._scored_tokens(batch["labels"])
                 if args.gradient_accumulation_steps == 1:
-                    loss, norm = steps.step(ids, mask, labels, Tensor([scored], ms.float32), lr_factor)
+                    loss, norm, aux = steps.step(ids, mask, labels, Tensor([scored], ms.float32), lr_factor)
+                    window["aux"].append(float(aux.asnumpy()))
                 else:
-                    loss, grads = steps.gradients(ids, mask, labels)
+                    (loss, aux), grads = steps.gradients(ids, mask, labels)
+                    window["aux"].append(float(aux.asnumpy()))
                     grads = tuple(g * scored for g in grads)
                     accumulated = grads if accumulated is None else tuple(a + g for a, g in zip(accumulated, grads))
                     loss_sum += float(loss.asnumpy()) * scored
@@ -444,8 +454,10 @@ class Trainer:
             state.tokens_seen += window["tokens"]
             logs = {"loss": float(np.mean(window["loss"])), "lr": lr, "grad_norm": norm,
                     "tokens_per_second": window["tokens"] / max(elapsed, 1e-9), "step_time": elapsed / window["steps"]}
+            if window["reports_aux"]:  # the MoE load-balancing loss (inside "loss", times its coefficient)
+                logs["aux_loss"] = float(np.mean(window["aux"]))
             state.log_history.append({"step": state.global_step, "epoch": round(state.epoch, 4), **logs})
-            window.update(loss=[], tokens=0, steps=0, start=time.time())
+            window.update(loss=[], aux=[], tokens=0, steps=0, start=time.time())
         self.callbacks.on_step_end(state, logs)
         if eval_data is not None and args.eval_steps and state.global_step % args.eval_steps == 0:
             self._log_eval(model, eval_data, state)
