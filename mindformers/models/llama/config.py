@@ -54,6 +54,12 @@ class LlamaConfig(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        # values equal to what would be derived count as derived (config.json files write them out), so
+        # replace(num_heads=..., hidden_size=...) derives them again
+        if self.num_key_value_heads == self.num_attention_heads:
+            self._given.discard("num_key_value_heads")
+        if self.head_dim == self.hidden_size // self.num_attention_heads:
+            self._given.discard("head_dim")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -124,8 +130,9 @@ class Qwen2Config(LlamaConfig):
         if not self.use_sliding_window:
             self.sliding_window = None  # as transformers: the window only counts when switched on
         check_sliding_window(self)
-        if self.layer_types is None:
+        if self.layer_types is None or self.layer_types == self._default_layer_types():
             self.layer_types = self._default_layer_types()
+            self._given.discard("layer_types")  # as derived: follows num_hidden_layers in replace()
         kinds = {"full_attention", "sliding_attention"}
         if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= kinds:
             raise ValueError(f"{type(self).__name__}: layer_types must list one of {sorted(kinds)} per layer "
