@@ -32,6 +32,7 @@ FAMILIES = os.path.join(FIXTURES, "families")
 ATOL = 1e-4
 CLASSES = {
     "qwen3": Qwen3ForCausalLM,
+    "qwen3_window": Qwen3ForCausalLM,  # full attention in layer 0, a 5-token window in layers 1-2
     "mistral": MistralForCausalLM,
     "mixtral": MixtralForCausalLM,
     "qwen3_moe": Qwen3MoeForCausalLM,
@@ -106,11 +107,14 @@ def test_left_padded_batch_equals_single_rows(family):
     assert (batch[1, :5] == 0).all()
 
 
-def test_sliding_window_changes_prefill_and_decode():
-    """Mistral's window (6) is shorter than the 20-token input and the 22-token generations; without it
-    the logits and greedy ids differ, so the matches above exercise the window."""
-    ref = reference("mistral")
-    full = load("mistral", sliding_window=None)
+@pytest.mark.parametrize("name, no_window", [("mistral", dict(sliding_window=None)),
+                                             ("qwen3_window", dict(use_sliding_window=False))])
+def test_sliding_window_changes_prefill_and_decode(name, no_window):
+    """The windows (Mistral 6, Qwen3 5 on its upper layers) are shorter than the 20-token inputs and the
+    22-token generations; without them the logits and greedy ids differ, so the matches above exercise them."""
+    ref = reference(name)
+    full = load(name, **no_window)
+    assert full.config.attention_window() is None
     assert np.abs(full(ids_tensor(ref["input_ids"])).asnumpy() - ref["logits"]).max() > 1e-2
     prompt = [list(ref["input_ids"][0, :12])]
     assert (full.generate(prompt, max_new_tokens=10, eos_token_id=[])[0] != ref["greedy"][0]).any()
