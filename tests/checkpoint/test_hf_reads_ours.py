@@ -16,7 +16,7 @@ from mindformers import AutoModel
 from tests.conftest import FIXTURES, ids_tensor
 
 SAVED = os.path.join(FIXTURES, "saved_by_us")
-NAMES = ["llama_gqa", "llama3_tied", "qwen2", "gpt2", "gpt2_seqcls"]
+NAMES = ["llama_gqa", "llama3_tied", "qwen2", "gpt2", "gpt2_seqcls", "qwen3", "mistral", "mixtral", "qwen3_moe", "deepseek_v3"]
 
 
 @pytest.mark.parametrize("name", NAMES)
