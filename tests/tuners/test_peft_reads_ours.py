@@ -16,14 +16,23 @@ from tests.conftest import FIXTURES, INTEROP, ids_tensor
 
 OURS = os.path.join(FIXTURES, "peft_reads_ours")
 CASES = [("qv_rslora_patterns", "llama"), ("dora_mlp", "llama"), ("embedding", "llama"), ("gpt2_bias_all", "gpt2"),
-         ("swift_converted", "llama"), ("swift_converted/first", "llama")]
+         ("swift_converted", "llama"), ("swift_converted/first", "llama"),
+         ("mixtral_experts", "mixtral"), ("qwen3_moe_all_linear", "qwen3_moe")]  # MoE: experts and routers
+
+
+def base_and_ids(family):
+    if family in ("llama", "gpt2"):
+        return os.path.join(INTEROP, family, "base"), np.load(os.path.join(INTEROP, family, "input_ids.npy"))
+    directory = os.path.join(FIXTURES, "families", family)
+    return directory, np.load(os.path.join(directory, "reference.npz"))["input_ids"]
 
 
 @pytest.mark.parametrize("case, family", CASES)
 def test_peft_gives_our_logits_on_our_files(case, family, tmp_path):
     directory = os.path.join(OURS, *case.split("/"))
-    model = PeftModel.from_pretrained(AutoModel.from_pretrained(os.path.join(INTEROP, family, "base")), directory)
-    ids = ids_tensor(np.load(os.path.join(INTEROP, family, "input_ids.npy")))
+    base, ids = base_and_ids(family)
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(base), directory)
+    ids = ids_tensor(ids)
     np.testing.assert_allclose(model(ids).asnumpy(), np.load(os.path.join(directory, "peft_logits.npz"))["logits"],
                                atol=1e-4, rtol=0)
     model.save_pretrained(str(tmp_path))
