@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from ..registry import TASKS
-from ..utils import logger
+from ..utils import graphs_released_after, logger
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
 from .checkpointing import (earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
@@ -354,6 +354,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _train(self, model, resume) -> TrainerState:
+        # the compiled training step goes with the run (the evaluation step stays: evaluate() reuses it)
+        with graphs_released_after(keep="evaluate_batch"):
+            return self._run_training(model, resume)
+
+    def _run_training(self, model, resume) -> TrainerState:
         args = self.args
         if args.sink_mode:
             logger.warning("sink_mode=True: data sinking needs Ascend; on this backend steps run one at a time")
@@ -496,41 +501,53 @@ class Trainer:
     def _evaluate(self, model, data) -> Dict[str, float]:
         """Token-weighted loss over the data (and accuracy for classification), summed over ranks."""
         model.set_train(False)
-        total_loss, weight, correct, count = 0.0, 0, 0, 0
+        total_loss, weight, correct, count, aux_sum, batches = 0.0, 0, 0, 0, 0.0, 0
         evaluate_batch = self._eval_step(model)
+        aux_settings = model.config.aux_loss_settings() if self.model_task == "causal_lm" else None
         for batch in self._batches(data, self.args.eval_batch_size, False, 0, model=model):
             ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
-            loss, predicted = evaluate_batch(ids, mask, labels)
+            loss, other = evaluate_batch(ids, mask, labels)
             tokens = self._scored_tokens(batch["labels"])
             if self.model_task != "causal_lm":
                 scored = batch["labels"] != -100
-                correct += int((predicted.asnumpy()[scored] == batch["labels"][scored]).sum())
+                correct += int((other.asnumpy()[scored] == batch["labels"][scored]).sum())
                 count += int(scored.sum())
+            elif aux_settings is not None:  # the loss holds coefficient * aux; perplexity is of the rest
+                aux = float(other.asnumpy())
+                aux_sum, batches = aux_sum + aux, batches + 1
+                total_loss -= aux_settings[0] * aux * tokens
             total_loss += float(loss.asnumpy()) * tokens
             weight += tokens
         if self.world_size > 1:
-            sums = ops.AllReduce()(Tensor(np.array([total_loss, weight, correct, count], np.float32))).asnumpy()
+            sums = ops.AllReduce()(Tensor(np.array([total_loss, weight, correct, count, aux_sum, batches],
+                                                   np.float32))).asnumpy()
             total_loss, weight, correct, count = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3])
+            aux_sum, batches = float(sums[4]), int(sums[5])
         if weight == 0:
             raise ValueError("the evaluation data holds no tokens to score")
         loss = total_loss / weight
         metrics = {"eval_loss": loss}
         if self.model_task == "causal_lm":
             metrics["eval_perplexity"] = float(math.exp(min(loss, 50.0)))
+            if aux_settings is not None:
+                metrics["eval_aux_loss"] = aux_sum / max(batches, 1)
         else:
             metrics["eval_accuracy"] = correct / max(count, 1)
         return metrics
 
     def _eval_step(self, model):
-        """``(input_ids, attention_mask, labels) -> (mean loss, predicted classes or the loss)``, compiled
-        once per model in jit mode (only the loss and the predictions leave the graph, not the logits)."""
+        """``(input_ids, attention_mask, labels) -> (mean loss, predicted classes, or the MoE load-balancing
+        loss, or the loss)``, compiled once per model in jit mode (only these leave the graph, not the logits)."""
         if self._eval_for is not model:
             classify = self.model_task != "causal_lm"
+            reports_aux = not classify and model.config.aux_loss_settings() is not None
 
             def evaluate_batch(input_ids, attention_mask, labels):
                 out = model(input_ids, attention_mask, None, labels)
                 loss, logits = out[0], out[1]
-                return loss, (logits.argmax(-1) if classify else loss)
+                if classify:
+                    return loss, logits.argmax(-1)
+                return loss, (out[2] if reports_aux else loss)
 
             self._eval_compiled = ms.jit(evaluate_batch) if self.args.mode == "jit" else evaluate_batch
             self._eval_for = model

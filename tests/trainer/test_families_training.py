@@ -46,6 +46,15 @@ def test_mixtral_lora_finetune_reports_the_aux_loss(tmp_path, tok, small_chats):
     assert all(1.0 <= a <= 4.0 for a in aux), aux  # E * sum f_e P_e: 1 when balanced, at most top_k * E / top_k
     records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
     assert all("aux_loss" in r for r in records if "loss" in r)
+    # evaluation: eval_loss and eval_perplexity of the cross entropy, the load-balancing loss on its own
+    metrics = Trainer(model=model, tokenizer=tok, args=args(tmp_path / "eval"), eval_dataset=small_chats[1]).evaluate()
+    assert 1.0 <= metrics["eval_aux_loss"] <= 4.0
+    assert abs(metrics["eval_perplexity"] - np.exp(metrics["eval_loss"])) < 1e-3 * metrics["eval_perplexity"]
+    base = model.get_base_model()  # the same model without the aux term: the same eval_loss
+    base.config.output_router_logits = False
+    base.aux_loss = base.config.aux_loss_settings()
+    plain = Trainer(model=model, tokenizer=tok, args=args(tmp_path / "eval2"), eval_dataset=small_chats[1]).evaluate()
+    assert abs(plain["eval_loss"] - metrics["eval_loss"]) < 1e-4 and "eval_aux_loss" not in plain
     checkpoint = tmp_path / "out" / "checkpoint-8"
     reloaded = PeftModel.from_pretrained(MixtralForCausalLM.from_config(config, seed=0), str(checkpoint))
     ids = tok("Hello there, how are you?", return_tensors="ms")["input_ids"]

@@ -194,9 +194,13 @@ class SparseMoeBlock(nn.Cell):
 
 
 def load_balancing_loss(router_logits: Tuple, num_experts: int, top_k: int, attention_mask=None):
-    """The auxiliary loss of Switch Transformer (Fedus et al. 2021, eqs. 4-6) over all MoE layers, as
-    transformers' ``load_balancing_loss_func``: ``num_experts * sum_e f_e * P_e`` with ``f_e`` the share of
+    """The auxiliary loss of Switch Transformer (Fedus et al. 2021, eqs. 4-6), as transformers'
+    ``load_balancing_loss_func`` computes it: ``num_experts * sum_e f_e * P_e`` with ``f_e`` the share of
     top-k assignments and ``P_e`` the mean router probability of expert e, padding tokens excluded.
+
+    WARNING: like transformers, ``f`` and ``P`` are pooled over all MoE layers before the product, so only the
+    pooled load is balanced; layers can stay unbalanced in ways that cancel out (the paper applies the loss
+    per layer; research/qwen3_moe_pretrain measures the difference).
 
     Args:
         router_logits: one ``[batch * seq, experts]`` tensor per MoE layer.
