@@ -37,7 +37,7 @@ from .pipeline import (
     TextGenerationPipeline,
     pipeline,
 )
-from .parallel import ContextConfig, ParallelContextConfig, init_context
+from .parallel import ContextConfig, ParallelConfig, ParallelContextConfig, RecomputeConfig, init_context
 from .presets import list_presets
 from .processors import BaseProcessor, GPT2Processor, LlamaProcessor
 from .registry import CONFIGS, MODELS, PROCESSORS, TASKS, TOKENIZERS, TUNERS, Registry

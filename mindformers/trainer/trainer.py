@@ -19,6 +19,7 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from ..registry import TASKS
+from ..parallel.config import ParallelConfig, RecomputeConfig
 from ..utils import graphs_released_after, logger
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
@@ -28,7 +29,7 @@ from .optim import build_optimizer, global_norm, scale_all, schedule_factor
 from .state import TrainerState
 
 RUN_SECTIONS = ("model", "processor", "training", "train_dataset", "eval_dataset", "task", "run_mode", "context",
-                "parallel", "trainer")
+                "parallel", "parallel_config", "recompute_config", "trainer")
 
 
 def _world() -> tuple:
@@ -193,7 +194,8 @@ class Trainer:
         self._untouched = None  # the pretrained model while no step or checkpoint has changed it
         self._eval_for, self._eval_compiled = None, None  # the model the evaluation step was built for, and it
         self._tokenizer = None
-        self.parallel_config: Dict[str, Any] = {"data_parallel": self.world_size}
+        self.parallel_config = ParallelConfig.from_dict(run.get("parallel_config"), f"{where}: parallel_config")
+        self.recompute_config = RecomputeConfig.from_dict(run.get("recompute_config"), f"{where}: recompute_config")
 
     def _model_yaml(self, run: Dict[str, Any], args: Any) -> str:
         """A YAML path the Auto classes can read for the run's model (and processor) sections; one written
@@ -211,21 +213,52 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ configuration
-    def set_parallel_config(self, data_parallel: int = 1, model_parallel: int = 1, pipeline_stage: int = 1,
-                            micro_batch_num: int = 1, **_: Any) -> None:
-        """MindFormers' parallel settings. Data parallelism follows the msrun process group; model and
-        pipeline parallelism need Ascend/GPU and a later version of this suite."""
-        if model_parallel != 1 or pipeline_stage != 1:
-            raise NotImplementedError("model_parallel and pipeline_stage other than 1 are not supported (MindSpore runs "
-                                      "only data parallelism on CPU); use data_parallel")
-        if data_parallel not in (1, self.world_size):
-            raise ValueError(f"data_parallel={data_parallel} but {self.world_size} process(es) run; start the script "
-                             f"with msrun --worker_num={data_parallel}")
-        self.parallel_config = {"data_parallel": self.world_size, "micro_batch_num": micro_batch_num}
+    def set_parallel_config(self, data_parallel: int = 1, model_parallel: int = 1, context_parallel: int = 1,
+                            vocab_emb_dp: bool = True, use_seq_parallel: bool = False, pipeline_stage: int = 1,
+                            micro_batch_num: int = 1, micro_batch_interleave_num: int = 1,
+                            gradient_aggregation_group: int = 4, expert_parallel: int = 1,
+                            optimizer_shard: bool = False) -> None:
+        """MindFormers' ``set_parallel_config``: how the model is split (see :class:`ParallelConfig`). It is
+        checked against the model when training starts; in a stand-alone run (one process) the split takes
+        no effect and a warning says so, as MindFormers documents."""
+        for name, value in (("context_parallel", context_parallel), ("micro_batch_interleave_num", micro_batch_interleave_num)):
+            if value != 1:
+                raise ValueError(f"{name}={value} is not supported (only 1)")
+        self.parallel_config = ParallelConfig(
+            data_parallel=data_parallel, model_parallel=model_parallel, pipeline_stage=pipeline_stage,
+            micro_batch_num=micro_batch_num, expert_parallel=expert_parallel, vocab_emb_dp=vocab_emb_dp,
+            use_seq_parallel=use_seq_parallel, gradient_aggregation_group=gradient_aggregation_group,
+            optimizer_shard=optimizer_shard)
 
-    def set_recompute_config(self, recompute: bool = False, **_: Any) -> None:
-        """Recompute every decoder layer's activations in the backward pass (less memory, more compute)."""
-        self.args = self.args.replace(recompute=bool(recompute))
+    def set_recompute_config(self, recompute: Any = False, parallel_optimizer_comm_recompute: bool = False,
+                             select_recompute: Any = False, mp_comm_recompute: bool = True,
+                             recompute_slice_activation: bool = False, select_comm_recompute: bool = False) -> None:
+        """MindFormers' ``set_recompute_config`` (see :class:`RecomputeConfig`): ``recompute`` recomputes whole
+        decoder layers (all, or the first n of each stage), ``select_recompute`` their feed-forward blocks."""
+        self.recompute_config = RecomputeConfig(
+            recompute=recompute, select_recompute=select_recompute, select_comm_recompute=select_comm_recompute,
+            mp_comm_recompute=mp_comm_recompute, parallel_optimizer_comm_recompute=parallel_optimizer_comm_recompute,
+            recompute_slice_activation=recompute_slice_activation)
+
+    def _check_parallel(self, model) -> None:
+        """Check the split against the model; say what a stand-alone or data-parallel run does with it."""
+        parallel = self.parallel_config
+        parallel.check(model.config, seq_length=self.args.seq_length)
+        if self.world_size == 1 and (parallel.is_split or parallel.data_parallel > 1):
+            logger.warning("parallel_config (data_parallel %d, model_parallel %d, pipeline_stage %d%s) takes no effect "
+                           "in a stand-alone run (one process): training on one device. Start the script with msrun "
+                           "for data parallelism; `python -m mindformers.parallel.plan` shows the split on %d devices",
+                           parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage,
+                           ", optimizer_shard" if parallel.optimizer_shard else "", parallel.device_num)
+        elif self.world_size > 1:
+            if parallel.is_split:
+                raise NotImplementedError(
+                    f"model_parallel/pipeline_stage/expert_parallel/optimizer_shard under msrun need "
+                    f"semi_auto_parallel on Ascend/GPU; on CPU this run has {self.world_size} data-parallel processes "
+                    "(set parallel_config to data_parallel only)")
+            if parallel.data_parallel not in (1, self.world_size):
+                raise ValueError(f"parallel_config.data_parallel={parallel.data_parallel} but {self.world_size} "
+                                 f"process(es) run; start the script with msrun --worker_num={parallel.data_parallel}")
 
     # ------------------------------------------------------------------ setup
     @property
@@ -378,8 +411,10 @@ class Trainer:
             raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self.world_size} processes)")
         steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-        if args.recompute:
-            self._apply_recompute(model)
+        self._check_parallel(model)
+        recompute = self.recompute_config
+        if args.recompute or recompute.recompute or recompute.select_recompute:
+            self._apply_recompute(model, True if args.recompute else recompute.recompute, recompute.select_recompute)
             if args.mode == "jit" and ms.get_context("device_target") == "CPU":
                 logger.warning("recompute with compiled steps on CPU: MindSpore's CPU kernels for broadcasts keep "
                                "large per-kernel buffers and recompute doubles them, so memory drops only when "
@@ -554,8 +589,11 @@ class Trainer:
         return self._eval_compiled
 
     @staticmethod
-    def _apply_recompute(model) -> None:
-        """Mark every decoder layer for recomputation in the backward pass (compiled steps)."""
+    def _apply_recompute(model, layers: Any = True, select: Any = False) -> None:
+        """Mark decoder layers for recomputation in the backward pass (compiled steps): all of them
+        (``layers`` True), the first n (``[n]``, MindFormers' per-stage counts, one stage here), and with
+        ``select`` the feed-forward block of every other layer (MindFormers' select_recompute: the MLP
+        product and SiLU)."""
         from mindspore import nn
 
         tuner = tuner_of(model)
@@ -563,5 +601,9 @@ class Trainer:
         stacks = [c for _, c in base.cells_and_names() if isinstance(c, nn.CellList)]
         if not stacks:
             raise ValueError(f"{type(base).__name__} has no layer list to recompute")
-        for layer in stacks[0]:
-            layer.recompute()
+        count = len(stacks[0]) if layers is True else (0 if layers is False else int(sum(layers[:1])))
+        for i, layer in enumerate(stacks[0]):
+            if i < count:
+                layer.recompute()
+            elif select and getattr(layer, "mlp", None) is not None:
+                layer.mlp.recompute()

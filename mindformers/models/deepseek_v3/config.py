@@ -21,6 +21,15 @@ class DeepseekV3Config(LlamaConfig):
     aliases = {**LlamaConfig.aliases, "num_local_experts": "n_routed_experts",
                "num_mtp_layers": "num_nextn_predict_layers"}
     expert_layout: ClassVar[ExpertLayout] = ExpertLayout()  # mlp.experts.<e>.{gate,up,down}_proj.weight
+    # MLA: the low-rank down projections (q_a_proj, kv_a_proj_with_mqa) are small and stay whole on every
+    # device; the per-head up projections and q_proj split by heads, o_proj by its input
+    tp_plan: ClassVar[Dict[str, str]] = {
+        **{k: v for k, v in LlamaConfig.tp_plan.items() if ".self_attn." not in k},
+        "model.layers.*.self_attn.q_proj": "colwise",
+        "model.layers.*.self_attn.q_b_proj": "colwise",
+        "model.layers.*.self_attn.kv_b_proj": "colwise",
+        "model.layers.*.self_attn.o_proj": "rowwise",
+    }
 
     vocab_size: int = 129280
     hidden_size: int = 7168

@@ -1,6 +1,6 @@
 """Config of GPT-2."""
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 from ...configuration_utils import PretrainedConfig
 
@@ -25,6 +25,15 @@ class GPT2Config(PretrainedConfig):
         "intermediate_size": "n_inner",
     }
     aliases = {"n_ctx": "max_position_embeddings", "hidden_act": "activation_function"}
+    # model-parallel split (mindformers/parallel/plan.py): Conv1D keeps [in, out], the plan knows
+    tp_plan: ClassVar[Dict[str, str]] = {
+        "transformer.wte": "vocab",
+        "transformer.h.*.attn.c_attn": "colwise",
+        "transformer.h.*.attn.c_proj": "rowwise",
+        "transformer.h.*.mlp.c_fc": "colwise",
+        "transformer.h.*.mlp.c_proj": "rowwise",
+        "lm_head": "head",
+    }
 
     vocab_size: int = 50257
     hidden_size: int = 768

@@ -20,6 +20,23 @@ class LlamaConfig(PretrainedConfig):
     # the decoder's parts (see models/common/decoder.py); a family changes these, not the decoder
     attention_class: ClassVar[str] = "Attention"
     qk_norm: ClassVar[bool] = False
+    # how model parallelism splits each module (see mindformers/parallel/plan.py); * = a layer index
+    tp_plan: ClassVar[Dict[str, str]] = {
+        "model.embed_tokens": "vocab",
+        "model.layers.*.self_attn.q_proj": "colwise",
+        "model.layers.*.self_attn.k_proj": "colwise",
+        "model.layers.*.self_attn.v_proj": "colwise",
+        "model.layers.*.self_attn.o_proj": "rowwise",
+        "model.layers.*.mlp.gate_proj": "colwise",
+        "model.layers.*.mlp.up_proj": "colwise",
+        "model.layers.*.mlp.down_proj": "rowwise",
+        "model.layers.*.mlp.experts": "experts",
+        "model.layers.*.mlp.shared_experts.gate_proj": "colwise",
+        "model.layers.*.mlp.shared_experts.up_proj": "colwise",
+        "model.layers.*.mlp.shared_experts.down_proj": "rowwise",
+        "lm_head": "head",
+        "score": "replicate",
+    }
 
     intermediate_size: int = 11008
     """Width of the SwiGLU feed-forward layer."""

@@ -1,7 +1,7 @@
 """Config of PanguAlpha, with MindFormers' field names (``ffn_hidden_size``, ``num_layers``, ``num_heads``,
 ``seq_length``, ``embedding_dropout_prob``, ``checkpoint_name_or_path``, ...)."""
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 from ...configuration_utils import PretrainedConfig
 
@@ -20,6 +20,15 @@ class PanguAlphaConfig(PretrainedConfig):
     """
 
     model_type = "pangualpha"
+    # model-parallel split (mindformers/parallel/plan.py), as MindFormers shards PanguAlpha
+    tp_plan: ClassVar[Dict[str, str]] = {
+        "backbone.embedding.word_embedding": "vocab",
+        **{f"backbone.{block}.attention.dense{i}": "colwise" for block in ("blocks.*", "top_query_layer")
+           for i in (1, 2, 3)},
+        **{f"backbone.{block}.attention.projection": "rowwise" for block in ("blocks.*", "top_query_layer")},
+        **{f"backbone.{block}.output.mapping": "colwise" for block in ("blocks.*", "top_query_layer")},
+        **{f"backbone.{block}.output.projection": "rowwise" for block in ("blocks.*", "top_query_layer")},
+    }
     aliases = {
         "ffn_hidden_size": "intermediate_size",
         "embedding_dropout_prob": "embd_pdrop",
