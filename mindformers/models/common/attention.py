@@ -49,8 +49,9 @@ def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: i
             else:
                 q_count = ops.gather_elements(counts, 1, query_slots.astype(ms.int32)).reshape(batch, 1, q_len, 1)
         allowed = ops.logical_and(allowed, (q_count - k_count) < window)
-    allowed = allowed.broadcast_to((batch, 1, q_len, k_len))
-    return ops.where(allowed, ops.zeros((), ms.float32), ops.full((), NEG_INF, dtype=ms.float32))
+    shape = (batch, 1, q_len, k_len)
+    # all three operands in full shape: semi-automatic parallelism has no Select with broadcasting
+    return ops.where(allowed.broadcast_to(shape), ops.zeros(shape, ms.float32), ops.full(shape, NEG_INF, dtype=ms.float32))
 
 
 def split_heads(x, heads: int, head_dim: int):

@@ -20,7 +20,7 @@ embedding and layer names and reuse the loop.
 from typing import Tuple
 
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 from ...generation.utils import GenerationMixin
 from ...modeling_utils import PreTrainedModel
@@ -177,6 +177,8 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.backbone_class(config))
         self.lm_head = make_lm_head(config)
+        # a tied head's product with the embedding, as a primitive of this model (mindformers.parallel.shard)
+        self.tied_matmul = ops.MatMul(transpose_b=True) if self.lm_head is None else None
         self.aux_loss = config.aux_loss_settings()  # (coefficient, experts, top_k) or None
 
     def stack(self):
@@ -184,7 +186,7 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
-        out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels)
+        out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul)
         if labels is None or self.aux_loss is None:
             return out
         coefficient, experts, top_k = self.aux_loss
@@ -199,7 +201,7 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
         hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
-        logits = lm_output(hidden[:, -1:], self.lm_head, self.stack().embedding_weight(), None)
+        logits = lm_output(hidden[:, -1:], self.lm_head, self.stack().embedding_weight(), None, self.tied_matmul)
         return cast(logits[:, 0], ms.float32)
 
     def kv_cache_spec(self) -> Tuple[int, int, int, int]:

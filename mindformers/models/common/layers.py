@@ -35,13 +35,15 @@ class Linear(nn.Cell):
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_placeholder((out_features, in_features), dtype), name="weight")
         self.bias = Parameter(_placeholder((out_features,), dtype), name="bias") if bias else None
+        # primitives, not functions, so that mindformers.parallel.shard can give them strategies
         self.matmul = ops.MatMul(transpose_b=True)
+        self.add = ops.Add()
 
     def construct(self, x):
         shape = x.shape
         y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
         if self.bias is not None:
-            y = y + self.bias
+            y = self.add(y, self.bias)
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
@@ -53,10 +55,12 @@ class Conv1D(nn.Cell):
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_placeholder((in_features, out_features), dtype), name="weight")
         self.bias = Parameter(_placeholder((out_features,), dtype), name="bias")
+        self.matmul = ops.MatMul()  # primitives: mindformers.parallel.shard gives them strategies
+        self.add = ops.Add()
 
     def construct(self, x):
         shape = x.shape
-        y = ops.matmul(x.reshape(-1, shape[-1]), self.weight) + self.bias
+        y = self.add(self.matmul(x.reshape(-1, shape[-1]), self.weight), self.bias)
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
@@ -66,9 +70,10 @@ class Embedding(nn.Cell):
     def __init__(self, num_embeddings: int, dim: int, dtype=ms.float32):
         super().__init__()
         self.weight = Parameter(_placeholder((num_embeddings, dim), dtype), name="weight")
+        self.gather = ops.Gather()  # a primitive: mindformers.parallel.shard gives it a strategy
 
     def construct(self, ids):
-        return ops.gather(self.weight, ids, 0)
+        return self.gather(self.weight, ids, 0)
 
 
 class RMSNorm(nn.Cell):
@@ -320,13 +325,19 @@ def make_lm_head(config) -> Optional[Linear]:
     return Linear(config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype])
 
 
-def lm_output(hidden, lm_head, embedding_weight, labels):
+def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None):
     """Logits [batch, seq, vocab] from the final hidden states (through ``lm_head`` or the tied
-    embedding), and ``(loss, logits)`` when ``labels`` are given."""
+    embedding), and ``(loss, logits)`` when ``labels`` are given.
+
+    Args:
+        tied_matmul: the ``MatMul(transpose_b=True)`` of a tied head (a model's own, so that it can be
+            sharded; None: a shared one).
+    """
     if lm_head is None:
         # tied weights [vocab, hidden]: transpose inside the matmul (``weight.T`` would copy 100+ MB per call)
         shape = hidden.shape
-        logits = _MATMUL_NT(hidden.reshape(-1, shape[-1]), embedding_weight).reshape(shape[:-1] + (-1,))
+        matmul = _MATMUL_NT if tied_matmul is None else tied_matmul
+        logits = matmul(hidden.reshape(-1, shape[-1]), embedding_weight).reshape(shape[:-1] + (-1,))
     else:
         logits = lm_head(hidden)
     if labels is None:

@@ -132,11 +132,15 @@ class Router(nn.Cell):
         _, best = ops.topk(group_scores, spec.topk_group, dim=-1)
         keep = ops.one_hot(best, spec.n_group, ops.ones((), ms.float32), ops.zeros((), ms.float32)).sum(1)
         keep = keep.reshape(tokens, spec.n_group, 1).broadcast_to((tokens, spec.n_group, size))
-        return ops.where(keep.reshape(tokens, spec.num_experts) > 0, choice, ops.full((), -np.inf, dtype=ms.float32))
+        # a full-shape -inf: semi-automatic parallelism has no Select with broadcasting
+        return ops.where(keep.reshape(tokens, spec.num_experts) > 0, choice, ops.full_like(choice, -np.inf))
 
 
 class Experts(nn.Cell):
     """``num_experts`` gated MLPs in two 3-D Parameters (transformers 5's layout, see the module doc)."""
+
+    per_expert = False
+    """Compute with one batched product per expert (:meth:`_per_expert`) instead of the folded 2-D products."""
 
     def __init__(self, config, spec: MoeSpec):
         super().__init__()
@@ -146,12 +150,17 @@ class Experts(nn.Cell):
                                       name="gate_up_proj")
         self.down_proj = Parameter(_placeholder((self.num_experts, self.hidden, self.width), dtype), name="down_proj")
         self.matmul_nt = ops.MatMul(transpose_b=True)
+        # the per-expert form of the same sum (see _per_expert), chosen by mindformers.parallel.shard
+        self.gate_up_matmul = ops.BatchMatMul(transpose_b=True)
+        self.down_matmul = ops.BatchMatMul(transpose_b=True)
 
     def init_parameters(self, rng: np.random.Generator, std: float) -> Dict[Parameter, np.ndarray]:
         return {p: rng.normal(0.0, std, p.shape) for p in (self.gate_up_proj, self.down_proj)}
 
     def construct(self, x, weights):
         """x [tokens, hidden], weights [tokens, experts] -> sum_e weights[:, e] * expert_e(x)."""
+        if self.per_expert:
+            return self._per_expert(x, weights)
         tokens = x.shape[0]
         experts, width, hidden = self.num_experts, self.width, self.hidden
         gate_up_proj, down_proj = self.expert_weights()
@@ -162,6 +171,28 @@ class Experts(nn.Cell):
         act = act * cast(weights, act.dtype).expand_dims(-1)
         down = down_proj.swapaxes(1, 2).reshape(experts * width, hidden)
         return ops.matmul(act.reshape(tokens, experts * width), down)
+
+    def _per_expert(self, x, weights):
+        """The same sum with one batched product per expert, the 3-D weights used as they are stored.
+
+        Semi-automatic parallelism splits a Parameter only where an op with a strategy reads it directly; in
+        the folded form above the weights reach their products through reshapes and would stay whole. Here
+        ``gate_up_matmul`` / ``down_matmul`` read them, so experts split by expert_parallel and widths by
+        model_parallel (mindformers.parallel.shard sets ``per_expert`` and the strategies). Same result up to
+        float rounding (the sum over experts is a separate reduction).
+        """
+        tokens = x.shape[0]
+        experts, width, hidden = self.num_experts, self.width, self.hidden
+        gate_up_proj, down_proj = self.expert_weights()
+        x = x.reshape(1, tokens, hidden).broadcast_to((experts, tokens, hidden))
+        act = gated_activation(self.gate_up_matmul(x, gate_up_proj), width)  # [experts, tokens, width]
+        act = act * cast(weights, act.dtype).swapaxes(0, 1).expand_dims(-1)  # weights [experts, tokens, 1]
+        return self.down_matmul(act, down_proj).sum(0)  # [experts, tokens, hidden] -> [tokens, hidden]
+
+    def take_compute(self, base: "Experts") -> None:
+        """Use ``base``'s primitives and form (a wrapper built without ``__init__`` keeps their strategies)."""
+        self.matmul_nt, self.gate_up_matmul, self.down_matmul = base.matmul_nt, base.gate_up_matmul, base.down_matmul
+        self.per_expert = base.per_expert
 
     def expert_weights(self):
         """``(gate_up_proj, down_proj)`` as the computation uses them (a LoRA layer adds its updates here)."""

@@ -41,7 +41,8 @@ class GPT2Attention(nn.Cell):
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
 
     def construct(self, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
-        q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
+        qkv = self.c_attn(x)
+        q, k, v = ops.split(qkv, qkv.shape[-1] // 3, -1)  # (each a third: heads may be split)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
         q = split_heads(q, self.num_heads, self.head_dim)
         k = split_heads(k, self.num_heads, self.head_dim)

@@ -139,7 +139,7 @@ class LoraExperts(Experts, _ParamLora):
         nn.Cell.__init__(self)
         self.num_experts, self.width, self.hidden = base.num_experts, base.width, base.hidden
         self.gate_up_proj, self.down_proj = base.gate_up_proj, base.down_proj
-        self.matmul_nt = base.matmul_nt
+        self.take_compute(base)
         self._init_params_lora(base, params, state)
 
     def expert_weights(self):
@@ -151,7 +151,8 @@ class LoraExperts(Experts, _ParamLora):
         plain = Experts.__new__(Experts)
         nn.Cell.__init__(plain)
         plain.num_experts, plain.width, plain.hidden = self.num_experts, self.width, self.hidden
-        plain.gate_up_proj, plain.down_proj, plain.matmul_nt = self.gate_up_proj, self.down_proj, self.matmul_nt
+        plain.gate_up_proj, plain.down_proj = self.gate_up_proj, self.down_proj
+        plain.take_compute(self)
         return plain
 
 
