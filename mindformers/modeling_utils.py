@@ -193,11 +193,13 @@ class PreTrainedModel(nn.Cell):
     def _expert_layout(self):
         return getattr(self.config, "expert_layout", None)
 
-    def checkpoint_state(self) -> Dict[str, np.ndarray]:
-        """:meth:`state_dict` in the layout the family's checkpoints use (MoE experts one tensor each, as
-        transformers saves them); what :meth:`save_pretrained` writes."""
+    def checkpoint_state(self, state: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """``state`` (default :meth:`state_dict`) in the layout the family's checkpoints use (MoE experts one
+        tensor each, as transformers saves them); what :meth:`save_pretrained` writes."""
+        from .tuners.tuner_model import is_adapter_path
+
         layout = self._expert_layout()
-        state = self.state_dict()
+        state = self.state_dict() if state is None else {k: v for k, v in state.items() if not is_adapter_path(k)}
         return state if layout is None else layout.split(state)
 
     def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> list:
@@ -257,13 +259,15 @@ class PreTrainedModel(nn.Cell):
                 _fill(params[key], value, in_place)
         return head_missing
 
-    def save_pretrained(self, save_directory: str, max_shard_size: Union[int, str] = "5GB") -> None:
+    def save_pretrained(self, save_directory: str, max_shard_size: Union[int, str] = "5GB",
+                        state: Optional[Dict[str, np.ndarray]] = None) -> None:
         """Write ``config.json`` and safetensors weights in Hugging Face's layout and tensor names.
 
         Tied output embeddings are not written (transformers re-ties them on load). Each file is written
-        atomically; a sharded save writes ``model.safetensors.index.json``.
+        atomically; a sharded save writes ``model.safetensors.index.json``. ``state`` replaces the live
+        tensors (whole tensors gathered from a tensor-parallel run).
         """
-        save_state_dict(self.checkpoint_state(), save_directory, max_shard_size)
+        save_state_dict(self.checkpoint_state(state), save_directory, max_shard_size)
         self.config.save_pretrained(save_directory, architecture=type(self).__name__)
         tuner = getattr(self, "_tuner", None)
         if tuner is not None:  # adapters added by pet_config / inject_adapter_in_model: PEFT files beside

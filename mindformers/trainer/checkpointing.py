@@ -6,12 +6,13 @@ otherwise, in Hugging Face's), ``optimizer.safetensors`` (moments and step count
 temporary folder that is renamed into place when complete, so a killed run never leaves a half-written
 checkpoint and an older checkpoint of the same step is replaced only by a complete one.
 """
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -39,19 +40,29 @@ def list_checkpoints(output_dir: str) -> List[str]:
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
-def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args) -> str:
-    """Write ``checkpoint-<global_step>`` atomically; return its path."""
+def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args,
+                    weights: Optional[Dict[str, np.ndarray]] = None,
+                    moments: Optional[Dict[str, np.ndarray]] = None) -> str:
+    """Write ``checkpoint-<global_step>`` atomically; return its path.
+
+    Args:
+        weights, moments: the model's and optimizer's tensors to write instead of the live ones (whole tensors
+            gathered from a tensor-parallel run).
+    """
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"{PREFIX}{state.global_step}")
     tmp = tempfile.mkdtemp(prefix=f".{PREFIX}{state.global_step}.", dir=output_dir)
     try:
         tuner = tuner_of(model)
         if tuner is not None:
-            tuner.save_pretrained(tmp)
+            with tuner.saving_tensors(weights) if weights is not None else contextlib.nullcontext():
+                tuner.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state=weights)
+        if moments is None:
+            moments = {k: v.asnumpy() for k, v in optimizer.state_parameters().items()}
         with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as path:
-            save_file({k: v.asnumpy() for k, v in optimizer.state_parameters().items()}, path)
+            save_file({k: np.ascontiguousarray(v) for k, v in moments.items()}, path)
         atomic_write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(state.to_dict(), indent=1) + "\n")
         args.to_yaml(os.path.join(tmp, "training_args.yaml"))
         if os.path.exists(final):  # same step saved again: swap in the complete new one
@@ -112,8 +123,9 @@ def resolve_resume(resume, output_dir: str) -> Optional[str]:
     return resume
 
 
-def load_checkpoint(path: str, model, optimizer) -> TrainerState:
-    """Restore weights, optimizer state and trainer state from a checkpoint folder."""
+def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> TrainerState:
+    """Restore weights, optimizer state and trainer state from a checkpoint folder (a tensor-parallel run
+    takes its slices of the whole tensors)."""
     for name in ("trainer_state.json", "optimizer.safetensors"):
         if not os.path.isfile(os.path.join(path, name)):
             raise FileNotFoundError(f"{path} is not a complete training checkpoint: {name} is missing "
@@ -123,10 +135,19 @@ def load_checkpoint(path: str, model, optimizer) -> TrainerState:
         for name in tuner.peft_config:
             directory = path if name == "default" else os.path.join(path, name)
             weights = load_state_dict(os.path.join(directory, "adapter_model.safetensors"))
+            if tensor_parallel is not None:  # file keys -> parameter paths, which the split layout names
+                from ..tuners.tuner_model import saved_paths
+
+                paths = saved_paths(tuner.base_model, name, tuner.peft_config[name], peft_keys=True)
+                sliced = tensor_parallel.slice({paths[k]: v for k, v in weights.items() if k in paths})
+                weights = {k: sliced[paths[k]] if k in paths else v for k, v in weights.items()}
             tuner.load_adapter_weights(name, weights, peft_keys=True, source=directory)
     else:
-        model.load_state_dict(load_state_dict(path), strict=True)
+        weights = load_state_dict(path)
+        model.load_state_dict(weights if tensor_parallel is None else tensor_parallel.slice(weights), strict=True)
     saved = load_state_dict(os.path.join(path, "optimizer.safetensors"))
+    if tensor_parallel is not None:
+        saved = tensor_parallel.slice(saved)
     current = optimizer.state_parameters()
     missing = sorted(set(current) - set(saved))
     if missing:

@@ -85,10 +85,17 @@ class _StepFunctions:
     The aux loss is the MoE load-balancing loss (0 for other models), already inside the loss.
     """
 
-    def __init__(self, model, optimizer, args: TrainingArguments, world_size: int):
+    def __init__(self, model, optimizer, args: TrainingArguments, world_size: int, tensor_parallel=None):
         self.optimizer = optimizer
         self.max_norm = args.max_grad_norm or 0.0
-        self.all_reduce = ops.AllReduce() if world_size > 1 else None  # sum over ranks
+        if tensor_parallel is None:
+            self.all_reduce = ops.AllReduce() if world_size > 1 else None  # sum over ranks
+            self.sharded, self.tp_reduce = None, None
+        else:  # gradients sum over the data-parallel replicas; a split tensor's norm over its group
+            dp = tensor_parallel.dp_size > 1
+            self.all_reduce = ops.AllReduce(group=tensor_parallel.dp_group) if dp else None
+            self.sharded = tensor_parallel.sharded_mask(optimizer.parameters)
+            self.tp_reduce = ops.AllReduce(group=tensor_parallel.tp_group)
 
         # MoE models with output_router_logits return (loss, logits, aux_loss); the loss includes the aux term
         reports_aux = getattr(model, "config", None) is not None and model.config.aux_loss_settings() is not None
@@ -134,11 +141,25 @@ class _StepFunctions:
             loss_sum, tokens = self.all_reduce(loss_sum), self.all_reduce(tokens)
         tokens = ops.maximum(tokens, 1.0)  # a batch without scored tokens contributes nothing
         grads = scale_all(weighted_grads, 1.0 / tokens)
-        norm = global_norm(grads)
+        norm = global_norm(grads) if self.sharded is None else self._split_norm(grads)
         if self.max_norm > 0:
             grads = scale_all(grads, ops.minimum(self.max_norm / (norm + 1e-6), 1.0))
         self.optimizer(grads, lr_factor)
         return loss_sum / tokens, norm
+
+    def _split_norm(self, grads):
+        """The global gradient norm under tensor parallelism: the squares of split tensors summed over the
+        group, the replicated ones (the same on every rank) counted once."""
+        split, whole = (), ()
+        for i, is_split in enumerate(self.sharded):
+            if is_split:
+                split = split + (grads[i],)
+            else:
+                whole = whole + (grads[i],)
+        squares = ops.square(global_norm(whole)) if whole else ops.zeros((), ms.float32)
+        if split:
+            squares = squares + self.tp_reduce(ops.square(global_norm(split)))
+        return ops.sqrt(squares)
 
 
 class Trainer:
@@ -195,6 +216,8 @@ class Trainer:
         self._eval_for, self._eval_compiled = None, None  # the model the evaluation step was built for, and it
         self._tokenizer = None
         self.parallel_config = ParallelConfig.from_dict(run.get("parallel_config"), f"{where}: parallel_config")
+        self._tensor_parallel = None  # a TensorParallelRun when model_parallel > 1 under msrun on CPU
+        self._data_rank, self._data_world = self.rank, self.world_size
         self.recompute_config = RecomputeConfig.from_dict(run.get("recompute_config"), f"{where}: recompute_config")
 
     def _model_yaml(self, run: Dict[str, Any], args: Any) -> str:
@@ -251,14 +274,37 @@ class Trainer:
                            parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage,
                            ", optimizer_shard" if parallel.optimizer_shard else "", parallel.device_num)
         elif self.world_size > 1:
-            if parallel.is_split:
+            if parallel.pipeline_stage > 1 or parallel.expert_parallel > 1 or parallel.optimizer_shard:
                 raise NotImplementedError(
-                    f"model_parallel/pipeline_stage/expert_parallel/optimizer_shard under msrun need "
-                    f"semi_auto_parallel on Ascend/GPU; on CPU this run has {self.world_size} data-parallel processes "
-                    "(set parallel_config to data_parallel only)")
-            if parallel.data_parallel not in (1, self.world_size):
-                raise ValueError(f"parallel_config.data_parallel={parallel.data_parallel} but {self.world_size} "
-                                 f"process(es) run; start the script with msrun --worker_num={parallel.data_parallel}")
+                    "pipeline_stage/expert_parallel/optimizer_shard under msrun need semi_auto_parallel on "
+                    f"Ascend/GPU; on CPU {self.world_size} processes run data and tensor (model_parallel) parallelism")
+            if self.world_size % parallel.model_parallel:
+                raise ValueError(f"parallel_config.model_parallel ({parallel.model_parallel}) must divide the "
+                                 f"{self.world_size} processes msrun started")
+            replicas = self.world_size // parallel.model_parallel
+            if parallel.data_parallel not in (1, replicas):
+                raise ValueError(f"parallel_config.data_parallel={parallel.data_parallel} x model_parallel="
+                                 f"{parallel.model_parallel} but {self.world_size} process(es) run; start the script "
+                                 f"with msrun --worker_num={parallel.data_parallel * parallel.model_parallel}")
+            if parallel.model_parallel > 1:
+                self._split_model(model)
+
+    def _split_model(self, model) -> None:
+        """Tensor parallelism on CPU: split the model over groups of model_parallel processes (Megatron-style
+        layers with explicit collectives, mindformers/parallel/tensor_parallel.py); the rest of the processes
+        are data-parallel replicas, each reading its own shard of the data."""
+        from ..parallel.tensor_parallel import TensorParallelRun
+
+        tuner = tuner_of(model)
+        target = model if tuner is None else tuner.base_model  # LoRA layers split with their bases
+        if self._tensor_parallel is not None and self._tensor_parallel.model is target:
+            return  # split by an earlier train() of this Trainer
+        run = TensorParallelRun(self.world_size, self.parallel_config.model_parallel, self.parallel_config.vocab_emb_dp)
+        split = run.split(target)
+        self._tensor_parallel = run
+        self._data_rank, self._data_world = run.dp_rank, run.dp_size
+        logger.info("tensor parallel rank %d of %d (data-parallel replica %d of %d): %d layers split",
+                    run.tp_rank, run.tp_size, run.dp_rank, run.dp_size, len(split))
 
     # ------------------------------------------------------------------ setup
     @property
@@ -345,7 +391,7 @@ class Trainer:
         # one batch shape (seq_length, full rows) unless pad_to_multiple_of asks otherwise: one compiled graph
         for batch in data.batches(batch_size, shuffle=shuffle, seed=self.args.seed, epoch=epoch,
                                   drop_last=self.args.dataloader_drop_last if shuffle else False,
-                                  rank=self.rank, world_size=self.world_size,
+                                  rank=self._data_rank, world_size=self._data_world,
                                   pad_to_multiple_of=self.args.pad_to_multiple_of or self.args.seq_length,
                                   start_batch=start, full_last=True):
             yield fit_rows(batch, limit, self.model_task)
@@ -353,7 +399,7 @@ class Trainer:
     def _num_batches(self, data, batch_size: int) -> int:
         if hasattr(data, "get_dataset_size"):
             return data.get_dataset_size()
-        return data.num_batches(batch_size, drop_last=self.args.dataloader_drop_last, world_size=self.world_size)
+        return data.num_batches(batch_size, drop_last=self.args.dataloader_drop_last, world_size=self._data_world)
 
     # ------------------------------------------------------------------ entry points
     def train(self, train_checkpoint: Optional[str] = None, resume_training: Optional[Union[bool, str]] = None):
@@ -401,17 +447,17 @@ class Trainer:
             raise ValueError("no training data: pass train_dataset= (a JSON/JSONL/text file, records or a dataset)")
         eval_data = self._dataset(self._eval_source, "eval_dataset")
         self._match_padding(model, data)
+        self._check_parallel(model)  # first: tensor parallelism changes how many data shards there are
         size = None if hasattr(data, "get_dataset_size") else len(data)  # a MindSpore dataset batches itself
-        if size is not None and args.batch_size * self.world_size > size:
-            raise ValueError(f"batch_size={args.batch_size} x {self.world_size} process(es) is larger than the training "
+        if size is not None and args.batch_size * self._data_world > size:
+            raise ValueError(f"batch_size={args.batch_size} x {self._data_world} process(es) is larger than the training "
                              f"data ({size} examples after tokenization); use a batch_size of at most "
-                             f"{max(1, size // self.world_size)} or more data")
+                             f"{max(1, size // self._data_world)} or more data")
         micro_per_epoch = self._num_batches(data, args.batch_size)
         if micro_per_epoch == 0:
-            raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self.world_size} processes)")
+            raise ValueError(f"the training data gives no batch of {args.batch_size} (x {self._data_world} processes)")
         steps_per_epoch = max(1, math.ceil(micro_per_epoch / args.gradient_accumulation_steps))
         max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-        self._check_parallel(model)
         recompute = self.recompute_config
         if args.recompute or recompute.recompute or recompute.select_recompute:
             self._apply_recompute(model, True if args.recompute else recompute.recompute, recompute.select_recompute)
@@ -431,12 +477,12 @@ class Trainer:
         if self.rank == 0:
             remove_stale_temporaries(args.output_dir)
         if checkpoint:
-            state = load_checkpoint(checkpoint, model, optimizer)
+            state = load_checkpoint(checkpoint, model, optimizer, self._tensor_parallel)
             state.max_steps, state.start_step, state.start_time = max_steps, state.global_step, time.time()
             state.is_main_process = self.rank == 0
             logger.info("resuming from %s at step %d", checkpoint, state.global_step)
         self._untouched = None
-        steps = _StepFunctions(model, optimizer, args, self.world_size)
+        steps = _StepFunctions(model, optimizer, args, self.world_size, self._tensor_parallel)
         model.set_train(True)
         self.callbacks.on_train_begin(state, args)
         epoch = state.global_step // steps_per_epoch
@@ -519,9 +565,14 @@ class Trainer:
             model.config.pad_token_id = int(pad)
 
     def _save(self, model, optimizer, state: TrainerState) -> None:
+        weights = moments = None
+        if self._tensor_parallel is not None:  # whole tensors, gathered by every rank of the group
+            split = self._tensor_parallel.model  # the base model under a tuner: paths as the split layout has them
+            weights = self._tensor_parallel.gather({n: p.asnumpy() for n, p in split.parameters_and_names()})
+            moments = self._tensor_parallel.gather({n: p.asnumpy() for n, p in optimizer.state_parameters().items()})
         if not state.is_main_process:
             return
-        path = save_checkpoint(self.args.output_dir, model, optimizer, state, self.args)
+        path = save_checkpoint(self.args.output_dir, model, optimizer, state, self.args, weights, moments)
         rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, keep=path)
         self.callbacks.on_save(state, path)
 
@@ -553,9 +604,11 @@ class Trainer:
                 total_loss -= aux_settings[0] * aux * tokens
             total_loss += float(loss.asnumpy()) * tokens
             weight += tokens
-        if self.world_size > 1:
-            sums = ops.AllReduce()(Tensor(np.array([total_loss, weight, correct, count, aux_sum, batches],
-                                                   np.float32))).asnumpy()
+        if self._data_world > 1:  # sums over the data shards (tensor-parallel ranks share theirs)
+            tp = self._tensor_parallel
+            reduce = ops.AllReduce() if tp is None else ops.AllReduce(group=tp.dp_group)
+            sums = reduce(Tensor(np.array([total_loss, weight, correct, count, aux_sum, batches],
+                                          np.float32))).asnumpy()
             total_loss, weight, correct, count = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3])
             aux_sum, batches = float(sums[4]), int(sums[5])
         if weight == 0:

@@ -115,6 +115,7 @@ class TunerModel(nn.Cell):
         self.peft_config: Dict[str, TunerConfig] = {}
         self._offloaded: Dict[str, Tuple[str, Optional[Dict[str, np.ndarray]]]] = {}
         self._sources: Dict[str, str] = {}
+        self._saving: Optional[Dict[str, np.ndarray]] = None  # see saving_tensors
         for name, config in configs.items():
             self.add_adapter(name, config, seed=seed)
 
@@ -295,8 +296,21 @@ class TunerModel(nn.Cell):
     def adapter_weights(self, name: str, peft_keys: bool) -> Dict[str, np.ndarray]:
         """Adapter ``name``'s tensors with PEFT file keys or SWIFT (in-memory) keys."""
         self._check_name(name)
-        params = dict(self.base_model.parameters_and_names())
-        return {k: params[p].asnumpy() for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
+        if self._saving is not None:
+            tensors = self._saving
+        else:
+            tensors = {path: param.asnumpy() for path, param in self.base_model.parameters_and_names()}
+        return {k: tensors[p] for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
+
+    @contextlib.contextmanager
+    def saving_tensors(self, tensors: Dict[str, np.ndarray]) -> Iterator[None]:
+        """Inside the block, saving writes ``tensors`` (parameter path -> array) instead of the live Parameters:
+        the whole tensors a tensor-parallel run gathered from its slices."""
+        self._saving = tensors
+        try:
+            yield
+        finally:
+            self._saving = None
 
     def load_adapter_weights(self, name: str, weights: Dict[str, np.ndarray], peft_keys: bool, source: str) -> None:
         """Copy saved tensors into adapter ``name``; every tensor must fit exactly."""

@@ -27,27 +27,37 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(small_chats, tmp_path_factory):
+def run_msrun(worker: str, workers: int, argv, log_dir) -> None:
+    """Run ``worker`` with ``argv`` under msrun with ``workers`` processes on this machine (0: one plain
+    process); fail with the workers' logs if it does not exit cleanly."""
+    # msrun starts its workers with the `python` found on PATH: make it this environment's
+    env = {**os.environ, "PYTHONPATH": REPO,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    if workers == 0:
+        done = subprocess.run([sys.executable, worker, *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return
     # msrun of this interpreter's environment: its workers run with its python (and packages)
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
     if not os.path.exists(msrun):
         msrun = shutil.which("msrun") or msrun
     if not os.path.exists(msrun):
         pytest.skip("msrun (installed with mindspore) not found")
-    out = tmp_path_factory.mktemp("dp")
-    # msrun starts its workers with the `python` found on PATH: make it this environment's
-    env = {**os.environ, "PYTHONPATH": REPO,
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    parallel = subprocess.run(
-        [msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}", f"--log_dir={out}/logs",
-         "--join=True", WORKER, str(out), small_chats[0], "2", str(STEPS), "True"],
+    done = subprocess.run(
+        [msrun, f"--worker_num={workers}", f"--local_worker_num={workers}", f"--master_port={free_port()}",
+         f"--log_dir={log_dir}", "--join=True", worker, *argv],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    logs = "".join(open(os.path.join(out, "logs", n)).read()[-3000:] for n in sorted(os.listdir(out / "logs")))
-    assert parallel.returncode == 0, parallel.stdout[-2000:] + parallel.stderr[-2000:] + logs
-    single = subprocess.run([sys.executable, WORKER, str(out), small_chats[0], "4", str(STEPS), "False"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert single.returncode == 0, single.stderr[-3000:]
+    if done.returncode:
+        logs = "".join(open(os.path.join(log_dir, n)).read()[-3000:] for n in sorted(os.listdir(log_dir)))
+        raise AssertionError(done.stdout[-2000:] + done.stderr[-2000:] + logs)
+
+
+@pytest.fixture(scope="module")
+def runs(small_chats, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp")
+    run_msrun(WORKER, 2, [str(out), small_chats[0], "2", str(STEPS), "True"], out / "logs")
+    run_msrun(WORKER, 0, [str(out), small_chats[0], "4", str(STEPS), "False"], out / "logs_single")
     return out
 
 
