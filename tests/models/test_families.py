@@ -202,6 +202,18 @@ def test_moe_layer_choice_follows_transformers():
     assert [deepseek.mlp_class(i) for i in range(4)] == ["GatedMLP", "GatedMLP", "SparseMoeBlock", "SparseMoeBlock"]
 
 
+def test_head_dim_equal_to_hidden_over_heads_survives_a_round_trip(tmp_path):
+    # Qwen3's head_dim defaults to 128: a given 16 that happens to equal hidden / heads stays 16 after
+    # save_pretrained -> from_pretrained and replace() (it was once taken for a derived value and lost)
+    from mindformers import LlamaConfig
+
+    config = Qwen3MoeConfig(hidden_size=128, num_attention_heads=8, num_key_value_heads=4, head_dim=16)
+    config.save_pretrained(str(tmp_path))
+    assert AutoConfig.from_pretrained(str(tmp_path)).head_dim == 16
+    assert config.replace(num_hidden_layers=2).head_dim == 16
+    assert LlamaConfig(hidden_size=64, num_attention_heads=4).replace(hidden_size=128).head_dim == 32
+
+
 def test_zz_report_largest_differences(capsys):
     """Prints the largest logit difference per family (README's family table quotes these)."""
     with capsys.disabled():

@@ -1,5 +1,5 @@
 """Config of the Llama family (Llama 2/3, SmolLM2, Qwen2 via ``qkv_bias``)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Dict, List, Optional
 
 from ...configuration_utils import PretrainedConfig
@@ -73,9 +73,11 @@ class LlamaConfig(PretrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         # values equal to what would be derived count as derived (config.json files write them out), so
         # replace(num_heads=..., hidden_size=...) derives them again
-        if self.num_key_value_heads == self.num_attention_heads:
+        # (only where the field's default is None, i.e. derived: Qwen3's head_dim defaults to 128)
+        derived = {f.name for f in fields(self) if f.default is None}
+        if self.num_key_value_heads == self.num_attention_heads and "num_key_value_heads" in derived:
             self._given.discard("num_key_value_heads")
-        if self.head_dim == self.hidden_size // self.num_attention_heads:
+        if self.head_dim == self.hidden_size // self.num_attention_heads and "head_dim" in derived:
             self._given.discard("head_dim")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
