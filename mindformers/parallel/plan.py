@@ -171,6 +171,14 @@ def _memory(config, parallel, recompute, parameters, seq_length, batch_size) -> 
     return out
 
 
+def dryrun_mismatches(plan: Dict[str, Any]) -> Dict[str, Tuple[list, list]]:
+    """``{name: (plan's local shape, MindSpore's)}`` where the dry run's per-device shape differs from the plan,
+    for the parameters the compiled rank holds."""
+    dryrun = plan["dryrun"]
+    return {name: (plan["parameters"][name]["local_shape"], shape) for name, shape in dryrun["parameters"].items()
+            if plan["parameters"][name]["local_shape"] != shape}
+
+
 def format_plan(plan: Dict[str, Any], limit: int = 0) -> str:
     """The plan as text: the split, each module style, each parameter's shapes (``limit`` > 0 shows that many
     per stage), and memory per device."""
@@ -181,17 +189,36 @@ def format_plan(plan: Dict[str, Any], limit: int = 0) -> str:
              f"optimizer_shard {pc['optimizer_shard']}); batch {plan['batch_size']} x {plan['seq_length']} tokens",
              "", "strategies:"]
     lines += [f"  {key:48s} {desc}" for key, desc in plan["strategies"].items()]
-    lines += ["  (everything else is replicated)", "", f"{'parameter':64s} {'global shape':>22s} {'per device':>22s} stage"]
+    dryrun = plan.get("dryrun")
+    header = f"{'parameter':64s} {'global shape':>22s} {'per device':>22s} stage"
+    if dryrun:
+        header += f" {'MindSpore, rank ' + str(dryrun['rank']):>22s}"
+    lines += ["  (everything else is replicated)", "", header]
     shown: Dict[int, int] = {}
     for name, p in plan["parameters"].items():
         shown[p["stage"]] = shown.get(p["stage"], 0) + 1
         if limit and shown[p["stage"]] > limit:
             continue
-        lines.append(f"{name:64s} {str(tuple(p['shape'])):>22s} {str(tuple(p['local_shape'])):>22s} {p['stage']:5d}")
+        line = f"{name:64s} {str(tuple(p['shape'])):>22s} {str(tuple(p['local_shape'])):>22s} {p['stage']:5d}"
+        if dryrun:
+            compiled = dryrun["parameters"].get(name)
+            mark = "-" if compiled is None else str(tuple(compiled)) + ("" if compiled == p["local_shape"] else " !")
+            line += f" {mark:>22s}"
+        lines.append(line)
     lines += ["", "memory per device (GB): weights, gradients, optimizer states, activations (with recompute), total"]
     for stage, m in plan["memory_gb"].items():
         lines.append(f"  {stage}: {m['weights']:.2f} + {m['gradients']:.2f} + {m['optimizer_states']:.2f} + "
                      f"{m['activations']:.2f} ({m['activations_recompute']:.2f}) = {m['total']:.2f}")
+    if dryrun:
+        differ = dryrun_mismatches(plan)
+        stage = {plan["parameters"][n]["stage"] for n in dryrun["parameters"]}
+        lines += ["", f"dry run: MindSpore compiled the training step of rank {dryrun['rank']} (stage "
+                      f"{', '.join(map(str, sorted(stage)))}) in {dryrun['seconds']:.1f} s; it holds "
+                      f"{len(dryrun['parameters'])} parameters, "
+                      + ("all shaped as planned" if not differ else f"{len(differ)} shaped otherwise (marked !)")]
+        if dryrun.get("stored"):
+            lines.append(f"  optimizer_shard: {len(dryrun['stored'])} of them stored split further over data_parallel "
+                         "between steps")
     return "\n".join(lines)
 
 
@@ -210,6 +237,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, help="global batch (default: data_parallel x micro_batch_num)")
     parser.add_argument("--json", help="also write the plan as JSON to this file")
     parser.add_argument("--all", action="store_true", help="list every parameter (default: 12 per stage)")
+    parser.add_argument("--dryrun", action="store_true",
+                        help="also compile the training step for --rank under MindSpore's dry run (simulated Ascend "
+                             "devices; builds stub CANN libraries once, needs gcc) and show its per-device shapes")
+    parser.add_argument("--rank", type=int, default=0, help="the rank the dry run compiles for (default 0)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the dry-run compile may take")
     args = parser.parse_args(argv)
     from ..auto import AutoConfig
 
@@ -221,7 +253,15 @@ def main(argv=None) -> int:
                                   use_seq_parallel=args.use_seq_parallel, optimizer_shard=args.optimizer_shard)
         plan = make_plan(config, parallel, args.device_num, args.seq_length, args.batch_size,
                          RecomputeConfig(recompute=args.recompute))
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+        if args.dryrun:
+            from .dryrun import compile_step
+
+            print(f"compiling the training step of rank {args.rank} of {parallel.device_num} (MindSpore dry run) ...",
+                  file=sys.stderr, flush=True)
+            result = compile_step(config, parallel, args.rank, plan["seq_length"], plan["batch_size"], args.timeout)
+            plan["dryrun"] = {"rank": args.rank, "compiled": result["compiled"], "seconds": result["seconds"],
+                              "parameters": result["parameters"], "stored": result["stored"]}
+    except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_plan(plan, 0 if args.all else 12))
