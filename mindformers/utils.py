@@ -104,6 +104,21 @@ def resolve_resource(spec: str) -> str:
     return path
 
 
+_WRITES = threading.local()
+
+
+@contextlib.contextmanager
+def writes_skipped():
+    """Inside, :func:`write_parameter` does nothing: a model built for its shapes only (the parallel plan's
+    weightless skeleton, whose Parameters have no memory; a dry run could not execute the write anyway)."""
+    previous = getattr(_WRITES, "skip", False)
+    _WRITES.skip = True
+    try:
+        yield
+    finally:
+        _WRITES.skip = previous
+
+
 def write_parameter(param, value) -> None:
     """Copy ``value`` (an array or Tensor of the same shape) into ``param``, in place.
 
@@ -113,6 +128,8 @@ def write_parameter(param, value) -> None:
     """
     from mindspore import Tensor, ops
 
+    if getattr(_WRITES, "skip", False):
+        return
     tensor = value if isinstance(value, Tensor) else Tensor(np.asarray(value), dtype=param.dtype)
     if tensor.dtype != param.dtype:
         tensor = tensor.astype(param.dtype)

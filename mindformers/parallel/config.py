@@ -104,6 +104,49 @@ class ParallelConfig:
                              f"seq_length ({seq_length})")
 
 
+
+ROUTES = ("stand_alone", "data_parallel", "tensor_parallel", "semi_auto_parallel")
+
+
+def route(parallel: ParallelConfig, world_size: int, device_target: str, parallel_mode: str) -> str:
+    """How a run applies ``parallel``: the one place that decides.
+
+    - one process: ``stand_alone`` (the split takes no effect, as MindFormers documents);
+    - CPU under msrun: ``tensor_parallel`` when model_parallel > 1 (explicit collectives,
+      :mod:`mindformers.parallel.tensor_parallel`), else ``data_parallel``; pipeline stages, expert parallel
+      and optimizer shard need semi-automatic parallelism, which MindSpore refuses on CPU;
+    - Ascend/GPU with ``parallel_mode`` semi_auto_parallel / auto_parallel: ``semi_auto_parallel`` (strategies
+      set by :func:`mindformers.parallel.shard.apply_strategies`); with ``data_parallel`` mode a split is refused.
+
+    Raises:
+        ValueError / NotImplementedError naming the setting to change.
+    """
+    if world_size == 1:
+        return "stand_alone"
+    if device_target == "CPU":
+        if parallel.pipeline_stage > 1 or parallel.expert_parallel > 1 or parallel.optimizer_shard:
+            raise NotImplementedError(
+                "pipeline_stage/expert_parallel/optimizer_shard under msrun need semi_auto_parallel on Ascend/GPU; "
+                f"on CPU {world_size} processes run data and tensor (model_parallel) parallelism")
+        if world_size % parallel.model_parallel:
+            raise ValueError(f"parallel_config.model_parallel ({parallel.model_parallel}) must divide the "
+                             f"{world_size} processes msrun started")
+        if parallel.data_parallel not in (1, world_size // parallel.model_parallel):
+            raise ValueError(f"parallel_config.data_parallel={parallel.data_parallel} x model_parallel="
+                             f"{parallel.model_parallel} but {world_size} process(es) run; start the script with "
+                             f"msrun --worker_num={parallel.data_parallel * parallel.model_parallel}")
+        return "tensor_parallel" if parallel.model_parallel > 1 else "data_parallel"
+    if parallel_mode in ("semi_auto_parallel", "auto_parallel"):
+        if parallel.device_num != world_size:
+            raise ValueError(f"parallel_config needs data_parallel x model_parallel x pipeline_stage = "
+                             f"{parallel.device_num} devices, but {world_size} processes run")
+        return "semi_auto_parallel"
+    if parallel.is_split:
+        raise ValueError(f"parallel_config splits the model but parallel_mode is {parallel_mode!r}; set "
+                         "parallel.parallel_mode: semi_auto_parallel to split it on Ascend/GPU")
+    return "data_parallel"
+
+
 @dataclass
 class RecomputeConfig:
     """MindFormers' ``recompute_config``: which activations are recomputed in the backward pass."""

@@ -43,12 +43,31 @@ def _pattern(key: str) -> "re.Pattern":
     return re.compile("^" + re.escape(key).replace(r"\*", r"\d+") + "$")
 
 
+_LORA_FACTOR = re.compile(r"^(.*)\.lora_([AB])\.[^.]+$")
+
+
 def module_style(config, module: str) -> str:
-    """The style the family's ``tp_plan`` gives module path ``module`` ("replicate" when none)."""
+    """The style the family's ``tp_plan`` gives module path ``module`` ("replicate" when none).
+
+    A LoRA layer takes its base layer's split: under a column-parallel base, ``lora_B`` (``[out, r]``) is
+    split like the base (colwise) and ``lora_A`` whole; under a row-parallel base, ``lora_A`` (``[r, in]``)
+    is split like the base (rowwise, with the all-reduce after it) and ``lora_B`` whole."""
+    factor = _LORA_FACTOR.match(module)
+    if factor:
+        base = module_style(config, factor.group(1))
+        return base if (base, factor.group(2)) in (("colwise", "B"), ("rowwise", "A")) else "replicate"
     for key, style in getattr(config, "tp_plan", {}).items():
         if _pattern(key).match(module):
             return style
     return "replicate"
+
+
+def module_kind(cell) -> str:
+    """The weight layout of ``cell`` for :func:`local_shape`: Conv1D ([in, out]) for GPT-2's layers and LoRA
+    layers on them, else the class name."""
+    if getattr(cell, "fan_in_fan_out", False):
+        return "Conv1D"
+    return type(cell).__name__
 
 
 def local_shape(shape: Tuple[int, ...], style: str, kind: str, leaf: str, parallel: ParallelConfig) -> Tuple[int, ...]:
@@ -88,14 +107,18 @@ def stage_of(name: str, layers: int, pipeline_stage: int) -> int:
 
 
 def build_skeleton(config):
-    """The model ``config`` describes, with every Parameter's shape but no memory behind it."""
+    """The model ``config`` describes (with its ``pet_config`` tuner), with every Parameter's shape but no memory
+    behind it."""
     from mindspore.nn.utils import no_init_parameters
 
     from ..auto import model_class_for
     from ..modeling_utils import _weights_filled_by_caller
+    from ..utils import writes_skipped
 
-    with _weights_filled_by_caller(), no_init_parameters():
-        return model_class_for(config, None)(config)
+    with _weights_filled_by_caller(), no_init_parameters(), writes_skipped():
+        model = model_class_for(config, None)(config)
+        model.apply_pet_config()  # the tuner the config asks for (its factors take their base layers' split)
+    return model
 
 
 def make_plan(config, parallel: ParallelConfig, device_num: Optional[int] = None, seq_length: Optional[int] = None,
@@ -112,7 +135,7 @@ def make_plan(config, parallel: ParallelConfig, device_num: Optional[int] = None
     parallel.check(config, device_num, batch_size, seq_length)
     recompute = recompute or RecomputeConfig()
     model = build_skeleton(config)
-    kinds = {path: type(cell).__name__ for path, cell in model.cells_and_names()}
+    kinds = {path: module_kind(cell) for path, cell in model.cells_and_names()}
     layers, pp = config.num_hidden_layers, parallel.pipeline_stage
     parameters = {}
     for name, param in model.parameters_and_names():

@@ -27,6 +27,10 @@ then gathers the [E, tokens, 2I] product over the group before ``silu(gate) * up
 all-gather). Keeping each device's gate and up rows together would need two tensors or an interleaved
 storage order, which the Hugging Face layout does not have.
 
+A LoRA layer takes its base layer's split (:func:`~mindformers.parallel.plan.module_style`): its base product
+as above; on a column-parallel base ``lora_B`` is split like the base and ``lora_A`` whole, on a row-parallel
+base ``lora_A`` is split like the base (the all-reduce follows it) and ``lora_B`` whole.
+
 Pipeline stages: each decoder layer, and every other Cell holding weights, goes to
 :func:`~mindformers.parallel.plan.stage_of` of its parameters (embeddings first, final norm and head last).
 """
@@ -35,6 +39,7 @@ from typing import Dict
 
 from ..models.common.layers import Conv1D, Embedding, Linear
 from ..models.common.moe import Experts, Router
+from ..tuners.lora.layer import LoraLinear
 from .config import ParallelConfig
 from .plan import module_style, stage_of
 
@@ -78,6 +83,14 @@ def apply_strategies(model, parallel: ParallelConfig) -> Dict[str, str]:
                 split = mp if style == "colwise" else 1
                 cell.matmul.shard(((dp, 1), (1, split)))
                 cell.add.shard(((dp, split), (split,)))
+        elif isinstance(cell, LoraLinear):  # the base product; its factors are Linears of their own
+            conv = cell.fan_in_fan_out
+            if style == "rowwise":
+                cell.base_matmul.shard(((dp, mp), (mp, 1)) if conv else ((dp, mp), (1, mp)))
+            elif style == "colwise":
+                cell.base_matmul.shard(((dp, 1), (1, mp)) if conv else ((dp, 1), (mp, 1)))
+            else:
+                cell.base_matmul.shard(((dp, 1), (1, 1)))
         elif isinstance(cell, Embedding):
             cell.gather.shard(((vocab if style == "vocab" else 1, 1), (dp, 1)))
         elif isinstance(cell, Experts):

@@ -335,7 +335,7 @@ def apply_tensor_parallel(model: nn.Cell, vocab_emb_dp: bool, group: str, rank: 
                                   "with data parallelism)")
     done = []
     for path, cell in cells.items():
-        if not path:
+        if not path or any(path.startswith(d + ".") for d in done):  # inside a layer already split
             continue
         style = module_style(config, path)
         leaf = path.rpartition(".")[2]

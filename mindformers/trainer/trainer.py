@@ -218,6 +218,7 @@ class Trainer:
         self.parallel_config = ParallelConfig.from_dict(run.get("parallel_config"), f"{where}: parallel_config")
         self._tensor_parallel = None  # a TensorParallelRun when model_parallel > 1 under msrun on CPU
         self._data_rank, self._data_world = self.rank, self.world_size
+        self._sharded = False  # semi-automatic parallelism: MindSpore reduces the gradients itself
         self.recompute_config = RecomputeConfig.from_dict(run.get("recompute_config"), f"{where}: recompute_config")
 
     def _model_yaml(self, run: Dict[str, Any], args: Any) -> str:
@@ -264,30 +265,38 @@ class Trainer:
             recompute_slice_activation=recompute_slice_activation)
 
     def _check_parallel(self, model) -> None:
-        """Check the split against the model; say what a stand-alone or data-parallel run does with it."""
+        """Check the split against the model and apply it the way :func:`mindformers.parallel.config.route`
+        decides for this run (stand-alone warning, data, tensor or semi-automatic parallelism)."""
+        from ..parallel.config import route
+
         parallel = self.parallel_config
         parallel.check(model.config, seq_length=self.args.seq_length)
-        if self.world_size == 1 and (parallel.is_split or parallel.data_parallel > 1):
+        how = route(parallel, self.world_size, ms.get_context("device_target"),
+                    ms.get_auto_parallel_context("parallel_mode"))
+        if how == "stand_alone" and (parallel.is_split or parallel.data_parallel > 1):
             logger.warning("parallel_config (data_parallel %d, model_parallel %d, pipeline_stage %d%s) takes no effect "
                            "in a stand-alone run (one process): training on one device. Start the script with msrun "
                            "for data parallelism; `python -m mindformers.parallel.plan` shows the split on %d devices",
                            parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage,
                            ", optimizer_shard" if parallel.optimizer_shard else "", parallel.device_num)
-        elif self.world_size > 1:
-            if parallel.pipeline_stage > 1 or parallel.expert_parallel > 1 or parallel.optimizer_shard:
-                raise NotImplementedError(
-                    "pipeline_stage/expert_parallel/optimizer_shard under msrun need semi_auto_parallel on "
-                    f"Ascend/GPU; on CPU {self.world_size} processes run data and tensor (model_parallel) parallelism")
-            if self.world_size % parallel.model_parallel:
-                raise ValueError(f"parallel_config.model_parallel ({parallel.model_parallel}) must divide the "
-                                 f"{self.world_size} processes msrun started")
-            replicas = self.world_size // parallel.model_parallel
-            if parallel.data_parallel not in (1, replicas):
-                raise ValueError(f"parallel_config.data_parallel={parallel.data_parallel} x model_parallel="
-                                 f"{parallel.model_parallel} but {self.world_size} process(es) run; start the script "
-                                 f"with msrun --worker_num={parallel.data_parallel * parallel.model_parallel}")
-            if parallel.model_parallel > 1:
-                self._split_model(model)
+        elif how == "tensor_parallel":
+            self._split_model(model)
+        elif how == "semi_auto_parallel":
+            self._shard_model(model)
+
+    def _shard_model(self, model) -> None:
+        """Ascend/GPU: MindSpore splits the graph after the strategies (mindformers/parallel/shard.py); every
+        rank reads the whole batch (full_batch) and MindSpore inserts the gradient reductions."""
+        from ..parallel.shard import apply_strategies
+
+        parallel = self.parallel_config
+        if parallel.pipeline_stage > 1:
+            raise NotImplementedError("the Trainer's step has no pipeline schedule yet; pipeline_stage > 1 compiles "
+                                      "in the dry run (python -m mindformers.parallel.plan --dryrun)")
+        tuner = tuner_of(model)
+        apply_strategies(model if tuner is None else tuner.base_model, parallel)
+        ms.set_auto_parallel_context(full_batch=True, enable_parallel_optimizer=parallel.optimizer_shard)
+        self._data_rank, self._data_world, self._sharded = 0, 1, True
 
     def _split_model(self, model) -> None:
         """Tensor parallelism on CPU: split the model over groups of model_parallel processes (Megatron-style
@@ -482,7 +491,7 @@ class Trainer:
             state.is_main_process = self.rank == 0
             logger.info("resuming from %s at step %d", checkpoint, state.global_step)
         self._untouched = None
-        steps = _StepFunctions(model, optimizer, args, self.world_size, self._tensor_parallel)
+        steps = _StepFunctions(model, optimizer, args, 1 if self._sharded else self.world_size, self._tensor_parallel)
         model.set_train(True)
         self.callbacks.on_train_begin(state, args)
         epoch = state.global_step // steps_per_epoch

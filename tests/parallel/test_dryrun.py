@@ -3,7 +3,8 @@ compiles the real semi-auto-parallel training step, and the per-device shapes it
 the plan's (python -m mindformers.parallel.plan).
 
 Llama-, MoE- (expert parallel) and MLA-shaped models, scaled down with real ratios: 8 devices (dp2 x mp4)
-and 16 (dp2 x mp4 x pp2, 4 micro-batches, optimizer shard), the first rank of each pipeline stage."""
+and 16 (dp2 x mp4 x pp2, 4 micro-batches, optimizer shard), the first rank of each pipeline stage; and a
+Llama with LoRA on 8 devices."""
 import json
 
 import pytest
@@ -36,13 +37,17 @@ EIGHT = dict(data_parallel=2, model_parallel=4)
 SIXTEEN = dict(data_parallel=2, model_parallel=4, pipeline_stage=2, micro_batch_num=4, optimizer_shard=True)
 
 
-CASES = {"llama": LLAMA, "moe": MOE, "mla": MLA}
-COMPILES = [(name, devices, rank) for name in CASES for devices, rank in ((8, 0), (16, 0), (16, 8))]
+# LoRA on a column-parallel (q_proj) and a row-parallel (o_proj) projection: its factors take the base's split
+LLAMA_LORA = LLAMA.replace(pet_config={"pet_type": "lora", "lora_rank": 8, "lora_alpha": 16,
+                                       "target_modules": ".*q_proj|.*o_proj"})
+CASES = {"llama": LLAMA, "moe": MOE, "mla": MLA, "llama_lora": LLAMA_LORA}
+COMPILES = [(name, devices, rank) for name in ("llama", "moe", "mla") for devices, rank in ((8, 0), (16, 0), (16, 8))]
+COMPILES.append(("llama_lora", 8, 0))
 
 
 def _split(name, devices):
     split = EIGHT if devices == 8 else SIXTEEN
-    return ParallelConfig(**(split if name == "llama" else dict(split, expert_parallel=2)))
+    return ParallelConfig(**(split if name.startswith("llama") else dict(split, expert_parallel=2)))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,12 @@ def test_mindspore_shapes_equal_the_plan(compiled, name, devices, rank):
         assert result["stored"]
     if name == "moe" and stage == 0:  # experts split by expert_parallel, their widths by model_parallel
         assert result["parameters"]["model.layers.0.mlp.experts.gate_up_proj"] == [4, 24, 128]
+    if name == "llama_lora":  # B split with a column-parallel base, A with a row-parallel one
+        shapes = result["parameters"]
+        assert shapes["model.layers.0.self_attn.q_proj.lora_B.default.weight"] == [64, 8]
+        assert shapes["model.layers.0.self_attn.q_proj.lora_A.default.weight"] == [8, 256]
+        assert shapes["model.layers.0.self_attn.o_proj.lora_A.default.weight"] == [8, 64]
+        assert shapes["model.layers.0.self_attn.o_proj.lora_B.default.weight"] == [256, 8]
     assert (compiled[0] / f"{name}_{devices}" / f"strategy_rank{rank}.ckpt").is_file()
 
 

@@ -142,3 +142,25 @@ def test_run_yaml_sections_are_read(tmp_path):
     with pytest.raises(ValueError, match=r"parallel_config: unknown key\(s\) \['pipeline'\]"):
         Trainer(model="gpt2", args={"training": {}, "parallel_config": {"pipeline": 2}})
     assert AutoConfig.from_pretrained("gpt2").model_type == "gpt2"
+
+
+def test_one_place_decides_how_a_run_splits():
+    from mindformers.parallel.config import route
+
+    split = ParallelConfig(data_parallel=2, model_parallel=2)
+    assert route(split, 1, "CPU", "data_parallel") == "stand_alone"
+    assert route(split, 4, "CPU", "data_parallel") == "tensor_parallel"  # msrun on CPU: explicit collectives
+    assert route(ParallelConfig(model_parallel=2), 2, "CPU", "data_parallel") == "tensor_parallel"
+    assert route(ParallelConfig(data_parallel=2), 2, "CPU", "data_parallel") == "data_parallel"
+    assert route(ParallelConfig(), 2, "CPU", "data_parallel") == "data_parallel"  # data_parallel 1: all processes
+    assert route(split, 4, "Ascend", "semi_auto_parallel") == "semi_auto_parallel"  # shard() strategies
+    with pytest.raises(NotImplementedError, match="pipeline_stage/expert_parallel/optimizer_shard under msrun"):
+        route(ParallelConfig(pipeline_stage=2, micro_batch_num=2), 2, "CPU", "data_parallel")
+    with pytest.raises(ValueError, match=r"model_parallel \(2\) must divide the 3 processes"):
+        route(ParallelConfig(model_parallel=2), 3, "CPU", "data_parallel")
+    with pytest.raises(ValueError, match="start the script with msrun --worker_num=4"):
+        route(split, 2, "CPU", "data_parallel")
+    with pytest.raises(ValueError, match="needs data_parallel x model_parallel x pipeline_stage = 4 devices, but 8"):
+        route(split, 8, "Ascend", "semi_auto_parallel")
+    with pytest.raises(ValueError, match="set parallel.parallel_mode: semi_auto_parallel"):
+        route(split, 4, "GPU", "data_parallel")

@@ -67,6 +67,8 @@ class LoraLinear(nn.Cell, TunerLayer):
         self.use_dora: Dict[str, bool] = {}
         self._dora_norms: Dict[str, np.ndarray] = {}  # the row norms a DoRA merge divided by, for unmerge
         self.matmul_nt = ops.MatMul(transpose_b=True)
+        # the base product as a primitive of this layer, so that mindformers.parallel.shard can split it
+        self.base_matmul = ops.MatMul() if self.fan_in_fan_out else self.matmul_nt
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, r: int, alpha: float, scaling: float, dropout: float, init, use_dora: bool,
@@ -116,7 +118,7 @@ class LoraLinear(nn.Cell, TunerLayer):
     def construct(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        base = ops.matmul(x, self.weight) if self.fan_in_fan_out else self.matmul_nt(x, self.weight)
+        base = self.base_matmul(x, self.weight)
         y = base if self.bias is None else base + self.bias
         for name in self.running_adapters():
             dropped = self.lora_dropout[name](x) if name in self.lora_dropout else x
