@@ -108,15 +108,21 @@ _WRITES = threading.local()
 
 
 @contextlib.contextmanager
-def writes_skipped():
-    """Inside, :func:`write_parameter` does nothing: a model built for its shapes only (the parallel plan's
-    weightless skeleton, whose Parameters have no memory; a dry run could not execute the write anyway)."""
+def shapes_only():
+    """Inside, models are built for their shapes only (the parallel plan's weightless skeleton, whose
+    Parameters have no memory): :func:`write_parameter` does nothing (a dry run could not execute the write
+    anyway) and a dtype this machine cannot compute in (bfloat16 on CPU) is accepted."""
     previous = getattr(_WRITES, "skip", False)
     _WRITES.skip = True
     try:
         yield
     finally:
         _WRITES.skip = previous
+
+
+def building_shapes_only() -> bool:
+    """Whether :func:`shapes_only` is in effect."""
+    return getattr(_WRITES, "skip", False)
 
 
 def write_parameter(param, value) -> None:

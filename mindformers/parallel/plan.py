@@ -113,9 +113,9 @@ def build_skeleton(config):
 
     from ..auto import model_class_for
     from ..modeling_utils import _weights_filled_by_caller
-    from ..utils import writes_skipped
+    from ..utils import shapes_only
 
-    with _weights_filled_by_caller(), no_init_parameters(), writes_skipped():
+    with _weights_filled_by_caller(), no_init_parameters(), shapes_only():
         model = model_class_for(config, None)(config)
         model.apply_pet_config()  # the tuner the config asks for (its factors take their base layers' split)
     return model
@@ -245,17 +245,35 @@ def format_plan(plan: Dict[str, Any], limit: int = 0) -> str:
     return "\n".join(lines)
 
 
+def _run_yaml_defaults(source: str) -> Tuple[ParallelConfig, RecomputeConfig, Optional[int], Optional[int]]:
+    """The split a run YAML asks for: its ``parallel_config`` and ``recompute_config`` sections, and its
+    ``training`` section's seq_length and (per data-parallel copy) batch_size; defaults for anything else."""
+    if not source.endswith((".yaml", ".yml")):
+        return ParallelConfig(), RecomputeConfig(), None, None
+    from ..presets import load_yaml
+
+    run = load_yaml(source)
+    training = run.get("training") or run.get("runner_config") or {}
+    return (ParallelConfig.from_dict(run.get("parallel_config"), f"{source}: parallel_config"),
+            RecomputeConfig.from_dict(run.get("recompute_config"), f"{source}: recompute_config"),
+            training.get("seq_length"), training.get("batch_size"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mindformers.parallel.plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a preset name, a Hugging Face directory or a YAML file")
+    parser.add_argument("--config", required=True,
+                        help="a preset name, a Hugging Face directory, or a YAML file (a run YAML's parallel_config, "
+                             "recompute_config and training.seq_length / batch_size are the defaults of the options)")
     parser.add_argument("--device_num", type=int, help="devices (default: dp x mp x pp)")
     for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num", "expert_parallel"):
-        parser.add_argument(f"--{name}", type=int, default=1)
-    parser.add_argument("--optimizer_shard", action="store_true", help="split optimizer states over data_parallel")
-    parser.add_argument("--vocab_emb_dp", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep the embedding and head whole (--no-vocab_emb_dp: split the vocabulary)")
-    parser.add_argument("--use_seq_parallel", action="store_true")
-    parser.add_argument("--recompute", action="store_true", help="recompute every layer (memory estimate)")
+        parser.add_argument(f"--{name}", type=int, help="default: the YAML's parallel_config, else 1")
+    parser.add_argument("--optimizer_shard", action=argparse.BooleanOptionalAction,
+                        help="split optimizer states over data_parallel")
+    parser.add_argument("--vocab_emb_dp", action=argparse.BooleanOptionalAction,
+                        help="keep the embedding and head whole (default; --no-vocab_emb_dp: split the vocabulary)")
+    parser.add_argument("--use_seq_parallel", action=argparse.BooleanOptionalAction)
+    parser.add_argument("--recompute", action=argparse.BooleanOptionalAction,
+                        help="recompute every layer (memory estimate)")
     parser.add_argument("--seq_length", type=int, help="tokens per row (default: the model's max_position_embeddings)")
     parser.add_argument("--batch_size", type=int, help="global batch (default: data_parallel x micro_batch_num)")
     parser.add_argument("--json", help="also write the plan as JSON to this file")
@@ -270,12 +288,17 @@ def main(argv=None) -> int:
 
     try:
         config = AutoConfig.from_pretrained(args.config)
-        parallel = ParallelConfig(data_parallel=args.data_parallel, model_parallel=args.model_parallel,
-                                  pipeline_stage=args.pipeline_stage, micro_batch_num=args.micro_batch_num,
-                                  expert_parallel=args.expert_parallel, vocab_emb_dp=args.vocab_emb_dp,
-                                  use_seq_parallel=args.use_seq_parallel, optimizer_shard=args.optimizer_shard)
-        plan = make_plan(config, parallel, args.device_num, args.seq_length, args.batch_size,
-                         RecomputeConfig(recompute=args.recompute))
+        parallel, recompute, seq_length, batch_size = _run_yaml_defaults(args.config)
+        given = {name: getattr(args, name) for name in ("data_parallel", "model_parallel", "pipeline_stage",
+                                                        "micro_batch_num", "expert_parallel", "vocab_emb_dp",
+                                                        "use_seq_parallel", "optimizer_shard")}
+        parallel = ParallelConfig(**{**asdict(parallel), **{k: v for k, v in given.items() if v is not None}})
+        if args.recompute is not None:
+            recompute = RecomputeConfig(**{**asdict(recompute), "recompute": args.recompute})
+        seq_length = args.seq_length or seq_length
+        batch_size = args.batch_size or (batch_size * parallel.data_parallel * parallel.micro_batch_num
+                                         if batch_size else None)
+        plan = make_plan(config, parallel, args.device_num, seq_length, batch_size, recompute)
         if args.dryrun:
             from .dryrun import compile_step
 

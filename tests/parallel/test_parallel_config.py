@@ -164,3 +164,28 @@ def test_one_place_decides_how_a_run_splits():
         route(split, 8, "Ascend", "semi_auto_parallel")
     with pytest.raises(ValueError, match="set parallel.parallel_mode: semi_auto_parallel"):
         route(split, 4, "GPU", "data_parallel")
+
+
+def test_real_size_run_configs_plan_without_weights(tmp_path, capsys):
+    """The 16-device run YAMLs plan in seconds (no weights): their parallel_config / recompute_config /
+    training sections are the plan's defaults, and a command-line option overrides them."""
+    import os
+
+    from tests.trainer.conftest import REPO
+
+    out = tmp_path / "llama.json"
+    assert plan_main(["--config", os.path.join(REPO, "configs", "llama2", "pretrain_7b_16p.yaml"), "--json", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["device_num"] == 16 and plan["parallel_config"]["pipeline_stage"] == 2
+    assert plan["seq_length"] == 4096 and plan["batch_size"] == 8  # 1 per copy and micro-batch x dp 2 x micro 4
+    assert plan["parameters"]["model.layers.31.mlp.down_proj.weight"] == {
+        "shape": [4096, 11008], "local_shape": [4096, 2752], "stage": 1, "style": "rowwise", "trainable": True}
+    stage0 = plan["memory_gb"]["stage 0"]
+    assert stage0["total"] < stage0["weights"] + stage0["gradients"] + stage0["optimizer_states"] + stage0["activations"]
+    out = tmp_path / "moe.json"
+    assert plan_main(["--config", os.path.join(REPO, "configs", "qwen3_moe", "finetune_30b_a3b_16p.yaml"),
+                      "--json", str(out), "--model_parallel", "2", "--data_parallel", "8"]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["parallel_config"]["expert_parallel"] == 4 and plan["device_num"] == 16
+    assert plan["parameters"]["model.layers.0.mlp.experts.gate_up_proj"]["local_shape"] == [32, 768, 2048]
+    assert "qwen3_moe on 16 devices" in capsys.readouterr().out
