@@ -283,6 +283,8 @@ def main(argv=None) -> int:
                              "devices; builds stub CANN libraries once, needs gcc) and show its per-device shapes")
     parser.add_argument("--rank", type=int, default=0, help="the rank the dry run compiles for (default 0)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the dry-run compile may take")
+    parser.add_argument("--strategy_file", help="with --dryrun: also write MindSpore's strategy checkpoint (every "
+                                                "rank's layouts; what python -m mindformers.parallel.checkpoint reads)")
     args = parser.parse_args(argv)
     from ..auto import AutoConfig
 
@@ -304,7 +306,8 @@ def main(argv=None) -> int:
 
             print(f"compiling the training step of rank {args.rank} of {parallel.device_num} (MindSpore dry run) ...",
                   file=sys.stderr, flush=True)
-            result = compile_step(config, parallel, args.rank, plan["seq_length"], plan["batch_size"], args.timeout)
+            result = compile_step(config, parallel, args.rank, plan["seq_length"], plan["batch_size"], args.timeout,
+                                  args.strategy_file)
             plan["dryrun"] = {"rank": args.rank, "compiled": result["compiled"], "seconds": result["seconds"],
                               "parameters": result["parameters"], "stored": result["stored"]}
     except (ValueError, KeyError, FileNotFoundError, TypeError, RuntimeError) as err:

@@ -97,7 +97,7 @@ def test_documented_example_compiles_for_16_ranks(tmp_path, capsys):
     LLAMA.save_pretrained(str(tmp_path / "llama"))
     code = plan_main(["--config", str(tmp_path / "llama"), "--data_parallel", "4", "--model_parallel", "2",
                       "--pipeline_stage", "2", "--micro_batch_num", "2", "--optimizer_shard", "--dryrun", "--rank", "8",
-                      "--json", str(tmp_path / "plan.json")])
+                      "--json", str(tmp_path / "plan.json"), "--strategy_file", str(tmp_path / "strategy_rank8.ckpt")])
     out = capsys.readouterr().out
     assert code == 0
     plan = json.loads((tmp_path / "plan.json").read_text())
@@ -109,6 +109,7 @@ def test_documented_example_compiles_for_16_ranks(tmp_path, capsys):
         assert shape == plan["parameters"][name]["local_shape"], name
     assert dryrun["parameters"]["model.layers.2.self_attn.q_proj.weight"] == [128, 256]
     assert "all shaped as planned" in out and "MindSpore, rank 8" in out
+    assert (tmp_path / "strategy_rank8.ckpt").stat().st_size > 0  # for python -m mindformers.parallel.checkpoint
 
 
 def test_mindspore_refusals_come_back_as_one_line(tmp_path, capsys):
