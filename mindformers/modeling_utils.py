@@ -168,11 +168,13 @@ class PreTrainedModel(nn.Cell):
 
     def apply_pet_config(self) -> None:
         """Add the tuner ``config.pet_config`` asks for (MindFormers' switch: ``{pet_type: lora, lora_rank: 8,
-        lora_alpha: 16, lora_dropout: 0.05, target_modules: '.*q_proj|.*v_proj'}``), as adapter "default"."""
+        lora_alpha: 16, lora_dropout: 0.05, target_modules: '.*q_proj|.*v_proj'}``; any registered method by its
+        MindFormers or PEFT name), as adapter "default"."""
         if self.config.pet_config and getattr(self, "_tuner", None) is None:
-            from .tuners import LoraConfig, inject_adapter_in_model
+            from .tuners import inject_adapter_in_model
+            from .tuners.config import config_from_pet
 
-            inject_adapter_in_model(LoraConfig.from_pet_config(self.config.pet_config), self)
+            inject_adapter_in_model(config_from_pet(self.config.pet_config), self)
 
     # ------------------------------------------------------------------ state dicts
     def state_dict(self) -> Dict[str, np.ndarray]:

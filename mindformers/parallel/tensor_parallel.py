@@ -305,7 +305,7 @@ class NormInsideSplit(RMSNorm):
 
 
 def _replace(model: nn.Cell, path: str, new: nn.Cell) -> None:
-    from ..tuners.lora.model import replace_module
+    from ..tuners.tuner_layer import replace_module
 
     replace_module(model, path, new)
 
@@ -364,7 +364,7 @@ def apply_tensor_parallel(model: nn.Cell, vocab_emb_dp: bool, group: str, rank: 
                     setattr(cell, norm, NormInsideSplit(getattr(cell, norm), group))
         if hasattr(cell, "num_heads") and hasattr(cell, "c_attn") and any(d.startswith(path + ".") for d in done):
             cell.num_heads //= size  # GPT-2's attention
-    from ..tuners.lora.model import rename_parameters
+    from ..tuners.tuner_layer import rename_parameters
 
     rename_parameters(model)
     return done

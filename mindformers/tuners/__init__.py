@@ -1,7 +1,8 @@
 """Parameter-efficient tuners with SWIFT-style and PEFT-style APIs and PEFT-compatible files.
 
-One folder per method (``lora/``); the wrapper model (``tuner_model.py``), the PEFT API (``peft.py``) and
-the SWIFT API (``swift.py``) are shared by all methods.
+One folder per method (``lora/``, ``ia3/``), registered in ``TUNERS`` with what the core needs
+(:class:`~mindformers.tuners.tuner_layer.TunerMethod`); the wrapper model (``tuner_model.py``), target
+matching (``targets.py``), the PEFT API (``peft.py``) and the SWIFT API (``swift.py``) are shared by all.
 """
 from .config import TunerConfig
 from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_optimizer_param_groups

@@ -26,6 +26,8 @@ class TunerConfig:
     peft_type: ClassVar[str] = ""
     # Fields PEFT writes that only switch on features we do not implement: name -> neutral values.
     inert_fields: ClassVar[Dict[str, Tuple[Any, ...]]] = {}
+    # MindFormers' pet_config spellings of fields: pet_config key -> field name
+    pet_aliases: ClassVar[Dict[str, str]] = {}
 
     task_type: Optional[str] = "CAUSAL_LM"
     """PEFT task type (CAUSAL_LM, SEQ_CLS, ...)."""
@@ -69,6 +71,18 @@ class TunerConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
+    def from_pet_config(cls, pet_config: Dict[str, Any]) -> "TunerConfig":
+        """A MindFormers ``pet_config`` section (``pet_type`` dropped; keys in MindFormers' spellings
+        (``pet_aliases``) or the field names); an unknown key is an error naming the valid ones."""
+        data = {cls.pet_aliases.get(k, k): v for k, v in pet_config.items() if k != "pet_type"}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown pet_config key(s) {unknown} for {cls.peft_type}; valid: "
+                             f"{', '.join(sorted(valid | set(cls.pet_aliases)))}")
+        return cls(**data)
+
+    @classmethod
     def from_pretrained(cls, directory: str) -> "TunerConfig":
         """Read ``adapter_config.json`` from ``directory``."""
         return cls.from_dict(read_config_file(directory), os.path.join(directory, CONFIG_NAME))
@@ -77,3 +91,20 @@ class TunerConfig:
 def read_config_file(directory: str) -> Dict[str, Any]:
     """The parsed ``adapter_config.json`` of an adapter directory, with clear errors."""
     return read_json_object(os.path.join(directory, CONFIG_NAME), "an adapter directory")
+
+
+def config_from_pet(pet_config: Dict[str, Any]) -> TunerConfig:
+    """The tuner config a model config's ``pet_config`` asks for: ``pet_type`` names any registered method,
+    by MindFormers' name (``lora``, ...) or PEFT's (``LORA``, ``IA3``, ...)."""
+    from ..registry import TUNERS
+
+    if not isinstance(pet_config, dict):
+        raise ValueError(f"pet_config must be a mapping with a pet_type, found {type(pet_config).__name__}")
+    kind = str(pet_config.get("pet_type", "lora"))
+    for name in TUNERS.names():
+        method = TUNERS.get(name)
+        if kind.upper() == method.peft_type or kind.lower() in method.pet_names:
+            return method.config_class.from_pet_config(pet_config)
+    known = sorted({n for name in TUNERS.names() for n in TUNERS.get(name).pet_names})
+    raise ValueError(f"pet_config.pet_type {kind!r} is not a registered tuner method; known: {known} "
+                     f"(or PEFT's types {TUNERS.names()})")

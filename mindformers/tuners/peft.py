@@ -12,8 +12,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ..registry import TUNERS
-from .config import read_config_file
-from .lora.config import LoraConfig
+from .config import TunerConfig, read_config_file
 from .tuner_model import TunerModel, saved_paths
 
 DEFAULT_ADAPTER = "default"
@@ -35,7 +34,7 @@ class PeftModel(TunerModel):
 
     @classmethod
     def from_pretrained(cls, model: nn.Cell, model_id: str, adapter_name: str = DEFAULT_ADAPTER,
-                        is_trainable: bool = False, config: Optional[LoraConfig] = None) -> "PeftModel":
+                        is_trainable: bool = False, config: Optional[TunerConfig] = None) -> "PeftModel":
         """Load the adapter saved (by PEFT or by us) in ``model_id`` onto ``model``.
 
         Args:
@@ -51,7 +50,7 @@ class PeftModel(TunerModel):
         return peft_model
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False,
-                     config: Optional[LoraConfig] = None) -> None:
+                     config: Optional[TunerConfig] = None) -> None:
         """Add the adapter saved in ``model_id`` under ``adapter_name`` (not activated)."""
         config = config or config_from_dir(model_id)
         config = dataclasses.replace(config, inference_mode=not is_trainable)
@@ -67,7 +66,7 @@ class PeftModel(TunerModel):
             self._save_adapter(directory, name, peft_keys=True)
 
 
-def get_peft_model(model: nn.Cell, peft_config: LoraConfig, adapter_name: str = DEFAULT_ADAPTER,
+def get_peft_model(model: nn.Cell, peft_config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER,
                    seed: Optional[int] = None) -> PeftModel:
     """``model`` with a new, trainable adapter ``adapter_name`` (base weights frozen)."""
     if peft_config.base_model_name_or_path is None:
@@ -75,7 +74,7 @@ def get_peft_model(model: nn.Cell, peft_config: LoraConfig, adapter_name: str = 
     return PeftModel(model, {adapter_name: peft_config}, seed=seed)
 
 
-def inject_adapter_in_model(peft_config: LoraConfig, model: nn.Cell, adapter_name: str = DEFAULT_ADAPTER) -> nn.Cell:
+def inject_adapter_in_model(peft_config: TunerConfig, model: nn.Cell, adapter_name: str = DEFAULT_ADAPTER) -> nn.Cell:
     """Add LoRA layers to ``model`` in place and return it (no wrapper); the adapter is active."""
     tuner = getattr(model, "_tuner", None) or PeftModel(model, {})
     tuner.add_adapter(adapter_name, peft_config)

@@ -5,6 +5,7 @@ SWIFT's folder layout: ``<dir>/configuration.json`` and one sub-folder per adapt
 adapter name (``model.layers.0.self_attn.q_proj.lora_A.<adapter>.weight``). ``save_to_peft_format``
 rewrites such a folder the way PEFT lays adapters out.
 """
+import dataclasses
 import json
 import os
 from typing import Dict, List, Optional, Union
@@ -13,18 +14,19 @@ from mindspore import nn
 from safetensors.numpy import save_file
 
 from ..checkpoint.safetensors_dir import _read_file
+from ..registry import TUNERS
 from ..utils import atomic_path, atomic_write_text
-from .config import WEIGHTS_NAME, read_config_file
-from .lora.config import LoraConfig, LoRAConfig
+from .config import WEIGHTS_NAME, TunerConfig, read_config_file
+from .lora.config import LoRAConfig
 from .peft import DEFAULT_ADAPTER, PeftModel, config_from_dir
-from .tuner_model import TunerModel, iter_adapter_dirs, lora_modules_in, peft_key_map
+from .tuner_model import TunerModel, adapted_modules_in, iter_adapter_dirs, peft_key_map
 
 
 class SwiftModel(TunerModel):
     """A model with SWIFT-style adapters: all active after ``prepare_model``, switchable per thread."""
 
     @property
-    def adapters(self) -> Dict[str, LoraConfig]:
+    def adapters(self) -> Dict[str, TunerConfig]:
         return dict(self.peft_config)
 
     def add_adapter(self, name, config, seed=None) -> None:
@@ -111,7 +113,7 @@ class Swift:
     """Entry points of the SWIFT API."""
 
     @staticmethod
-    def prepare_model(model: nn.Cell, config: Union[LoraConfig, Dict[str, LoraConfig]], seed: Optional[int] = None):
+    def prepare_model(model: nn.Cell, config: Union[TunerConfig, Dict[str, TunerConfig]], seed: Optional[int] = None):
         """Add one config (adapter ``default``) or ``{name: config}``; callable again on the result."""
         configs = config if isinstance(config, dict) else {DEFAULT_ADAPTER: config}
         if isinstance(model, PeftModel):
@@ -158,12 +160,13 @@ class Swift:
             target = output_dir if name == DEFAULT_ADAPTER else os.path.join(output_dir, name)
             os.makedirs(target, exist_ok=True)
             weights = _read_file(os.path.join(directory, WEIGHTS_NAME))
-            keys = peft_key_map(weights, name, lora_modules_in(weights, name))
+            keys = peft_key_map(weights, name, adapted_modules_in(weights, name))
             weights = {keys[k]: v for k, v in weights.items()}
             with atomic_path(os.path.join(target, WEIGHTS_NAME)) as tmp:
                 save_file(weights, tmp, metadata={"format": "pt"})
-            peft_config = LoraConfig.from_dict({k: v for k, v in config.to_dict().items()
-                                                if k not in ("lora_dtype", "lorap_lr_ratio", "lorap_emb_lr", "swift_type")})
+            peft_class = TUNERS.get(config.peft_type).config_class  # PEFT's config: SWIFT-only fields dropped
+            fields = {f.name for f in dataclasses.fields(peft_class)}
+            peft_config = peft_class.from_dict({k: v for k, v in config.to_dict().items() if k in fields})
             peft_config.save_pretrained(target)
 
 

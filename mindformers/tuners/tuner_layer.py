@@ -12,7 +12,28 @@ import contextlib
 import dataclasses
 import os
 import threading
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+
+def replace_module(model, path: str, new) -> None:
+    """Set the sub-cell at dotted ``path`` (list indices included) to ``new``."""
+    from mindspore import nn
+
+    parent_path, _, attr = path.rpartition(".")
+    parent = model
+    for part in parent_path.split(".") if parent_path else []:
+        parent = parent._cells[part]  # pylint: disable=protected-access
+    if isinstance(parent, nn.CellList):
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+
+
+def rename_parameters(model) -> None:
+    """Give every Parameter its path as name. Cells inserted after construction get short names that
+    clash between layers, which compiled graphs and optimizers refuse (docs/mindspore_cpu.md)."""
+    for path, param in model.parameters_and_names():
+        param.name = path
 
 
 class AdapterState:
@@ -82,7 +103,8 @@ class TunerLayer:
 
 @dataclasses.dataclass(frozen=True)
 class TunerMethod:
-    """What the shared tuner model needs from a method; each method folder registers one in ``TUNERS``.
+    """What the shared tuner core needs from a method (what PEFT's ``BaseTuner`` subclasses declare); each
+    method folder registers one in ``TUNERS``, and nothing outside the folder names the method.
 
     Attributes:
         peft_type: PEFT's name of the method ("LORA"), the registry key.
@@ -90,6 +112,16 @@ class TunerMethod:
         inject: ``inject(model, config, adapter_name, state, seed)`` adds the adapter's layers.
         mergeable: whether the adapter can be folded into the base weights.
         swift_config_class: the config class for SWIFT files (defaults to ``config_class``).
+        slots: the attribute names under which its layers keep each adapter's tensors
+            (``<module>.<slot>.<adapter>...``, PEFT's ``adapter_layer_names``); a path through a slot is an
+            adapter tensor, and a PEFT file key drops the adapter name after it.
+        vector_slots: the slots PEFT keeps as one Parameter per adapter (``ParameterDict``): the file key ends
+            at the slot (``<module>.ia3_l``), while ours reads ``<module>.ia3_l.<adapter>.weight``.
+        default_targets: ``model_type`` -> target_modules when a config gives none (PEFT's per-architecture
+            tables; families it has none for are named in the error).
+        pet_names: MindFormers' ``pet_type`` spellings that select the method from a model config
+            (lower case; the PEFT type itself always works).
+        merge_refusal: why the method cannot merge (said when merging is asked for).
     """
 
     peft_type: str
@@ -97,3 +129,16 @@ class TunerMethod:
     inject: Callable
     mergeable: bool
     swift_config_class: Optional[type] = None
+    slots: Tuple[str, ...] = ()
+    vector_slots: Tuple[str, ...] = ()
+    default_targets: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    pet_names: Tuple[str, ...] = ()
+    merge_refusal: str = ""
+
+    def targets_for(self, model) -> List[str]:
+        """The default target_modules of ``model``'s family for this method."""
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in self.default_targets:
+            raise ValueError(f"no default {self.peft_type} targets for {type(model).__name__} (model_type "
+                             f"{model_type!r}; defaults exist for {sorted(self.default_targets)}); set target_modules")
+        return list(self.default_targets[model_type])

@@ -1,11 +1,13 @@
-"""A base model with named adapters: the core shared by the PEFT-style and SWIFT-style APIs.
+"""A base model with named adapters: the core shared by the PEFT-style and SWIFT-style APIs, for every
+registered tuner method (``TUNERS``: a :class:`~mindformers.tuners.tuner_layer.TunerMethod` per method folder).
 
-Adapter weights are kept in the model under PEFT's in-memory names (``<module>.lora_A.<adapter>.weight``)
-and converted at the file boundary:
-- PEFT files (``adapter_model.safetensors``): ``base_model.model.<module>.lora_A.weight``; DoRA magnitudes
-  ``<module>.lora_magnitude_vector``, embedding factors ``<module>.lora_embedding_A``, modules_to_save
-  copies ``<module>.<param>`` (no adapter name anywhere).
-- SWIFT files: ``<module>.lora_A.<adapter>.weight``, one sub-folder per adapter.
+Adapter weights are kept in the model under PEFT's in-memory names (``<module>.<slot>.<adapter>...``, e.g.
+``<module>.lora_A.<adapter>.weight``) and converted at the file boundary:
+- PEFT files (``adapter_model.safetensors``): ``base_model.model.<module>.<slot>...`` without the adapter name
+  (``<module>.lora_A.weight``); a method's ``vector_slots`` end at the slot (``<module>.lora_magnitude_vector``,
+  ``<module>.ia3_l``); modules_to_save copies ``<module>.<param>``; an adapted layer's own tensors sit under
+  ``base_layer``.
+- SWIFT files: the in-memory names, one sub-folder per adapter.
 """
 import contextlib
 import os
@@ -20,69 +22,101 @@ from ..checkpoint.safetensors_dir import _read_file
 from ..registry import TUNERS
 from ..utils import EXECUTION_LOCK, atomic_path, logger, write_parameter
 from .config import CONFIG_NAME, WEIGHTS_NAME, TunerConfig
-from .lora.layer import LoraEmbedding
-from .lora.model import lora_layers, rename_parameters, replace_module, unload
 from .modules_to_save import ModulesToSaveWrapper
-from .tuner_layer import AdapterState, TunerLayer
+from .tuner_layer import AdapterState, TunerLayer, TunerMethod, rename_parameters, replace_module
 
 PEFT_PREFIX = "base_model.model."
-_ADAPTER_SLOTS = ("lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B", "modules_to_save")
+MODULES_TO_SAVE = "modules_to_save"
+
+
+def methods() -> List[TunerMethod]:
+    """Every registered tuner method."""
+    return [TUNERS.get(name) for name in TUNERS.names()]
+
+
+def adapter_slots() -> Tuple[str, ...]:
+    """The attribute names under which any method keeps adapter tensors (plus modules_to_save copies)."""
+    return tuple(slot for method in methods() for slot in method.slots) + (MODULES_TO_SAVE,)
 
 
 def is_adapter_path(path: str) -> bool:
-    """Whether a parameter path belongs to an adapter (its factors, magnitudes or saved copies)."""
-    return any(part in _ADAPTER_SLOTS for part in path.split("."))
+    """Whether a parameter path belongs to an adapter (its factors, vectors or saved copies)."""
+    slots = adapter_slots()
+    return any(part in slots for part in path.split("."))
+
+
+def method_layers(model: nn.Cell) -> Dict[str, TunerLayer]:
+    """Module path -> layer of every method's tuner layer in ``model`` (modules_to_save copies excluded)."""
+    return {name: cell for name, cell in model.cells_and_names()
+            if isinstance(cell, TunerLayer) and not isinstance(cell, ModulesToSaveWrapper)}
+
+
+def unload_layers(model: nn.Cell) -> None:
+    """Replace every tuner layer by the plain layer holding its (merged or not) base Parameters."""
+    for path, cell in list(model.cells_and_names()):
+        if isinstance(cell, ModulesToSaveWrapper):
+            replace_module(model, path, cell.unwrap())
+    for path, layer in method_layers(model).items():
+        replace_module(model, path, layer.unwrap())
+    rename_parameters(model)
 
 
 def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
-    """In-memory path -> Parameter of what adapter ``name`` trains: its factors, copies and biases."""
+    """In-memory path -> Parameter of what adapter ``name`` trains: its tensors, copies and biases."""
     out = {}
-    lora_modules = set(lora_layers(model))
+    slots = adapter_slots()
+    adapted = set(method_layers(model))
     for path, param in model.parameters_and_names():
         parts = path.split(".")
-        if any(parts[i] in _ADAPTER_SLOTS and parts[i + 1] == name for i in range(len(parts) - 1)):
+        if any(parts[i] in slots and parts[i + 1] == name for i in range(len(parts) - 1)):
             out[path] = param
         elif path.endswith(".bias") and getattr(config, "bias", "none") != "none" and not is_adapter_path(path):
             module = path[: -len(".bias")]
-            if config.bias == "all" or module in lora_modules:
+            if config.bias == "all" or module in adapted:
                 out[path] = param
     return out
 
 
 def saved_paths(model: nn.Cell, name: str, config: TunerConfig, peft_keys: bool) -> Dict[str, str]:
-    """File key -> parameter path of what adapter ``name``'s file holds (PEFT or SWIFT keys). With PEFT keys
-    the base table of an adapted embedding is included too (PEFT saves it when embeddings are targeted)."""
+    """File key -> parameter path of what adapter ``name``'s file holds (PEFT or SWIFT keys). With PEFT keys,
+    base tensors a layer says PEFT saves beside the adapter (``peft_saved_base``: an adapted embedding's
+    table) are included too."""
     paths = list(adapter_state(model, name, config))
     if not peft_keys:
         return {p: p for p in paths}
-    layers = lora_layers(model)
-    paths += [f"{m}.weight" for m, layer in layers.items() if isinstance(layer, LoraEmbedding) and name in layer.adapter_names]
+    layers = method_layers(model)
+    paths += [f"{m}.{leaf}" for m, layer in layers.items() if name in layer.adapter_names
+              for leaf in getattr(layer, "peft_saved_base", ())]
     return {key: path for path, key in peft_key_map(paths, name, set(layers)).items()}
 
 
-def peft_key_map(paths: Iterable[str], name: str, lora_modules: set) -> Dict[str, str]:
+def peft_key_map(paths: Iterable[str], name: str, adapted_modules: set) -> Dict[str, str]:
     """Parameter path -> PEFT file key; an adapted layer's own tensors sit under ``base_layer`` there."""
     out = {}
     for path in paths:
         module, _, leaf = path.rpartition(".")
-        if module in lora_modules and leaf in ("weight", "bias"):
+        if module in adapted_modules and leaf in ("weight", "bias"):
             out[path] = f"{PEFT_PREFIX}{module}.base_layer.{leaf}"
         else:
             out[path] = to_peft_key(path, name)
     return out
 
 
-def lora_modules_in(keys: Iterable[str], name: str) -> set:
-    """Modules that hold adapter ``name``'s LoRA factors, read off SWIFT file keys."""
-    pattern = re.compile(rf"(.*)\.(lora_A|lora_embedding_A)\.{re.escape(name)}\.weight$")
+def adapted_modules_in(keys: Iterable[str], name: str) -> set:
+    """Modules that hold tensors of adapter ``name``, read off SWIFT file keys."""
+    slots = "|".join(re.escape(s) for s in adapter_slots() if s != MODULES_TO_SAVE)
+    pattern = re.compile(rf"(.*?)\.({slots})\.{re.escape(name)}\.")
     return {m.group(1) for m in map(pattern.match, keys) if m}
 
 
 def to_peft_key(path: str, name: str) -> str:
     """``model.layers.0.q_proj.lora_A.default.weight`` -> ``base_model.model.model.layers.0.q_proj.lora_A.weight``."""
-    key = path.replace(f".modules_to_save.{name}.", ".")
-    key = re.sub(rf"\.(lora_magnitude_vector|lora_embedding_A|lora_embedding_B)\.{re.escape(name)}\.weight$", r".\1", key)
-    key = key.replace(f".lora_A.{name}.", ".lora_A.").replace(f".lora_B.{name}.", ".lora_B.")
+    key = path.replace(f".{MODULES_TO_SAVE}.{name}.", ".")
+    for method in methods():
+        for slot in method.vector_slots:
+            key = re.sub(rf"\.{re.escape(slot)}\.{re.escape(name)}\.weight$", f".{slot}", key)
+        for slot in method.slots:
+            key = key.replace(f".{slot}.{name}.", f".{slot}.")
     return PEFT_PREFIX + key
 
 
@@ -179,6 +213,7 @@ class TunerModel(nn.Cell):
             cell.add_adapter(name)
 
     def tuner_layers(self) -> Dict[str, TunerLayer]:
+        """Every tuner layer of the model, modules_to_save copies included."""
         return {n: c for n, c in self.base_model.cells_and_names() if isinstance(c, TunerLayer)}
 
     def delete_adapter(self, name: str) -> None:
@@ -224,6 +259,9 @@ class TunerModel(nn.Cell):
 
         for name in adapters:
             self._check_name(name)
+            if self.peft_config[name].peft_type != "LORA":
+                raise ValueError(f"add_weighted_adapter combines LoRA adapters; {name!r} is a "
+                                 f"{self.peft_config[name].peft_type} adapter")
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank)
 
     # ------------------------------------------------------------------ trainability
@@ -260,9 +298,11 @@ class TunerModel(nn.Cell):
         for name in names:
             self._check_name(name)
             kind = self.peft_config[name].peft_type
-            if not TUNERS.get(kind).mergeable:
-                mergeable = [t for t in TUNERS.names() if TUNERS.get(t).mergeable]
-                raise ValueError(f"adapter {name!r} is a {kind} tuner, which cannot be merged into the weights; "
+            method = TUNERS.get(kind)
+            if not method.mergeable:
+                mergeable = [m.peft_type for m in methods() if m.mergeable]
+                raise ValueError(f"adapter {name!r} is a {kind} tuner, which cannot be merged into the weights"
+                                 f"{' (' + method.merge_refusal + ')' if method.merge_refusal else ''}; "
                                  f"mergeable types: {mergeable}")
         for layer in self.tuner_layers().values():
             layer.merge(names)
@@ -282,10 +322,7 @@ class TunerModel(nn.Cell):
     def unload(self) -> nn.Cell:
         """Remove every tuner layer (unmerged adapters are dropped) and return the base model."""
         model = self.base_model
-        for path, cell in list(model.cells_and_names()):
-            if isinstance(cell, ModulesToSaveWrapper):
-                replace_module(model, path, cell.unwrap())
-        unload(model)
+        unload_layers(model)
         object.__setattr__(model, "_adapter_state", None)
         for param in model.get_parameters():
             param.requires_grad = True

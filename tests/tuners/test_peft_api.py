@@ -115,7 +115,7 @@ def test_pet_config_in_yaml_builds_lora_model(tmp_path):
     assert type(model.model.layers[2].self_attn.k_proj).__name__ == "Linear"
     trainable = [n for n, p in model.parameters_and_names() if p.requires_grad]
     assert len(trainable) == 12 and all(".lora_" in n for n in trainable)
-    with pytest.raises(ValueError, match=r"pet_config.pet_type 'prefix' is not supported"):
+    with pytest.raises(ValueError, match=r"pet_config.pet_type 'prefix' is not a registered tuner method; known: \[.*'lora'"):
         AutoModel.from_pretrained(LLAMA, pet_config={"pet_type": "prefix"})
 
 

@@ -14,6 +14,7 @@ class LoraConfig(TunerConfig):
     """Low-rank adapters ``W x + (alpha / r) * B A x`` on chosen linear and embedding layers."""
 
     peft_type: ClassVar[str] = "LORA"
+    pet_aliases: ClassVar[Dict[str, str]] = {"lora_rank": "r", "rank": "r"}
     inert_fields: ClassVar[Dict[str, tuple]] = {
         "alora_invocation_tokens": (None,), "arrow_config": (None,), "corda_config": (None,),
         "ensure_weight_tying": (False,), "eva_config": (None,), "kasa_config": (None,),
@@ -91,21 +92,6 @@ class LoraConfig(TunerConfig):
 
     def scaling(self, r: int, alpha: float) -> float:
         return alpha / (r ** 0.5) if self.use_rslora else alpha / r
-
-    @classmethod
-    def from_pet_config(cls, pet_config: Dict[str, Any]) -> "LoraConfig":
-        """A MindFormers ``pet_config`` section: ``{pet_type: lora, lora_rank, lora_alpha, lora_dropout,
-        target_modules}`` (other spellings: PEFT field names)."""
-        names = {"lora_rank": "r", "rank": "r"}
-        data = {names.get(k, k): v for k, v in pet_config.items() if k != "pet_type"}
-        kind = str(pet_config.get("pet_type", "lora")).lower()
-        if kind != "lora":
-            raise ValueError(f"pet_config.pet_type {kind!r} is not supported; supported: ['lora']")
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ValueError(f"unknown pet_config key(s) {unknown}; valid: lora_rank, {', '.join(sorted(valid))}")
-        return cls(**data)
 
 
 @dataclass

@@ -181,6 +181,8 @@ class LoraEmbedding(nn.Cell, TunerLayer):
     """An embedding table with LoRA adapters: ``E[ids] + scaling * A^T[ids] B^T`` with
     ``lora_embedding_A.<name>`` [r, num_embeddings] and ``lora_embedding_B.<name>`` [dim, r] (PEFT's layout)."""
 
+    peft_saved_base = ("weight",)  # PEFT saves an adapted embedding's table beside its factors
+
     def __init__(self, base: Embedding, state: AdapterState):
         super().__init__()
         if not isinstance(base, Embedding):

@@ -1,11 +1,6 @@
-"""Putting LoRA layers into a model: which modules match a config, replacing them, weighted combinations.
-
-Matching follows PEFT 0.21 (``check_target_module_exists``): a list entry matches a module whose name
-equals it or ends with ``"." + entry``; a string is a regex that must match the whole name;
-``"all-linear"`` means every Linear/Conv1D layer but the output head (and a classifier's head);
-``exclude_modules`` is matched the same way; ``layers_to_transform`` keeps modules whose first numbered
-path segment (after ``layers_pattern`` if given) is one of the indices. ``rank_pattern``/``alpha_pattern``
-keys are regexes matched as ``(.*\\.)?KEY$``, first match wins.
+"""Putting LoRA layers into a model: the modules a config targets (matched as mindformers/tuners/targets.py
+says), PEFT's MoE retargeting, replacing them. ``rank_pattern``/``alpha_pattern`` keys are regexes matched as
+``(.*\\.)?KEY$``, first match wins.
 """
 import re
 from typing import Dict, List, Optional
@@ -14,13 +9,11 @@ import numpy as np
 from mindspore import nn
 
 from ...models.common.layers import Conv1D, Embedding, Linear
-from ..tuner_layer import AdapterState, TunerLayer
+from ..targets import ALL_LINEAR, CLASSIFIER_HEADS, is_target  # noqa: F401  (is_target re-exported)
+from ..tuner_layer import AdapterState, TunerLayer, rename_parameters, replace_module  # noqa: F401  (re-exported)
 from .config import LoraConfig
 from .layer import LoraEmbedding, LoraLinear, lora_layer_for
 from .params import LoraExperts, LoraRouter, lora_for_parameters, parameter_targets
-
-ALL_LINEAR = "all-linear"
-CLASSIFIER_HEADS = ("score", "classifier")
 
 
 def pattern_value(patterns: Dict[str, float], name: str, default):
@@ -29,41 +22,6 @@ def pattern_value(patterns: Dict[str, float], name: str, default):
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
-
-
-def _listed(entries, name: str) -> bool:
-    if isinstance(entries, str):
-        return re.fullmatch(entries, name) is not None
-    return name in entries or any(name.endswith("." + e) for e in entries)
-
-
-def _layer_index(name: str, layers_pattern) -> Optional[int]:
-    if not layers_pattern:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
-    else:
-        match = None
-        for pattern in [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
-            if match:
-                break
-    return int(match.group("idx")) if match else None
-
-
-def is_target(config: LoraConfig, name: str, targets) -> bool:
-    """Whether module ``name`` gets an adapter under ``config`` with the resolved ``targets``."""
-    if config.exclude_modules and _listed(config.exclude_modules, name):
-        return False
-    if config.modules_to_save and any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in config.modules_to_save):
-        return False
-    if not _listed(targets, name):
-        return False
-    layers = config.layers_to_transform
-    if isinstance(targets, str) or layers is None or layers == []:
-        return True
-    index = _layer_index(name, config.layers_pattern)
-    if index is None:
-        return False
-    return index == layers if isinstance(layers, int) else index in layers
 
 
 def adaptable_modules(model: nn.Cell) -> Dict[str, nn.Cell]:
@@ -80,34 +38,14 @@ def resolve_targets(config: LoraConfig, model: nn.Cell):
     if targets is None and config.target_parameters:
         return []
     if targets is None:
-        targets = getattr(model, "lora_target_modules", None)
-        if targets is None:
-            raise ValueError(f"no default LoRA targets for {type(model).__name__}; set target_modules")
-        return list(targets)
+        from ...registry import TUNERS
+
+        return TUNERS.get("LORA").targets_for(model)  # the family's default (PEFT's table)
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         linear = [n for n, c in adaptable_modules(model).items() if isinstance(c, (Linear, Conv1D, LoraLinear))]
         excluded = {"lm_head"} | set(CLASSIFIER_HEADS)
         return sorted(n for n in linear if n.split(".")[-1] not in excluded)
     return targets
-
-
-def replace_module(model: nn.Cell, path: str, new: nn.Cell) -> None:
-    """Set the sub-cell at dotted ``path`` (list indices included) to ``new``."""
-    parent_path, _, attr = path.rpartition(".")
-    parent = model
-    for part in parent_path.split(".") if parent_path else []:
-        parent = parent._cells[part]  # pylint: disable=protected-access
-    if isinstance(parent, nn.CellList):
-        parent[int(attr)] = new
-    else:
-        setattr(parent, attr, new)
-
-
-def rename_parameters(model: nn.Cell) -> None:
-    """Give every Parameter its path as name. Cells inserted after construction get short names that
-    clash between layers, which compiled graphs and optimizers refuse (docs/mindspore_cpu.md)."""
-    for path, param in model.parameters_and_names():
-        param.name = path
 
 
 def convert_moe_targets(config: LoraConfig, model: nn.Cell) -> None:
@@ -166,6 +104,8 @@ def inject_lora(model: nn.Cell, config: LoraConfig, adapter_name: str, state: Ad
         The adapted module names (``<module>.<param>`` for target_parameters). Raises ``ValueError`` when
         nothing matches.
     """
+    if config.target_modules is None and not config.target_parameters:  # the family default, as PEFT fills it
+        config.target_modules = resolve_targets(config, model)  # before the MoE retargeting
     convert_moe_targets(config, model)
     targets = resolve_targets(config, model)
     modules = adaptable_modules(model)
@@ -216,8 +156,3 @@ def lora_layers(model: nn.Cell) -> Dict[str, TunerLayer]:
     return {name: cell for name, cell in model.cells_and_names() if isinstance(cell, kinds)}
 
 
-def unload(model: nn.Cell) -> None:
-    """Replace every LoRA layer by a plain layer holding its (merged or not) base Parameters."""
-    for name, layer in lora_layers(model).items():
-        replace_module(model, name, layer.unwrap())
-    rename_parameters(model)
