@@ -6,6 +6,7 @@ matching (``targets.py``), the PEFT API (``peft.py``) and the SWIFT API (``swift
 """
 from .config import TunerConfig
 from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_optimizer_param_groups
+from .ia3 import IA3Config, IA3Linear
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftModel,
