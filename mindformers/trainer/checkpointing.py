@@ -56,7 +56,7 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
         tuner = tuner_of(model)
         if tuner is not None:
             with tuner.saving_tensors(weights) if weights is not None else contextlib.nullcontext():
-                tuner.save_pretrained(tmp)
+                tuner.save_checkpoint_adapters(tmp)
         else:
             model.save_pretrained(tmp, state=weights)
         if moments is None:
@@ -138,10 +138,10 @@ def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> Traine
             if tensor_parallel is not None:  # file keys -> parameter paths, which the split layout names
                 from ..tuners.tuner_model import saved_paths
 
-                paths = saved_paths(tuner.base_model, name, tuner.peft_config[name], peft_keys=True)
+                paths = saved_paths(tuner.base_model, name, tuner.peft_config[name], tuner.checkpoint_layout(name))
                 sliced = tensor_parallel.slice({paths[k]: v for k, v in weights.items() if k in paths})
                 weights = {k: sliced[paths[k]] if k in paths else v for k, v in weights.items()}
-            tuner.load_adapter_weights(name, weights, peft_keys=True, source=directory)
+            tuner.load_adapter_weights(name, weights, peft_keys=tuner.checkpoint_layout(name), source=directory)
     else:
         weights = load_state_dict(path)
         model.load_state_dict(weights if tensor_parallel is None else tensor_parallel.slice(weights), strict=True)

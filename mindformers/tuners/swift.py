@@ -164,7 +164,11 @@ class Swift:
             weights = {keys[k]: v for k, v in weights.items()}
             with atomic_path(os.path.join(target, WEIGHTS_NAME)) as tmp:
                 save_file(weights, tmp, metadata={"format": "pt"})
-            peft_class = TUNERS.get(config.peft_type).config_class  # PEFT's config: SWIFT-only fields dropped
+            method = TUNERS.get(config.peft_type)
+            if not method.peft_format:
+                raise ValueError(f"{directory}: adapter {name!r} is a {config.peft_type} tuner, which PEFT does not "
+                                 "have; it stays in SWIFT's layout")
+            peft_class = method.config_class  # PEFT's config: SWIFT-only fields dropped
             fields = {f.name for f in dataclasses.fields(peft_class)}
             peft_config = peft_class.from_dict({k: v for k, v in config.to_dict().items() if k in fields})
             peft_config.save_pretrained(target)

@@ -122,6 +122,9 @@ class TunerMethod:
         pet_names: MindFormers' ``pet_type`` spellings that select the method from a model config
             (lower case; the PEFT type itself always works).
         merge_refusal: why the method cannot merge (said when merging is asked for).
+        peft_format: whether PEFT has the method (False: a SWIFT tuner, saved only in SWIFT's layout).
+
+    A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
 
     peft_type: str
@@ -134,6 +137,7 @@ class TunerMethod:
     default_targets: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
     pet_names: Tuple[str, ...] = ()
     merge_refusal: str = ""
+    peft_format: bool = True
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""

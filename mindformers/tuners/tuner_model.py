@@ -39,10 +39,14 @@ def adapter_slots() -> Tuple[str, ...]:
     return tuple(slot for method in methods() for slot in method.slots) + (MODULES_TO_SAVE,)
 
 
+def _slot_of(part: str, slots: Tuple[str, ...]) -> bool:
+    return part in slots or any(s.endswith("_") and part.startswith(s) for s in slots)
+
+
 def is_adapter_path(path: str) -> bool:
-    """Whether a parameter path belongs to an adapter (its factors, vectors or saved copies)."""
+    """Whether a parameter path belongs to an adapter (its factors, vectors, modules or saved copies)."""
     slots = adapter_slots()
-    return any(part in slots for part in path.split("."))
+    return any(_slot_of(part, slots) for part in path.split("."))
 
 
 def method_layers(model: nn.Cell) -> Dict[str, TunerLayer]:
@@ -68,7 +72,8 @@ def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, T
     adapted = set(method_layers(model))
     for path, param in model.parameters_and_names():
         parts = path.split(".")
-        if any(parts[i] in slots and parts[i + 1] == name for i in range(len(parts) - 1)):
+        if any(parts[i] in slots and parts[i + 1] == name for i in range(len(parts) - 1)) or \
+                any(f"{s}{name}" in parts for s in slots if s.endswith("_")):
             out[path] = param
         elif path.endswith(".bias") and getattr(config, "bias", "none") != "none" and not is_adapter_path(path):
             module = path[: -len(".bias")]
@@ -365,8 +370,22 @@ class TunerModel(nn.Cell):
         for key, param in by_key.items():
             write_parameter(param, weights[key].astype(np.float32))
 
+    def checkpoint_layout(self, name: str) -> bool:
+        """Whether a training checkpoint keeps adapter ``name`` with PEFT's keys (methods PEFT has) or SWIFT's."""
+        return TUNERS.get(self.peft_config[name].peft_type).peft_format
+
+    def save_checkpoint_adapters(self, directory: str) -> None:
+        """Every adapter into a training checkpoint folder: ``default`` at the top, others in sub-folders;
+        PEFT's layout for methods PEFT has, SWIFT's keys for the others."""
+        for name in self.peft_config:
+            target = directory if name == "default" else os.path.join(directory, name)
+            self._save_adapter(target, name, peft_keys=self.checkpoint_layout(name))
+
     def _save_adapter(self, directory: str, name: str, peft_keys: bool) -> None:
         config = self.peft_config[name]
+        if peft_keys and not TUNERS.get(config.peft_type).peft_format:
+            raise ValueError(f"adapter {name!r} is a {config.peft_type} tuner, which PEFT does not have; save it in "
+                             "SWIFT's layout (Swift.prepare_model(...).save_pretrained)")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, WEIGHTS_NAME)
         with atomic_path(path) as tmp:

@@ -29,9 +29,10 @@ def inject_ia3(model: nn.Cell, config: IA3Config, adapter_name: str, state: Adap
         if config.feedforward_modules is None:
             config.feedforward_modules = list(DEFAULT_FEEDFORWARD.get(model.config.model_type, ()))
     feedforward = config.feedforward_modules or []
-    candidates = {name: cell for name, cell in model.cells_and_names()
-                  if name and isinstance(cell, (Linear, Conv1D, IA3Linear)) and ".ia3_l." not in f"{name}."
-                  and ".modules_to_save." not in f"{name}."}
+    from ..tuner_model import is_adapter_path
+
+    candidates = {name: cell for name, cell in model.cells_and_names()  # not inside any method's adapters
+                  if name and isinstance(cell, (Linear, Conv1D, IA3Linear)) and not is_adapter_path(name)}
     targets = config.target_modules
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         targets = [n for n in candidates if n.split(".")[-1] not in ("lm_head", *CLASSIFIER_HEADS)]

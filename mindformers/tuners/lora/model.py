@@ -26,10 +26,12 @@ def pattern_value(patterns: Dict[str, float], name: str, default):
 
 def adaptable_modules(model: nn.Cell) -> Dict[str, nn.Cell]:
     """Module path -> cell for every layer kind LoRA can adapt (already adapted layers included)."""
+    from ..tuner_model import is_adapter_path
+
     kinds = (Linear, Conv1D, Embedding, LoraLinear, LoraEmbedding)
-    inner = (".lora_", ".modules_to_save.")  # the adapters' own sub-layers are never targets
+    # the adapters' own sub-layers (of any method) are never targets
     return {name: cell for name, cell in model.cells_and_names()
-            if name and isinstance(cell, kinds) and not any(part in f".{name}" for part in inner)}
+            if name and isinstance(cell, kinds) and not is_adapter_path(name)}
 
 
 def resolve_targets(config: LoraConfig, model: nn.Cell):
