@@ -1,12 +1,13 @@
 """Parameter-efficient tuners with SWIFT-style and PEFT-style APIs and PEFT-compatible files.
 
-One folder per method (``lora/``, ``ia3/``), registered in ``TUNERS`` with what the core needs
+One folder per method (``lora/``, ``ia3/``, ``adapter/``), registered in ``TUNERS`` with what the core needs
 (:class:`~mindformers.tuners.tuner_layer.TunerMethod`); the wrapper model (``tuner_model.py``), target
 matching (``targets.py``), the PEFT API (``peft.py``) and the SWIFT API (``swift.py``) are shared by all.
 """
 from .config import TunerConfig
 from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_optimizer_param_groups
 from .ia3 import IA3Config, IA3Linear
+from .adapter import AdapterConfig
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftModel,
