@@ -3,10 +3,11 @@
 A list entry matches a module whose name equals it or ends with ``"." + entry``; a string is a regex that
 must match the whole name; ``"all-linear"`` means every Linear/Conv1D layer but the output head (and a
 classifier's head); ``exclude_modules`` is matched the same way; ``layers_to_transform`` keeps modules whose
-first numbered path segment (after ``layers_pattern`` if given) is one of the indices.
+first numbered path segment (after ``layers_pattern`` if given) is one of the indices. ``rank_pattern`` /
+``alpha_pattern`` keys are regexes matched as ``(.*\\.)?KEY$``, first match wins.
 """
 import re
-from typing import Optional
+from typing import Dict, Optional
 
 ALL_LINEAR = "all-linear"
 CLASSIFIER_HEADS = ("score", "classifier")
@@ -45,3 +46,11 @@ def is_target(config, name: str, targets) -> bool:
     if index is None:
         return False
     return index == layers if isinstance(layers, int) else index in layers
+
+
+def pattern_value(patterns: Dict[str, float], name: str, default):
+    """The value of the first key of ``patterns`` matching ``name`` as ``(.*\\.)?KEY$``, else ``default``."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default

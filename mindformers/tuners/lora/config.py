@@ -85,7 +85,7 @@ class LoraConfig(TunerConfig):
 
     def rank_and_alpha(self, module_name: str):
         """(r, lora_alpha) for ``module_name`` after rank_pattern / alpha_pattern."""
-        from .model import pattern_value
+        from ..targets import pattern_value
 
         return (pattern_value(self.rank_pattern, module_name, self.r),
                 pattern_value(self.alpha_pattern, module_name, self.lora_alpha))

@@ -9,19 +9,11 @@ import numpy as np
 from mindspore import nn
 
 from ...models.common.layers import Conv1D, Embedding, Linear
-from ..targets import ALL_LINEAR, CLASSIFIER_HEADS, is_target  # noqa: F401  (is_target re-exported)
+from ..targets import ALL_LINEAR, CLASSIFIER_HEADS, is_target, pattern_value  # noqa: F401  (re-exported)
 from ..tuner_layer import AdapterState, TunerLayer, rename_parameters, replace_module  # noqa: F401  (re-exported)
 from .config import LoraConfig
 from .layer import LoraEmbedding, LoraLinear, lora_layer_for
 from .params import LoraExperts, LoraRouter, lora_for_parameters, parameter_targets
-
-
-def pattern_value(patterns: Dict[str, float], name: str, default):
-    """The value of the first key of ``patterns`` matching ``name`` as ``(.*\\.)?KEY$``, else ``default``."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
 
 
 def adaptable_modules(model: nn.Cell) -> Dict[str, nn.Cell]:
