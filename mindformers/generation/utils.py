@@ -99,6 +99,8 @@ class _CachedRunner:
 
     def __init__(self, model, rows: int, prompt_len: int, max_len: int):
         self.model = model
+        self.virtual = getattr(model, "virtual_tokens", 0)  # a prompt tuner's tokens, written by the prefill
+        prompt_len, max_len = prompt_len + self.virtual, max_len + self.virtual
         bucketed_prompt = _bucket(prompt_len, PROMPT_BUCKET)
         self.pad = bucketed_prompt - prompt_len  # extra left padding added for the bucket
         self.step_cell = model._decode_step_for(rows, _bucket(bucketed_prompt + (max_len - prompt_len), CACHE_BUCKET))
@@ -108,7 +110,13 @@ class _CachedRunner:
         self.positions = np.zeros(rows, np.int32)
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        rows, length = ids.shape
+        rows = ids.shape[0]
+        if self.virtual:  # the prompt tuner's virtual tokens before each row (see DecoderForCausalLM.virtual_tokens)
+            first = self.model.config.vocab_size
+            ids = np.concatenate([np.broadcast_to(np.arange(first, first + self.virtual, dtype=ids.dtype),
+                                                  (rows, self.virtual)), ids], 1)
+            mask = np.concatenate([np.ones((rows, self.virtual), mask.dtype), mask], 1)
+        length = ids.shape[1]
         ids = np.concatenate([np.zeros((rows, self.pad), ids.dtype), ids], 1)
         mask = np.concatenate([np.zeros((rows, self.pad), mask.dtype), mask], 1)
         length += self.pad

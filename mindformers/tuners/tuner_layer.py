@@ -123,6 +123,8 @@ class TunerMethod:
             (lower case; the PEFT type itself always works).
         merge_refusal: why the method cannot merge (said when merging is asked for).
         peft_format: whether PEFT has the method (False: a SWIFT tuner, saved only in SWIFT's layout).
+        file_key: ``file_key(path, adapter)`` -> the PEFT file key of a path where the method departs from the
+            slot rule (prompt learning saves ``prompt_embeddings`` without a module path), else None.
 
     A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
@@ -138,6 +140,7 @@ class TunerMethod:
     pet_names: Tuple[str, ...] = ()
     merge_refusal: str = ""
     peft_format: bool = True
+    file_key: Optional[Callable] = None
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""

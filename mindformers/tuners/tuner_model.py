@@ -116,6 +116,10 @@ def adapted_modules_in(keys: Iterable[str], name: str) -> set:
 
 def to_peft_key(path: str, name: str) -> str:
     """``model.layers.0.q_proj.lora_A.default.weight`` -> ``base_model.model.model.layers.0.q_proj.lora_A.weight``."""
+    for method in methods():
+        special = method.file_key(path, name) if method.file_key is not None else None
+        if special is not None:
+            return special
     key = path.replace(f".{MODULES_TO_SAVE}.{name}.", ".")
     for method in methods():
         for slot in method.vector_slots:

@@ -184,7 +184,29 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
     def stack(self):
         return getattr(self, self.base_model_prefix)
 
+    @property
+    def virtual_tokens(self) -> int:
+        """Virtual tokens a prompt tuner puts before every input (0: none). They are ids ``vocab_size ..
+        vocab_size + n - 1``, which the tuner's embedding looks up in its prompt table; every forward pass
+        (training, evaluation, generation's first step) starts with them, as PEFT's prompt learning does."""
+        source = getattr(self, "_virtual_tokens_from", None)
+        return 0 if source is None else source.virtual_tokens()
+
+    def with_virtual_tokens(self, input_ids, attention_mask, labels):
+        """``(ids, mask, labels)`` with the virtual tokens in front (mask ones, labels ignored there)."""
+        batch, n = input_ids.shape[0], self.virtual_tokens
+        first = self.config.vocab_size
+        virtual = ops.arange(first, first + n, dtype=input_ids.dtype).reshape(1, n).broadcast_to((batch, n))
+        input_ids = ops.concat((virtual, input_ids), 1)
+        if attention_mask is not None:
+            attention_mask = ops.concat((ops.ones((batch, n), attention_mask.dtype), attention_mask), 1)
+        if labels is not None:
+            labels = ops.concat((ops.full((batch, n), -100, dtype=labels.dtype), labels), 1)
+        return input_ids, attention_mask, labels
+
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        if self.virtual_tokens:
+            input_ids, attention_mask, labels = self.with_virtual_tokens(input_ids, attention_mask, labels)
         hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
         out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul)
         if labels is None or self.aux_loss is None:
