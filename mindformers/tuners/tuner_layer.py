@@ -125,6 +125,8 @@ class TunerMethod:
         peft_format: whether PEFT has the method (False: a SWIFT tuner, saved only in SWIFT's layout).
         file_key: ``file_key(path, adapter)`` -> the PEFT file key of a path where the method departs from the
             slot rule (prompt learning saves ``prompt_embeddings`` without a module path), else None.
+        export: ``export(model, adapter, {file key: array})`` -> what a PEFT file holds, where it is not the
+            adapter's Parameters (p-tuning saves its encoder's output, not the encoder).
 
     A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
@@ -141,6 +143,7 @@ class TunerMethod:
     merge_refusal: str = ""
     peft_format: bool = True
     file_key: Optional[Callable] = None
+    export: Optional[Callable] = None
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""

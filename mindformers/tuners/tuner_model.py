@@ -346,7 +346,11 @@ class TunerModel(nn.Cell):
             tensors = self._saving
         else:
             tensors = {path: param.asnumpy() for path, param in self.base_model.parameters_and_names()}
-        return {k: tensors[p] for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
+        out = {k: tensors[p] for k, p in saved_paths(self.base_model, name, self.peft_config[name], peft_keys).items()}
+        method = TUNERS.get(self.peft_config[name].peft_type)
+        if peft_keys and method.export is not None:
+            out = method.export(self.base_model, name, out)
+        return out
 
     @contextlib.contextmanager
     def saving_tensors(self, tensors: Dict[str, np.ndarray]) -> Iterator[None]:
@@ -375,8 +379,10 @@ class TunerModel(nn.Cell):
             write_parameter(param, weights[key].astype(np.float32))
 
     def checkpoint_layout(self, name: str) -> bool:
-        """Whether a training checkpoint keeps adapter ``name`` with PEFT's keys (methods PEFT has) or SWIFT's."""
-        return TUNERS.get(self.peft_config[name].peft_type).peft_format
+        """Whether a training checkpoint keeps adapter ``name`` with PEFT's keys (methods PEFT has) or SWIFT's
+        (the others, and methods whose PEFT file is not their whole state, e.g. p-tuning's encoder)."""
+        method = TUNERS.get(self.peft_config[name].peft_type)
+        return method.peft_format and method.export is None
 
     def save_checkpoint_adapters(self, directory: str) -> None:
         """Every adapter into a training checkpoint folder: ``default`` at the top, others in sub-folders;
