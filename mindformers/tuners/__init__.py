@@ -10,6 +10,7 @@ from .ia3 import IA3Config, IA3Linear
 from .adapter import AdapterConfig
 from .loha import LoHaConfig, LoHaLinear
 from .prompt_tuning import PromptTuningConfig
+from .p_tuning import PromptEncoderConfig
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftModel,
