@@ -7,7 +7,7 @@ first numbered path segment (after ``layers_pattern`` if given) is one of the in
 ``alpha_pattern`` keys are regexes matched as ``(.*\\.)?KEY$``, first match wins.
 """
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 ALL_LINEAR = "all-linear"
 CLASSIFIER_HEADS = ("score", "classifier")
@@ -54,3 +54,40 @@ def pattern_value(patterns: Dict[str, float], name: str, default):
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return default
+
+
+def match_linear_layers(model, config, peft_type: str, layer_class) -> Tuple[List[str], Dict[str, object]]:
+    """The Linear / Conv1D layers (or ``layer_class`` layers already adapted) a linear-layer method's config
+    targets: ``(matched paths, {path: cell})``. ``target_modules`` None takes the family's default for
+    ``peft_type`` (written back into the config, as PEFT does) and ``"all-linear"`` every linear layer but the
+    output head; nothing matched is an error naming the layers there are."""
+    from ..models.common.layers import Conv1D, Linear
+    from ..registry import TUNERS
+    from .tuner_model import is_adapter_path
+
+    if config.target_modules is None:
+        config.target_modules = TUNERS.get(peft_type).targets_for(model)
+    candidates = {name: cell for name, cell in model.cells_and_names()  # not inside any method's adapters
+                  if name and isinstance(cell, (Linear, Conv1D, layer_class)) and not is_adapter_path(name)}
+    targets = config.target_modules
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        targets = [n for n in candidates if n.split(".")[-1] not in ("lm_head", *CLASSIFIER_HEADS)]
+    matched = [name for name in candidates if is_target(config, name, targets)]
+    if not matched:
+        raise ValueError(f"target_modules {config.target_modules!r} matched no linear layer of {type(model).__name__}; "
+                         f"layers are named like {', '.join(list(candidates)[:6])}, ...")
+    if isinstance(config.target_modules, str) and config.target_modules.lower() == ALL_LINEAR:
+        config.target_modules = sorted(matched)  # PEFT saves the expanded list
+    return matched, candidates
+
+
+def seeded_rng(seed):
+    """The generator that initialises adapters: ``seed``, else MindSpore's global seed (``mindspore.set_seed``
+    makes initialisation repeatable, as ``torch.manual_seed`` does for PEFT)."""
+    import numpy as np
+
+    if seed is None:
+        import mindspore as ms
+
+        seed = ms.get_seed()
+    return np.random.default_rng(seed)
