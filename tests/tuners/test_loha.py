@@ -65,7 +65,7 @@ def test_bad_input_is_named():
         from mindformers.tuners import LoraConfig
 
         LoraConfig.from_pretrained(PEFT_DIR)
-    with pytest.raises(TypeError, match="LoHa adapts Linear layers .* not Conv1D"):
+    with pytest.raises(TypeError, match="LoHaLinear adapts Linear layers .* not Conv1D"):
         get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "gpt2", "base")), LoHaConfig())
 
 

@@ -4,17 +4,16 @@
     W1 = lokr_w1, or lokr_w1_a [a, r] @ lokr_w1_b [r, c]   (decompose_both and r < max(a, c) / 2)
     W2 = lokr_w2, or lokr_w2_a [b, r] @ lokr_w2_b [r, d]   (r < max(b, d) / 2)
 
-and ``y = W x + b + delta W x``; merging adds delta W to the weight.
+the rest is :class:`~mindformers.tuners.lycoris.LycorisLinear`.
 """
-from typing import Iterable, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
-from mindspore import nn, ops
+from mindspore import ops
 
-from ...models.common.layers import Conv1D, Linear
-from ...utils import write_parameter
 from ..lora.layer import _kaiming_uniform, _Vector
-from ..tuner_layer import AdapterState, TunerLayer
+from ..lycoris import LycorisLinear
+from ..tuner_layer import AdapterState
 
 SLOTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
@@ -46,20 +45,14 @@ def _kron(a, b):
     return out.reshape(rows_a * rows_b, cols_a * cols_b)
 
 
-class LoKrLinear(nn.Cell, TunerLayer):
-    """A Linear layer with LoKr adapters (its own Parameters reused)."""
+class LoKrLinear(LycorisLinear):
+    """A Linear layer with LoKr adapters."""
+
+    slots = SLOTS
 
     def __init__(self, base, state: AdapterState):
-        super().__init__()
-        if isinstance(base, Conv1D) or not isinstance(base, Linear):
-            raise TypeError(f"LoKr adapts Linear layers (PEFT neither adapts GPT-2's Conv1D), not {type(base).__name__}")
-        self._init_tuner_layer(state)
-        self.weight, self.bias = base.weight, base.bias
-        self.in_features, self.out_features = base.in_features, base.out_features
-        for slot in SLOTS:
-            setattr(self, slot, nn.CellDict())
-        self.scaling, self.factored = {}, {}
-        self.matmul_nt = ops.MatMul(transpose_b=True)
+        super().__init__(base, state)
+        self.factored: Dict[str, Tuple[bool, bool]] = {}  # adapter -> (W1 factorised, W2 factorised)
 
     def add_adapter(self, name: str, r: int, alpha: float, config, rng: np.random.Generator) -> None:
         (a, b), (c, d) = factorization(self.out_features, config.decompose_factor), \
@@ -78,58 +71,24 @@ class LoKrLinear(nn.Cell, TunerLayer):
             value = np.zeros(shape) if slot in zero else _kaiming_uniform(rng, shape)
             getattr(self, slot)[name] = _Vector(value, self.weight.dtype)
         self.factored[name] = (not use_w1, not use_w2)
-        self.scaling[name] = alpha / r
-        if name not in self.adapter_names:
-            self.adapter_names.append(name)
+        self._added(name, alpha / r)
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
-        for slot in SLOTS:
-            if name in getattr(self, slot):
-                del getattr(self, slot)[name]
-        self.scaling.pop(name)
+        super().delete_adapter(name)
         self.factored.pop(name)
-        self.adapter_names.remove(name)
 
     def _factor(self, name: str, which: str):
         if self.factored[name][0 if which == "1" else 1]:
             return ops.matmul(getattr(self, f"lokr_w{which}_a")[name].weight, getattr(self, f"lokr_w{which}_b")[name].weight)
         return getattr(self, f"lokr_w{which}")[name].weight
 
-    def construct(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        y = self.matmul_nt(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        for name in self.running_adapters():
-            delta = _kron(self._factor(name, "1"), self._factor(name, "2")) * self.scaling[name]
-            y = y + self.matmul_nt(x, delta)
-        return y.reshape(shape[:-1] + (self.out_features,))
+    def _delta(self, name: str):
+        return _kron(self._factor(name, "1"), self._factor(name, "2")) * self.scaling[name]
 
     def _delta_host(self, name: str) -> np.ndarray:
         def factor(which):
             if self.factored[name][0 if which == "1" else 1]:
-                return (getattr(self, f"lokr_w{which}_a")[name].weight.asnumpy().astype(np.float64)
-                        @ getattr(self, f"lokr_w{which}_b")[name].weight.asnumpy().astype(np.float64))
-            return getattr(self, f"lokr_w{which}")[name].weight.asnumpy().astype(np.float64)
+                return self._factor_host(f"lokr_w{which}_a", name) @ self._factor_host(f"lokr_w{which}_b", name)
+            return self._factor_host(f"lokr_w{which}", name)
 
         return np.kron(factor("1"), factor("2")) * self.scaling[name]
-
-    def merge(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name not in self.adapter_names or name in self.merged_adapters:
-                continue
-            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) + self._delta_host(name)).astype(np.float32))
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) - self._delta_host(name)).astype(np.float32))
-
-    def unwrap(self):
-        base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
-        base.weight, base.bias = self.weight, self.bias
-        return base

@@ -1,5 +1,4 @@
 """LoRA settings (Hu et al. 2021), with PEFT's field names; ``LoRAConfig`` is the SWIFT spelling."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Union
 

@@ -4,7 +4,6 @@ import re
 from ...registry import TUNERS
 from ..tuner_layer import TunerMethod
 from .config import PromptTuningConfig
-from .layer import PromptEmbedding
 from .model import inject_prompt_tuning
 
 

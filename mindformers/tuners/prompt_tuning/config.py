@@ -2,28 +2,18 @@
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional
 
-from ..config import TunerConfig
+from ..prompt_learning import PromptLearningConfig
 
 INITS = ("RANDOM", "TEXT", "SAMPLE_VOCAB")
 
 
 @dataclass
-class PromptTuningConfig(TunerConfig):
+class PromptTuningConfig(PromptLearningConfig):
     """``num_virtual_tokens`` trained embeddings put before every input; the model itself is frozen."""
 
     peft_type: ClassVar[str] = "PROMPT_TUNING"
     pet_aliases: ClassVar[Dict[str, str]] = {"pre_seq_len": "num_virtual_tokens"}
 
-    num_virtual_tokens: int = 20
-    """How many virtual tokens (prompt embeddings) precede each input."""
-    token_dim: Optional[int] = None
-    """Their width (the model's hidden size; filled in when the adapter is added)."""
-    num_transformer_submodules: Optional[int] = 1
-    """1 for decoder-only models (PEFT's field)."""
-    num_attention_heads: Optional[int] = None
-    """Recorded for PEFT (filled in)."""
-    num_layers: Optional[int] = None
-    """Recorded for PEFT (filled in)."""
     prompt_tuning_init: str = "RANDOM"
     """RANDOM (standard normal, as PEFT's nn.Embedding), TEXT (the embeddings of ``prompt_tuning_init_text``'s
     tokens, repeated to length) or SAMPLE_VOCAB (embeddings of random vocabulary tokens)."""
@@ -33,14 +23,11 @@ class PromptTuningConfig(TunerConfig):
     """The tokenizer that tokenises ``prompt_tuning_init_text`` (a preset or a directory)."""
     tokenizer_kwargs: Optional[Dict[str, Any]] = None
     """Extra arguments of that tokenizer."""
-    modules_to_save: Optional[list] = None
-    """Extra modules trained in full and saved with the adapter."""
 
     def __post_init__(self):
+        super().__post_init__()
         if str(self.prompt_tuning_init).upper() not in INITS:
             raise ValueError(f"prompt_tuning_init must be one of {INITS}, found {self.prompt_tuning_init!r}")
         self.prompt_tuning_init = str(self.prompt_tuning_init).upper()
         if self.prompt_tuning_init == "TEXT" and not (self.prompt_tuning_init_text and self.tokenizer_name_or_path):
             raise ValueError("prompt_tuning_init TEXT needs prompt_tuning_init_text and tokenizer_name_or_path")
-        if self.num_virtual_tokens <= 0:
-            raise ValueError(f"num_virtual_tokens must be positive, found {self.num_virtual_tokens}")

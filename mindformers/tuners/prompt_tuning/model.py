@@ -5,22 +5,10 @@ from typing import List, Optional
 import numpy as np
 from mindspore import nn
 
-from ...models.common.layers import Embedding
-from ..tuner_layer import AdapterState, rename_parameters, replace_module
+from ..prompt_learning import input_embedding, prompt_embedding
+from ..targets import seeded_rng
+from ..tuner_layer import AdapterState, rename_parameters
 from .config import PromptTuningConfig
-from .layer import PromptEmbedding
-
-
-def input_embedding(model: nn.Cell):
-    """(path, cell) of the model's token embedding: the table its stack's ``embedding_weight`` reads."""
-    stack = getattr(model, "stack", None)
-    if stack is None or not hasattr(model, "virtual_tokens"):
-        raise TypeError(f"prompt tuning needs a causal LM of this package, not {type(model).__name__}")
-    weight = stack().embedding_weight()
-    for path, cell in model.cells_and_names():
-        if isinstance(cell, (Embedding, PromptEmbedding)) and cell.weight is weight:
-            return path, cell
-    raise TypeError(f"{type(model).__name__} has no token embedding to extend")
 
 
 def initial_prompt(config: PromptTuningConfig, table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -39,21 +27,7 @@ def initial_prompt(config: PromptTuningConfig, table: np.ndarray, rng: np.random
 
 def inject_prompt_tuning(model: nn.Cell, config: PromptTuningConfig, adapter_name: str, state: AdapterState,
                          seed: Optional[int] = None) -> List[str]:
-    path, embedding = input_embedding(model)
-    hidden = embedding.weight.shape[1]
-    if config.token_dim not in (None, hidden):
-        raise ValueError(f"token_dim {config.token_dim} does not match the model's hidden size {hidden}")
-    config.token_dim = hidden
-    config.num_attention_heads = config.num_attention_heads or model.config.num_attention_heads
-    config.num_layers = config.num_layers or model.config.num_hidden_layers
-    if not isinstance(embedding, PromptEmbedding):
-        embedding = PromptEmbedding(embedding, state)
-        replace_module(model, path, embedding)
-        object.__setattr__(model, "_virtual_tokens_from", embedding)
-    if seed is None:
-        import mindspore as ms
-
-        seed = ms.get_seed()
-    embedding.add_adapter(adapter_name, initial_prompt(config, embedding.weight.asnumpy(), np.random.default_rng(seed)))
+    embedding = prompt_embedding(model, config, state)
+    embedding.add_adapter(adapter_name, initial_prompt(config, embedding.weight.asnumpy(), seeded_rng(seed)))
     rename_parameters(model)
-    return [path]
+    return [input_embedding(model)[0]]

@@ -1,0 +1,138 @@
+"""What the LyCORIS methods (LoHa, LoKr) share, as PEFT's ``lycoris_utils``: their config fields, a Linear layer
+whose adapters each add a computed ``delta W`` [out, in] (``y = W x + b + delta W x``; merging adds it to the
+weight in float64 on the host), and putting such layers into a model. A method subclasses
+:class:`LycorisLinear` with its slots, ``add_adapter``, ``_delta`` (in the graph) and ``_delta_host`` (numpy)."""
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Union
+
+import numpy as np
+from mindspore import nn, ops
+
+from ..models.common.layers import Conv1D, Linear
+from ..utils import write_parameter
+from .config import TunerConfig
+from .targets import match_linear_layers, pattern_value, seeded_rng
+from .tuner_layer import AdapterState, TunerLayer, rename_parameters, replace_module
+
+
+@dataclass
+class LycorisConfig(TunerConfig):
+    """Fields of every LyCORIS method (PEFT's ``LycorisConfig`` and the target fields of its subclasses)."""
+
+    r: int = 8
+    """Rank of the factorised matrices."""
+    alpha: float = 8
+    """Scale numerator: the update is multiplied by alpha / r."""
+    rank_dropout: float = 0.0
+    """Dropout of update rows in training (only 0 is supported here)."""
+    module_dropout: float = 0.0
+    """Probability of skipping the update in a training step (only 0 is supported here)."""
+    target_modules: Optional[Union[List[str], str]] = None
+    """Module names to adapt (as LoRA's); None: the family's default (PEFT uses LoRA's table)."""
+    exclude_modules: Optional[Union[List[str], str]] = None
+    """Modules never adapted."""
+    layers_to_transform: Optional[Union[List[int], int]] = None
+    """Only adapt these layer indices."""
+    layers_pattern: Optional[Union[List[str], str]] = None
+    """Name of the layer list holding the indices."""
+    rank_pattern: Dict[str, int] = field(default_factory=dict)
+    """Per-module ranks: {regex: r}, matched as (.*\\.)?KEY$."""
+    alpha_pattern: Dict[str, float] = field(default_factory=dict)
+    """Per-module alphas, matched like rank_pattern."""
+    modules_to_save: Optional[List[str]] = None
+    """Extra modules trained in full and saved with the adapter."""
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, (set, tuple)):  # PEFT writes sets as lists; accept either
+            self.target_modules = list(self.target_modules)
+        for name in ("rank_dropout", "module_dropout"):
+            if getattr(self, name):
+                raise ValueError(f"{type(self).__name__}.{name} {getattr(self, name)} is not supported (only 0.0)")
+        if self.r <= 0:
+            raise ValueError(f"{type(self).__name__}.r must be a positive integer, found {self.r}")
+
+
+class LycorisLinear(nn.Cell, TunerLayer):
+    """A Linear layer (its own Parameters reused) whose adapters each add ``_delta(name)`` to the weight."""
+
+    slots = ()  # the CellDicts holding the method's tensors, by adapter name
+
+    def __init__(self, base, state: AdapterState):
+        super().__init__()
+        if isinstance(base, Conv1D) or not isinstance(base, Linear):
+            raise TypeError(f"{type(self).__name__} adapts Linear layers (PEFT's LyCORIS methods do not adapt "
+                            f"GPT-2's Conv1D), not {type(base).__name__}")
+        self._init_tuner_layer(state)
+        self.weight, self.bias = base.weight, base.bias
+        self.in_features, self.out_features = base.in_features, base.out_features
+        for slot in self.slots:
+            setattr(self, slot, nn.CellDict())
+        self.scaling: Dict[str, float] = {}
+        self.matmul_nt = ops.MatMul(transpose_b=True)
+
+    def _added(self, name: str, scaling: float) -> None:
+        self.scaling[name] = scaling
+        if name not in self.adapter_names:
+            self.adapter_names.append(name)
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
+        for slot in self.slots:
+            if name in getattr(self, slot):
+                del getattr(self, slot)[name]
+        self.scaling.pop(name)
+        self.adapter_names.remove(name)
+
+    def _delta(self, name: str):
+        raise NotImplementedError
+
+    def _delta_host(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _factor_host(self, slot: str, name: str) -> np.ndarray:
+        return getattr(self, slot)[name].weight.asnumpy().astype(np.float64)
+
+    def construct(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        y = self.matmul_nt(x, self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        for name in self.running_adapters():
+            y = y + self.matmul_nt(x, self._delta(name))
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+    def merge(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.adapter_names or name in self.merged_adapters:
+                continue
+            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) + self._delta_host(name)).astype(np.float32))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) - self._delta_host(name)).astype(np.float32))
+
+    def unwrap(self):
+        base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
+        base.weight, base.bias = self.weight, self.bias
+        return base
+
+
+def inject_lycoris(model: nn.Cell, config: LycorisConfig, adapter_name: str, state: AdapterState,
+                   seed: Optional[int], layer_class) -> List[str]:
+    """Add adapter ``adapter_name`` to every layer ``config`` targets (ranks and alphas by rank_pattern /
+    alpha_pattern), wrapping plain Linear layers in ``layer_class``; returns the adapted module names."""
+    matched, layers = match_linear_layers(model, config, config.peft_type, layer_class)
+    rng = seeded_rng(seed)
+    for name in matched:
+        layer = layers[name]
+        if not isinstance(layer, layer_class):
+            layer = layer_class(layer, state)
+            replace_module(model, name, layer)
+        r, alpha = pattern_value(config.rank_pattern, name, config.r), pattern_value(config.alpha_pattern, name, config.alpha)
+        layer.add_adapter(adapter_name, r, alpha, config, rng)
+    rename_parameters(model)
+    return matched
