@@ -127,6 +127,8 @@ class TunerMethod:
             slot rule (prompt learning saves ``prompt_embeddings`` without a module path), else None.
         export: ``export(model, adapter, {file key: array})`` -> what a PEFT file holds, where it is not the
             adapter's Parameters (p-tuning saves its encoder's output, not the encoder).
+        trains_base: the method trains (and saves) the model's own weights rather than added ones (SWIFT's
+            NEFTune, which only perturbs the embeddings while the model trains in full).
 
     A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
@@ -144,6 +146,7 @@ class TunerMethod:
     peft_format: bool = True
     file_key: Optional[Callable] = None
     export: Optional[Callable] = None
+    trains_base: bool = False
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""
