@@ -12,6 +12,7 @@ from .loha import LoHaConfig, LoHaLinear
 from .lokr import LoKrConfig, LoKrLinear
 from .prompt_tuning import PromptTuningConfig
 from .p_tuning import PromptEncoderConfig
+from .neftune import NEFTuneConfig
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftModel,
