@@ -56,6 +56,26 @@ class PeftModel(TunerModel):
         config = dataclasses.replace(config, inference_mode=not is_trainable)
         self._load_adapter_dir(model_id, adapter_name, config, peft_keys=True)
 
+    def get_prompt_embedding_to_save(self, adapter_name: str) -> Tensor:
+        """A prompt-learning adapter's virtual-token embeddings [num_virtual_tokens, hidden] (p-tuning: its
+        encoder's output), what PEFT saves as ``prompt_embeddings``."""
+        from .prompt_learning import PromptEmbedding, input_embedding
+
+        self._check_name(adapter_name)
+        embedding = input_embedding(self.base_model)[1] if hasattr(self.base_model, "virtual_tokens") else None
+        if not isinstance(embedding, PromptEmbedding) or adapter_name not in embedding.adapter_names:
+            raise ValueError(f"adapter {adapter_name!r} is a {self.peft_config[adapter_name].peft_type} adapter, not a "
+                             "prompt-learning one (prompt tuning, p-tuning)")
+        return embedding.prompt(adapter_name)
+
+    def get_prompt(self, batch_size: int) -> Tensor:
+        """The active prompt-learning adapter's virtual-token embeddings for a batch: [batch, n, hidden]."""
+        name = self.active_adapter
+        if name is None:
+            raise ValueError("no adapter is active")
+        prompt = self.get_prompt_embedding_to_save(name)
+        return ms.ops.broadcast_to(prompt.expand_dims(0), (batch_size,) + tuple(prompt.shape))
+
     def save_pretrained(self, save_directory: str, selected_adapters: Optional[List[str]] = None,
                         safe_serialization: bool = True) -> None:
         """Write each adapter in PEFT's layout (``default`` at the top, others in sub-folders)."""

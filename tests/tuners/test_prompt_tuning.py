@@ -77,3 +77,17 @@ def test_fine_tune_through_the_trainer_lowers_held_out_loss(tmp_path, small_chat
     trainer.train()
     assert trainer.evaluate()["eval_loss"] < before - 0.01  # a random tiny model: only 8 x 32 numbers train
     assert list(load_file(str(tmp_path / "checkpoint-8" / "adapter_model.safetensors"))) == ["prompt_embeddings"]
+
+
+def test_get_prompt_and_the_embedding_to_save():
+    from mindformers.tuners import LoraConfig, PromptEncoderConfig
+
+    model = PeftModel.from_pretrained(base(), PEFT_DIR)
+    saved = load_file(os.path.join(PEFT_DIR, "adapter_model.safetensors"))["prompt_embeddings"]
+    np.testing.assert_array_equal(model.get_prompt_embedding_to_save("default").asnumpy(), saved)
+    assert model.get_prompt(3).shape == (3, 4, 64)
+    encoder = get_peft_model(base(), PromptEncoderConfig(num_virtual_tokens=2, encoder_hidden_size=8), seed=0)
+    assert encoder.get_prompt_embedding_to_save("default").shape == (2, 64)  # the encoder's output
+    lora = get_peft_model(base(), LoraConfig(target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="'default' is a LORA adapter, not a prompt-learning one"):
+        lora.get_prompt(1)
