@@ -63,6 +63,7 @@ def match_linear_layers(model, config, peft_type: str, layer_class) -> Tuple[Lis
     output head; nothing matched is an error naming the layers there are."""
     from ..models.common.layers import Conv1D, Linear
     from ..registry import TUNERS
+    from .tuner_layer import TunerLayer
     from .tuner_model import is_adapter_path
 
     if config.target_modules is None:
@@ -73,6 +74,12 @@ def match_linear_layers(model, config, peft_type: str, layer_class) -> Tuple[Lis
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         targets = [n for n in candidates if n.split(".")[-1] not in ("lm_head", *CLASSIFIER_HEADS)]
     matched = [name for name in candidates if is_target(config, name, targets)]
+    taken = [f"{name} ({type(cell).__name__})" for name, cell in model.cells_and_names()
+             if name and name not in candidates and isinstance(cell, TunerLayer) and not is_adapter_path(name)
+             and is_target(config, name, targets)]
+    if taken:
+        raise ValueError(f"{peft_type} cannot adapt {', '.join(taken[:3])}: a layer holds one method's adapters; "
+                         "target other layers")
     if not matched:
         raise ValueError(f"target_modules {config.target_modules!r} matched no linear layer of {type(model).__name__}; "
                          f"layers are named like {', '.join(list(candidates)[:6])}, ...")
