@@ -15,6 +15,7 @@ from .p_tuning import PromptEncoderConfig
 from .neftune import NEFTuneConfig
 from .peft import (
     AutoPeftModelForCausalLM,
+    PeftMixedModel,
     PeftModel,
     TunerLayerStatus,
     TunerModelStatus,

@@ -86,12 +86,27 @@ class PeftModel(TunerModel):
             self._save_adapter(directory, name, peft_keys=True)
 
 
+class PeftMixedModel(PeftModel):
+    """PEFT's ``PeftMixedModel``: adapters of different methods active together (``set_adapter([...])``), for
+    the methods PEFT mixes (LoRA, LoHa, LoKr; IA3 and prompt learning are refused, as PEFT refuses them). Each
+    layer holds one method's adapters, so mixed adapters target different layers."""
+
+    MIXABLE = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT", "SHIRA")  # PEFT 0.21's COMPATIBLE_TUNER_TYPES
+
+    def add_adapter(self, name: str, config: TunerConfig, seed: Optional[int] = None) -> None:
+        if config.peft_type not in self.MIXABLE:
+            raise ValueError(f"the provided peft_type {config.peft_type!r} is not compatible with PeftMixedModel; "
+                             f"compatible types: {list(self.MIXABLE)}")
+        super().add_adapter(name, config, seed)
+
+
 def get_peft_model(model: nn.Cell, peft_config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER,
-                   seed: Optional[int] = None) -> PeftModel:
-    """``model`` with a new, trainable adapter ``adapter_name`` (base weights frozen)."""
+                   seed: Optional[int] = None, mixed: bool = False) -> PeftModel:
+    """``model`` with a new, trainable adapter ``adapter_name`` (base weights frozen); ``mixed``: a
+    :class:`PeftMixedModel`, to which adapters of other methods can be added and activated together."""
     if peft_config.base_model_name_or_path is None:
         peft_config = dataclasses.replace(peft_config, base_model_name_or_path=getattr(model, "name_or_path", None))
-    return PeftModel(model, {adapter_name: peft_config}, seed=seed)
+    return (PeftMixedModel if mixed else PeftModel)(model, {adapter_name: peft_config}, seed=seed)
 
 
 def inject_adapter_in_model(peft_config: TunerConfig, model: nn.Cell, adapter_name: str = DEFAULT_ADAPTER) -> nn.Cell:
