@@ -129,6 +129,8 @@ class TunerMethod:
             adapter's Parameters (p-tuning saves its encoder's output, not the encoder).
         trains_base: the method trains (and saves) the model's own weights rather than added ones (SWIFT's
             NEFTune, which only perturbs the embeddings while the model trains in full).
+        owned: ``owned(model, adapter)`` -> the parameter paths that are the adapter's state, for methods whose
+            tensors are model layers of their own (LLaMA-Pro's new blocks) rather than slots.
 
     A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
@@ -147,6 +149,7 @@ class TunerMethod:
     file_key: Optional[Callable] = None
     export: Optional[Callable] = None
     trains_base: bool = False
+    owned: Optional[Callable] = None
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""

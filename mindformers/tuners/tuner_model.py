@@ -67,8 +67,12 @@ def unload_layers(model: nn.Cell) -> None:
 
 def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
     """In-memory path -> Parameter of what adapter ``name`` trains: its tensors, copies and biases."""
-    if TUNERS.get(config.peft_type).trains_base:  # the model's own weights are what it trains
+    method = TUNERS.get(config.peft_type)
+    if method.trains_base:  # the model's own weights are what it trains
         return {path: param for path, param in model.parameters_and_names() if not is_adapter_path(path)}
+    if method.owned is not None:  # layers of its own (LLaMA-Pro's blocks)
+        owned = method.owned(model, name)
+        return {path: param for path, param in model.parameters_and_names() if path in owned}
     out = {}
     slots = adapter_slots()
     adapted = set(method_layers(model))
