@@ -13,6 +13,7 @@ from .lokr import LoKrConfig, LoKrLinear
 from .prompt_tuning import PromptTuningConfig
 from .p_tuning import PromptEncoderConfig
 from .neftune import NEFTuneConfig
+from .llama_pro import LLaMAProConfig
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftMixedModel,
