@@ -5,7 +5,7 @@ config fields, and the model's token embedding extended by a prompt per adapter.
 virtual ids after it in the running adapter's prompt, and the model puts those virtual ids before every input
 (:attr:`~mindformers.models.common.decoder.DecoderForCausalLM.virtual_tokens`)."""
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Dict, Optional
 
 import numpy as np
 from mindspore import nn, ops
@@ -13,7 +13,7 @@ from mindspore import nn, ops
 from ..models.common.layers import Embedding
 from .config import TunerConfig
 from .lora.layer import _Vector
-from .tuner_layer import AdapterState, TunerLayer, replace_module
+from .tuner_layer import AdapterState, UnmergeableEmbedding, replace_module
 
 
 @dataclass
@@ -38,10 +38,12 @@ class PromptLearningConfig(TunerConfig):
             raise ValueError(f"num_virtual_tokens must be positive, found {self.num_virtual_tokens}")
 
 
-class PromptEmbedding(nn.Cell, TunerLayer):
+class PromptEmbedding(nn.Cell, UnmergeableEmbedding):
     """``Embedding`` plus prompts by adapter name (one runs at a time): a trained table
     (``prompt_embeddings.<name>.weight``: prompt tuning, or a p-tuning prompt loaded for inference) or an
     encoder computing the table (``prompt_encoder.<name>``: p-tuning while it trains)."""
+
+    merge_refusal = "prompt learning adds inputs; it cannot be merged into the weights"
 
     def __init__(self, base: Embedding, state: AdapterState):
         super().__init__()
@@ -99,16 +101,6 @@ class PromptEmbedding(nn.Cell, TunerLayer):
         table = ops.concat((self.weight, self.prompt(name).astype(self.weight.dtype)), 0)
         return self.gather(table, ids, 0)
 
-    def merge(self, names: Iterable[str]) -> None:
-        raise ValueError("prompt learning adds inputs; it cannot be merged into the weights")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self) -> Embedding:
-        base = Embedding(*self.weight.shape, self.weight.dtype)
-        base.weight = self.weight
-        return base
 
 
 def input_embedding(model: nn.Cell):

@@ -101,6 +101,27 @@ class TunerLayer:
         raise NotImplementedError
 
 
+class UnmergeableEmbedding(TunerLayer):
+    """A tuner layer on an Embedding that adds nothing to its table (prompt learning, NEFTune): merging is
+    refused with ``merge_refusal``; unwrapping gives the Embedding back with the same table."""
+
+    merge_refusal = "it cannot be merged into the weights"
+
+    def merge(self, names: Iterable[str]) -> None:
+        if any(name in self.adapter_names for name in names):  # other methods' adapters may merge
+            raise ValueError(f"{type(self).__name__}: {self.merge_refusal}")
+
+    def unmerge(self) -> None:
+        return None
+
+    def unwrap(self):
+        from ..models.common.layers import Embedding
+
+        base = Embedding(*self.weight.shape, self.weight.dtype)
+        base.weight = self.weight
+        return base
+
+
 @dataclasses.dataclass(frozen=True)
 class TunerMethod:
     """What the shared tuner core needs from a method (what PEFT's ``BaseTuner`` subclasses declare); each

@@ -68,6 +68,8 @@ def test_the_seed_example_lora_plus_adapter_saves_and_loads_in_swift_layout(tmp_
     again = Swift.from_pretrained(base(), str(tmp_path))
     assert sorted(again.active_adapters) == ["first_tuner", "second_tuner"]
     np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-5, rtol=0)
+    Swift.merge(again, "first_tuner")  # the LoRA merges beside the Adapter, which stays a module
+    np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-4, rtol=0)
 
 
 def test_refusals_are_named(tmp_path):

@@ -2,16 +2,18 @@
 ``+-noise_alpha / sqrt(seq_len * hidden)``; in evaluation and generation the embedding is unchanged. It adds
 no tensors: the model trains in full (SWIFT saves the whole state)."""
 import math
-from typing import Dict, Iterable
+from typing import Dict
 
 from mindspore import nn, ops
 
 from ...models.common.layers import Embedding
-from ..tuner_layer import AdapterState, TunerLayer
+from ..tuner_layer import AdapterState, UnmergeableEmbedding
 
 
-class NEFTuneEmbedding(nn.Cell, TunerLayer):
+class NEFTuneEmbedding(nn.Cell, UnmergeableEmbedding):
     """An Embedding (its table reused) that adds NEFTune noise while training."""
+
+    merge_refusal = "NEFTune adds noise while training; there is nothing to merge"
 
     def __init__(self, base: Embedding, state: AdapterState):
         super().__init__()
@@ -39,14 +41,3 @@ class NEFTuneEmbedding(nn.Cell, TunerLayer):
             bound = self.alphas[running[0]] / math.sqrt(out.shape[-1] * out.shape[-2])
             out = out + (ops.rand_like(out) * 2.0 - 1.0) * bound
         return out
-
-    def merge(self, names: Iterable[str]) -> None:
-        raise ValueError("NEFTune adds noise while training; there is nothing to merge")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self) -> Embedding:
-        base = Embedding(*self.weight.shape, self.weight.dtype)
-        base.weight = self.weight
-        return base
