@@ -5,7 +5,6 @@ unexpected or wrongly shaped tensor is an error listing all of them; the only ex
 that a checkpoint cannot have (``score.weight`` when a causal-LM checkpoint seeds a classifier), which is
 initialised and reported, as transformers does.
 """
-import contextlib
 import functools
 import threading
 from typing import Any, Dict, Iterable, Optional, Union
@@ -17,7 +16,7 @@ from mindspore import nn
 from .checkpoint import save_state_dict
 from .configuration_utils import PretrainedConfig
 from .models.common.layers import Conv1D, Embedding, LayerNorm, Linear, RMSNorm
-from .utils import EXECUTION_LOCK, building_shapes_only, logger, write_parameter
+from .utils import EXECUTION_LOCK, building_shapes_only, logger, thread_flag, write_parameter
 
 
 class CheckpointMismatchError(ValueError):
@@ -27,15 +26,9 @@ class CheckpointMismatchError(ValueError):
 _CONSTRUCTION = threading.local()  # depth of nested model __init__ calls, and whether weights are filled after
 
 
-@contextlib.contextmanager
 def _weights_filled_by_caller():
     """Inside, constructing a model leaves its placeholder weights (the caller fills them)."""
-    previous = getattr(_CONSTRUCTION, "skip", False)
-    _CONSTRUCTION.skip = True
-    try:
-        yield
-    finally:
-        _CONSTRUCTION.skip = previous
+    return thread_flag(_CONSTRUCTION, "skip")
 
 
 def _initialise_after(init):

@@ -108,16 +108,21 @@ _WRITES = threading.local()
 
 
 @contextlib.contextmanager
+def thread_flag(local: threading.local, name: str):
+    """Inside, ``local.<name>`` is True for this thread (restored after, so blocks nest)."""
+    previous = getattr(local, name, False)
+    setattr(local, name, True)
+    try:
+        yield
+    finally:
+        setattr(local, name, previous)
+
+
 def shapes_only():
     """Inside, models are built for their shapes only (the parallel plan's weightless skeleton, whose
     Parameters have no memory): :func:`write_parameter` does nothing (a dry run could not execute the write
     anyway) and a dtype this machine cannot compute in (bfloat16 on CPU) is accepted."""
-    previous = getattr(_WRITES, "skip", False)
-    _WRITES.skip = True
-    try:
-        yield
-    finally:
-        _WRITES.skip = previous
+    return thread_flag(_WRITES, "skip")
 
 
 def building_shapes_only() -> bool:
