@@ -22,7 +22,7 @@ ALIASES = {
     "lr_schedule": "lr_scheduler_type",
 }
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "galore_adamw")
 MODES = ("jit", "pynative")
 
 
@@ -52,7 +52,18 @@ class TrainingArguments:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     optim: str = "adamw"
-    """Optimizer: "adamw" or "sgd"."""
+    """Optimizer: "adamw", "sgd" or "galore_adamw" (AdamW with GaLore's projected moments on the 2-D weights of
+    ``optim_target_modules``, settings in ``optim_args``; mindformers/tuners/galore)."""
+    optim_target_modules: Optional[Union[str, List[str]]] = None
+    """GaLore (HF's name): module path substrings (a list) or one regular expression (a string) whose Linear
+    weights GaLore projects; "all-linear" takes every Linear layer but the output head."""
+    optim_args: Optional[str] = None
+    """GaLore settings in HF's spelling: "rank=128, update_proj_gap=50, scale=1.0, proj_type=std"."""
+    lisa_activated_layers: int = 0
+    """LISA (SWIFT's name): train this many decoder layers, sampled anew every lisa_step_interval steps, with
+    the embeddings, final norm and head (0: off). Full fine-tuning only (mindformers/tuners/lisa)."""
+    lisa_step_interval: int = 20
+    """LISA: optimizer steps between two samplings of the trained layers."""
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule after warmup: linear, cosine, constant, constant_with_warmup."""
     warmup_steps: int = 0
@@ -104,6 +115,10 @@ class TrainingArguments:
         check(self.learning_rate >= 0, f"learning_rate must be >= 0, found {self.learning_rate}")
         check(self.lr_scheduler_type in SCHEDULES, f"lr_scheduler_type must be one of {SCHEDULES}, found {self.lr_scheduler_type!r}")
         check(self.optim in OPTIMIZERS, f"optim must be one of {OPTIMIZERS}, found {self.optim!r}")
+        check(self.lisa_activated_layers >= 0, f"lisa_activated_layers must be >= 0, found {self.lisa_activated_layers}")
+        check(self.lisa_step_interval >= 1, f"lisa_step_interval must be >= 1, found {self.lisa_step_interval}")
+        check(self.optim == "galore_adamw" or (self.optim_target_modules is None and not self.optim_args),
+              f"optim_target_modules and optim_args configure optim='galore_adamw', found optim={self.optim!r}")
         check(self.mode in MODES, f"mode must be one of {MODES}, found {self.mode!r}")
         check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), found {self.warmup_ratio}")
         check(self.max_steps > 0 or self.num_train_epochs > 0, "set max_steps > 0 or num_train_epochs > 0")

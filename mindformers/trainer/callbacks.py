@@ -3,6 +3,7 @@
 The Trainer calls, in order::
 
     on_train_begin(state, args)
+    on_step_begin(state, model)      # before each optimizer step; True: the trainable set changed
     on_step_end(state, logs)         # logs every `logging_steps`: loss, lr, grad_norm?, tokens_per_second, step_time
     on_evaluate(state, metrics)      # eval_loss, eval_perplexity, eval_accuracy?
     on_save(state, checkpoint_dir)
@@ -48,6 +49,21 @@ class TrainerCallback:
             state: the run's state; ``start_step`` is above 0 for a resumed run.
             args: the TrainingArguments (read with ``getattr`` and a default).
         """
+
+    def on_step_begin(self, state: TrainerState, model: Any) -> bool:
+        """Called before each optimizer step (and once before the optimizer is built, for the first step).
+        A callback may change which of ``model``'s parameters train (``requires_grad``) here, and then
+        returns True: the trainer builds a new optimizer over the new set (fresh moments) and compiles the
+        step for it (LISA, mindformers/tuners/lisa).
+
+        Args:
+            state: the run's state; ``global_step`` is the step about to run.
+            model: the model being trained.
+
+        Returns:
+            True when the trainable parameters changed, else False.
+        """
+        return False
 
     def on_step_end(self, state: TrainerState, logs: Dict[str, Any]) -> None:
         """Called after an optimizer step; ``logs`` holds the training metrics on logging steps.
@@ -164,6 +180,12 @@ class CallbackList:
         """Forward :meth:`TrainerCallback.on_train_begin` to every callback."""
         for cb in self._callbacks:
             cb.on_train_begin(state, args)
+
+    def on_step_begin(self, state: TrainerState, model: Any) -> bool:
+        """Forward :meth:`TrainerCallback.on_step_begin` to every callback; True if any changed the
+        trainable parameters."""
+        changed = [bool(cb.on_step_begin(state, model)) for cb in self._callbacks]
+        return any(changed)
 
     def on_step_end(self, state: TrainerState, logs: Dict[str, Any]) -> None:
         """Forward :meth:`TrainerCallback.on_step_end` to every callback."""

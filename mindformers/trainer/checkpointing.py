@@ -123,9 +123,16 @@ def resolve_resume(resume, output_dir: str) -> Optional[str]:
     return resume
 
 
+def checkpoint_step(path: str) -> int:
+    """The ``global_step`` a checkpoint folder was saved at."""
+    state = read_json_object(os.path.join(path, "trainer_state.json"), "a checkpoint")
+    return int(state.get("global_step", 0))
+
+
 def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> TrainerState:
     """Restore weights, optimizer state and trainer state from a checkpoint folder (a tensor-parallel run
-    takes its slices of the whole tensors)."""
+    takes its slices of the whole tensors). ``optimizer`` None: its state is not restored (a run whose
+    trainable set starts anew at the checkpoint's step: LISA)."""
     for name in ("trainer_state.json", "optimizer.safetensors"):
         if not os.path.isfile(os.path.join(path, name)):
             raise FileNotFoundError(f"{path} is not a complete training checkpoint: {name} is missing "
@@ -148,7 +155,7 @@ def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> Traine
     saved = load_state_dict(os.path.join(path, "optimizer.safetensors"))
     if tensor_parallel is not None:
         saved = tensor_parallel.slice(saved)
-    current = optimizer.state_parameters()
+    current = optimizer.state_parameters() if optimizer is not None else {}
     missing = sorted(set(current) - set(saved))
     if missing:
         raise ValueError(f"{path}: optimizer state lacks {missing[:5]}; was it saved for another model or optimizer?")

@@ -10,6 +10,11 @@ working inside ``mindspore.jit``. Hence these small optimizers.
 
 The schedule is a plain function of the step, so a resumed run gets the same rates without any scheduler
 state; the optimizer's state is its moments and step counter (``state_parameters``).
+
+An optimizer is called as ``optimizer(grads, lr_factor, constants)`` inside the compiled step, where
+``constants = optimizer.step_constants()`` is a tuple of Python values the trainer reads before each step:
+each distinct value compiles (once) its own graph, so work that only some steps do (GaLore's SVD every
+``update_proj_gap`` steps) is not in the graph of the others.
 """
 import math
 from typing import Dict, List, Tuple
@@ -121,6 +126,10 @@ class _Optimizer(nn.Cell):
         """The optimizer's own tensors by name, for checkpoints."""
         return {}
 
+    def step_constants(self) -> tuple:
+        """Compile-time settings of the next step (see the module docstring); none for AdamW and SGD."""
+        return ()
+
 
 class AdamW(_Optimizer):
     """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW: decoupled decay ``p -= lr * wd * p``, then
@@ -133,7 +142,7 @@ class AdamW(_Optimizer):
         self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
         self.state_step = Parameter(Tensor(0.0, ms.float32), name="state_step", requires_grad=False)
 
-    def construct(self, grads, factor):
+    def construct(self, grads, factor, constants=()):
         step = self.state_step + 1.0
         ops.assign(self.state_step, step)
         correction1 = 1.0 - ops.pow(self.beta1, step)
@@ -152,13 +161,17 @@ class AdamW(_Optimizer):
 class SGD(_Optimizer):
     """Plain stochastic gradient descent with decoupled weight decay: ``p -= lr * (grad + wd * p)``."""
 
-    def construct(self, grads, factor):
+    def construct(self, grads, factor, constants=()):
         return self.hyper_map(ops.partial(_sgd_update, factor), self.peak_lrs, self.weight_decays, self.parameters,
                               grads)
 
 
 def build_optimizer(model, args: TrainingArguments) -> _Optimizer:
     """The run's optimizer over the model's trainable parameters."""
+    if args.optim == "galore_adamw":  # a training-side tuner: mindformers/tuners/galore
+        from ..tuners.galore import build_galore_optimizer
+
+        return build_galore_optimizer(model, args)
     groups = parameter_groups(model, args)
     if args.optim == "adamw":
         return AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)

@@ -23,7 +23,7 @@ from ..parallel.config import ParallelConfig, RecomputeConfig
 from ..utils import graphs_released_after, logger
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
-from .checkpointing import (earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
+from .checkpointing import (checkpoint_step, earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
                             rotate_checkpoints, save_checkpoint, tuner_of)
 from .optim import build_optimizer, global_norm, scale_all, schedule_factor
 from .state import TrainerState
@@ -83,6 +83,10 @@ class _StepFunctions:
     update) returning (loss, gradient norm, router aux loss). With gradient accumulation, ``gradients``
     returns one micro-batch's ((loss, aux loss), gradients) and ``update`` applies the summed, weighted ones.
     The aux loss is the MoE load-balancing loss (0 for other models), already inside the loss.
+
+    Tuner methods' training hooks (:class:`~mindformers.tuners.tuner_layer.TunerMethod`): a ``regulariser`` is
+    added to the loss inside the graph, and the optimizer keeps the gradients that ``after_step`` hooks read
+    (``TunerModel.keep_step_gradients``; the Trainer hands them over after each step).
     """
 
     def __init__(self, model, optimizer, args: TrainingArguments, world_size: int, tensor_parallel=None):
@@ -100,10 +104,18 @@ class _StepFunctions:
         # MoE models with output_router_logits return (loss, logits, aux_loss); the loss includes the aux term
         reports_aux = getattr(model, "config", None) is not None and model.config.aux_loss_settings() is not None
         self.reports_aux = reports_aux
+        tuner = tuner_of(model)
+        regulariser = tuner.training_regulariser() if tuner is not None else None
+        if tuner is not None:
+            self.optimizer = tuner.keep_step_gradients(optimizer)
+            if self.optimizer is not optimizer and tensor_parallel is not None:
+                raise ValueError("a tuner method that reads each step's gradients (AdaLoRA's rank allocation) needs "
+                                 "whole gradients; train it without tensor parallelism (model_parallel=1)")
 
         def loss_of(input_ids, attention_mask, labels):
             out = model(input_ids, attention_mask, None, labels)
-            return out[0], (out[2] if reports_aux else ops.zeros((), ms.float32))
+            loss = out[0] if regulariser is None else out[0] + regulariser()
+            return loss, (out[2] if reports_aux else ops.zeros((), ms.float32))
 
         self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters, has_aux=True)
         # The update is always compiled: MindSpore's optimizers compile their own inner step when called
@@ -116,26 +128,30 @@ class _StepFunctions:
             self.gradients = self._value_and_grad
             self.step = self._eager_step
 
-    def _step(self, input_ids, attention_mask, labels, tokens, lr_factor):
+    def _step(self, input_ids, attention_mask, labels, tokens, lr_factor, constants=()):
         (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
-        loss, norm = self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        loss, norm = self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor, constants)
         return loss, norm, aux
 
-    def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor):
+    def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor, constants=()):
         (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
-        loss, norm = self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor)
+        loss, norm = self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor, constants)
         return loss, norm, aux
 
-    def update(self, weighted_grads, loss_sum, tokens, lr_factor):
+    def update(self, weighted_grads, loss_sum, tokens, lr_factor, constants=()):
         """Apply gradients summed outside the compiled step; returns (mean loss, gradient norm)."""
         # WARNING: a tuple of tensors passed to a compiled function is a constant unless marked mutable,
         # and every new value would compile a new graph.
-        return self._update_compiled(ms.mutable(tuple(weighted_grads)), loss_sum, tokens, lr_factor)
+        return self._update_compiled(ms.mutable(tuple(weighted_grads)), loss_sum, tokens, lr_factor, constants)
 
-    def _update(self, weighted_grads, loss_sum, tokens, lr_factor):
+    def _update(self, weighted_grads, loss_sum, tokens, lr_factor, constants=()):
         """``weighted_grads``: sum of tokens_i * grad_i over this rank's micro-batches; ``loss_sum`` and
         ``tokens`` ([1] tensors) likewise for the loss and the scored-token count; ``lr_factor``: the
-        schedule's multiplier of each group's peak learning rate."""
+        schedule's multiplier of each group's peak learning rate; ``constants``: the optimizer's
+        ``step_constants()`` (Python values: one graph per distinct value).
+
+        The optimizer sees the gradient of the whole global batch (accumulated, summed over the ranks,
+        clipped), so whatever it derives from it (GaLore's projection) is the same on every rank."""
         if self.all_reduce is not None:  # data parallel: sums over all ranks
             weighted_grads = ops.HyperMap()(self.all_reduce, weighted_grads)
             loss_sum, tokens = self.all_reduce(loss_sum), self.all_reduce(tokens)
@@ -144,7 +160,7 @@ class _StepFunctions:
         norm = global_norm(grads) if self.sharded is None else self._split_norm(grads)
         if self.max_norm > 0:
             grads = scale_all(grads, ops.minimum(self.max_norm / (norm + 1e-6), 1.0))
-        self.optimizer(grads, lr_factor)
+        self.optimizer(grads, lr_factor, constants)
         return loss_sum / tokens, norm
 
     def _split_norm(self, grads):
@@ -211,6 +227,11 @@ class Trainer:
         self._eval_source = eval_dataset if eval_dataset is not None else run.get("eval_dataset")
         self.rank, self.world_size = _world()
         self.callbacks = CallbackList(default_callbacks(self.args) + list(callbacks or []))
+        if self.args.lisa_activated_layers > 0:  # a training-side tuner: mindformers/tuners/lisa
+            from ..tuners.lisa import LisaCallback
+
+            self.callbacks.add(LisaCallback(self.args.lisa_activated_layers, self.args.lisa_step_interval,
+                                            seed=self.args.seed))
         self.model = None
         self._untouched = None  # the pretrained model while no step or checkpoint has changed it
         self._eval_for, self._eval_compiled = None, None  # the model the evaluation step was built for, and it
@@ -475,7 +496,6 @@ class Trainer:
                                "large per-kernel buffers and recompute doubles them, so memory drops only when "
                                "feed-forward activations dominate (bench/recompute_memory.py: x0.60 there, x1.12 for "
                                "an attention-heavy shape); mode='pynative' saved memory in both")
-        optimizer = build_optimizer(model, args)
         state = TrainerState(max_steps=max_steps, num_train_epochs=math.ceil(max_steps / steps_per_epoch),
                              output_dir=args.output_dir, is_main_process=self.rank == 0)
         checkpoint = resolve_resume(resume if resume is not None else args.resume_from_checkpoint, args.output_dir)
@@ -485,13 +505,21 @@ class Trainer:
                                   "or set overwrite_output_dir=True")
         if self.rank == 0:
             remove_stale_temporaries(args.output_dir)
+        # callbacks that choose the trainable parameters (LISA) do so for the first step before the optimizer
+        # exists; a set that starts at that step has fresh moments, so a checkpoint's moments are not loaded
+        state.global_step = checkpoint_step(checkpoint) if checkpoint else 0
+        fresh_set = self.callbacks.on_step_begin(state, model)
+        optimizer = build_optimizer(model, args)
         if checkpoint:
-            state = load_checkpoint(checkpoint, model, optimizer, self._tensor_parallel)
+            state = load_checkpoint(checkpoint, model, None if fresh_set else optimizer, self._tensor_parallel)
             state.max_steps, state.start_step, state.start_time = max_steps, state.global_step, time.time()
             state.is_main_process = self.rank == 0
             logger.info("resuming from %s at step %d", checkpoint, state.global_step)
         self._untouched = None
-        steps = _StepFunctions(model, optimizer, args, 1 if self._sharded else self.world_size, self._tensor_parallel)
+        world = 1 if self._sharded else self.world_size
+        steps = _StepFunctions(model, optimizer, args, world, self._tensor_parallel)
+        set_graphs = graphs_released_after(keep="evaluate_batch")  # the graphs of this trainable set
+        set_graphs.__enter__()  # pylint: disable=unnecessary-dunder-call
         model.set_train(True)
         self.callbacks.on_train_begin(state, args)
         epoch = state.global_step // steps_per_epoch
@@ -502,14 +530,25 @@ class Trainer:
             for index, batch in enumerate(self._batches(data, args.batch_size, True, epoch, skip, model=model),
                                           start=skip):
                 ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
+                if micro == 0 and self.callbacks.on_step_begin(state, model):
+                    # a new trainable set (LISA): a new optimizer over it (the old moments are released with the
+                    # old one) and new compiled steps (the gradients are taken for other parameters)
+                    set_graphs.__exit__(None, None, None)
+                    optimizer = steps = None
+                    optimizer = build_optimizer(model, args)
+                    steps = _StepFunctions(model, optimizer, args, world, self._tensor_parallel)
+                    set_graphs = graphs_released_after(keep="evaluate_batch")
+                    set_graphs.__enter__()  # pylint: disable=unnecessary-dunder-call
                 if micro == 0:  # the schedule is a function of the optimizer step
                     factor = schedule_factor(state.global_step, max_steps, args)
+                    constants = optimizer.step_constants()
                     lr, lr_factor = optimizer.peak_lrs[0] * factor, Tensor(factor, ms.float32)
                 micro += 1
                 window["tokens"] += int(batch["attention_mask"].sum())
                 scored = self._scored_tokens(batch["labels"])
                 if args.gradient_accumulation_steps == 1:
-                    loss, norm, aux = steps.step(ids, mask, labels, Tensor([scored], ms.float32), lr_factor)
+                    loss, norm, aux = steps.step(ids, mask, labels, Tensor([scored], ms.float32), lr_factor,
+                                                 constants)
                     window["aux"].append(float(aux.asnumpy()))
                 else:
                     (loss, aux), grads = steps.gradients(ids, mask, labels)
@@ -521,7 +560,7 @@ class Trainer:
                     if micro < args.gradient_accumulation_steps and index < micro_per_epoch - 1:
                         continue
                     loss, norm = steps.update(accumulated, Tensor([loss_sum], ms.float32), Tensor([tokens], ms.float32),
-                                              lr_factor)
+                                              lr_factor, constants)
                 window["loss"].append(float(loss.asnumpy()[0]))
                 self._after_step(optimizer, state, window, lr, float(norm.asnumpy()), epoch, steps_per_epoch,
                                  model, eval_data)
@@ -530,6 +569,7 @@ class Trainer:
                     break
             skip = 0
             epoch += 1
+        set_graphs.__exit__(None, None, None)
         model.set_train(False)
         self._save(model, optimizer, state)
         if eval_data is not None and args.eval_steps is None:
@@ -540,6 +580,9 @@ class Trainer:
     def _after_step(self, optimizer, state, window, lr, norm, epoch, steps_per_epoch, model, eval_data):
         """Count the step; log, evaluate and checkpoint when their intervals come round."""
         args = self.args
+        tuner = tuner_of(model)
+        if tuner is not None:  # the step's gradients to the tuner methods' hooks (PEFT's update_and_allocate(step))
+            tuner.after_optimizer_step(state.global_step)
         state.global_step += 1
         window["steps"] += 1
         state.epoch = epoch + (state.global_step - epoch * steps_per_epoch) / steps_per_epoch
