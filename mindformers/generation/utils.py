@@ -122,7 +122,8 @@ class _CachedRunner:
         length += self.pad
         self.slot_mask[:, :] = 0
         self.slot_mask[:, :length] = mask
-        positions = np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32)
+        # a prefix tuner's keys sit before every row: its tokens start at that position
+        positions = (np.maximum(np.cumsum(mask, 1) - 1, 0) + getattr(self.model, "prefix_positions", 0)).astype(np.int32)
         slots = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length))
         self.positions = positions[:, -1]
         self.next_slot = length

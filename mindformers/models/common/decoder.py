@@ -192,6 +192,13 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         source = getattr(self, "_virtual_tokens_from", None)
         return 0 if source is None else source.virtual_tokens()
 
+    @property
+    def prefix_positions(self) -> int:
+        """Positions a prefix tuner's keys and values take before every input (0: none): the input's tokens
+        start at this position, as after PEFT's prefix in the KV cache."""
+        source = getattr(self, "_prefix_positions_from", None)
+        return 0 if source is None else source.prefix_positions()
+
     def with_virtual_tokens(self, input_ids, attention_mask, labels):
         """``(ids, mask, labels)`` with the virtual tokens in front (mask ones, labels ignored there)."""
         batch, n = input_ids.shape[0], self.virtual_tokens
@@ -207,6 +214,8 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         if self.virtual_tokens:
             input_ids, attention_mask, labels = self.with_virtual_tokens(input_ids, attention_mask, labels)
+        if position_ids is None and self.prefix_positions:
+            position_ids = default_position_ids(attention_mask, *input_ids.shape) + self.prefix_positions
         hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
         out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul)
         if labels is None or self.aux_loss is None:

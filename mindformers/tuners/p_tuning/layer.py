@@ -3,18 +3,10 @@ passed through ``mlp_head`` (MLP: Linear(h, e) ReLU Linear(e, e) ReLU Linear(e, 
 bidirectional LSTM of width e) and then ``mlp_head`` (Linear(2e, 2e) ReLU Linear(2e, h)); initialised as
 torch's defaults (the table N(0, 1), linear layers Kaiming-uniform)."""
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
-from ...models.common.layers import Linear
-from ..lora.layer import _kaiming_uniform, _Vector
-
-
-def _linear(fan_in: int, out: int, rng: np.random.Generator, dtype) -> Linear:
-    layer = Linear(fan_in, out, True, dtype)
-    bound = 1.0 / np.sqrt(fan_in)
-    layer.weight.set_data(Tensor(_kaiming_uniform(rng, (out, fan_in)).astype(np.float32), dtype))
-    layer.bias.set_data(Tensor(rng.uniform(-bound, bound, (out,)).astype(np.float32), dtype))
-    return layer
+from ..lora.layer import _Vector
+from ..prompt_learning import default_linear as _linear
 
 
 class PromptEncoder(nn.Cell):
