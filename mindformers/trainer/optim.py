@@ -67,7 +67,9 @@ _sgd_update = ops.MultitypeFuncGraph("sgd_update")
 
 @_scale.register("Tensor", "Tensor")
 def _scale_tensor(factor, x):
-    return x * factor
+    # factor is a [1] or 0-d tensor: as a scalar it keeps x's shape (a 0-d parameter's gradient, such as SWIFT
+    # Side's alpha, would otherwise become [1] and no longer fit its parameter)
+    return x * factor.reshape(())
 
 
 @_square_sum.register("Tensor")

@@ -65,6 +65,23 @@ def test_sgd_with_changing_rates():
     np.testing.assert_allclose(cell.weight.asnumpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+
+def test_scaled_gradients_keep_the_shape_of_a_scalar_parameter():
+    """The trainer scales gradients by a [1] token count; a 0-d parameter (SWIFT Side's alpha) keeps 0-d."""
+    from mindformers.trainer.optim import scale_all
+
+    scalar = Parameter(Tensor(np.float32(0.5)), name="alpha")
+    optimizer = AdamW([{"params": [scalar], "lr": 0.1, "weight_decay": 0.0}])
+
+    def apply(g, tokens):
+        scaled = scale_all(g, 1.0 / tokens)
+        optimizer(scaled, Tensor(1.0, ms.float32))
+        return scaled
+
+    scaled = ms.jit(apply)(ms.mutable((Tensor(np.float32(4.0)),)), Tensor([2.0], ms.float32))
+    assert scaled[0].shape == () and float(scaled[0].asnumpy()) == 2.0
+    assert scalar.shape == () and abs(float(scalar.asnumpy()) - 0.4) < 1e-6  # Adam's first step: lr * sign(grad)
+
 @pytest.mark.parametrize("kind, expected", [
     ("linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]),
     ("cosine", [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
