@@ -7,7 +7,10 @@ from .auto import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForFeatureExtraction,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoProcessor,
     AutoTokenizer,
 )
@@ -19,7 +22,10 @@ from .models.gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 from .models.llama import (
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForQuestionAnswering,
     LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    LlamaModel,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2ForSequenceClassification,

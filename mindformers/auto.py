@@ -155,12 +155,30 @@ class AutoModelForSequenceClassification(AutoModel):
     task = "sequence_classification"
 
 
+class AutoModelForTokenClassification(AutoModel):
+    task = "token_classification"
+
+
+class AutoModelForQuestionAnswering(AutoModel):
+    task = "question_answering"
+
+
+class AutoModelForFeatureExtraction(AutoModel):
+    """The bare backbone (transformers' ``AutoModel`` gives it; ours gives the architecture a source names)."""
+
+    task = "feature_extraction"
+
+
+_TASK_AUTO_CLASSES = (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                      AutoModelForQuestionAnswering, AutoModelForFeatureExtraction)
+
+
 def auto_model_for_task(task: str):
-    """The Auto class loading models of ``task`` ("causal_lm", "sequence_classification")."""
-    for cls in (AutoModelForCausalLM, AutoModelForSequenceClassification):
+    """The Auto class loading models of ``task`` ("causal_lm", "sequence_classification", ...)."""
+    for cls in _TASK_AUTO_CLASSES:
         if cls.task == task:
             return cls
-    raise ValueError(f"no Auto class for model task {task!r}; known: causal_lm, sequence_classification")
+    raise ValueError(f"no Auto class for model task {task!r}; known: {', '.join(c.task for c in _TASK_AUTO_CLASSES)}")
 
 
 class AutoTokenizer:

@@ -52,7 +52,8 @@ class PreTrainedModel(nn.Cell):
     """A model built from a :class:`PretrainedConfig`, with Hugging Face checkpoint I/O.
 
     Subclasses set ``config_class``, ``base_model_prefix`` (``"model"``, ``"transformer"``) and ``task``
-    (``"causal_lm"`` or ``"sequence_classification"``).
+    (``"causal_lm"``, ``"sequence_classification"``, ``"token_classification"``, ``"question_answering"`` or
+    ``"feature_extraction"``).
     """
 
     config_class = PretrainedConfig

@@ -38,6 +38,8 @@ from .layers import (
     default_position_ids,
     lm_output,
     make_lm_head,
+    question_answering_output,
+    token_classification_output,
 )
 from .moe import load_balancing_loss
 
@@ -129,6 +131,10 @@ class DecoderModel(DecoderStack):
 
     def __init__(self, config):
         super().__init__()
+        self.build(config)
+
+    def build(self, config):
+        """Create the layers (the bare model builds them into itself, see :class:`DecoderForFeatureExtraction`)."""
         dtype = MS_DTYPES[config.dtype]
         self.config = config
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
@@ -158,7 +164,66 @@ class DecoderModel(DecoderStack):
         return (config.num_hidden_layers,) + BLOCKS.get(config.attention_class).cache_spec(config)
 
 
-class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
+class PromptInputs:
+    """The virtual tokens of a prompt-learning tuner (prompt tuning, p-tuning), for every model of a task.
+
+    A tuner sets ``_virtual_tokens_from`` (its embedding); while one of its adapters runs, every forward pass
+    starts with ``virtual_tokens`` ids ``vocab_size .. vocab_size + n - 1``, which the tuner's embedding looks
+    up in its prompt table, as PEFT's prompt learning concatenates the prompt before the input embeddings.
+    """
+
+    @property
+    def virtual_tokens(self) -> int:
+        """Virtual tokens a prompt tuner puts before every input (0: none). They are ids ``vocab_size ..
+        vocab_size + n - 1``, which the tuner's embedding looks up in its prompt table; every forward pass
+        (training, evaluation, generation's first step) starts with them, as PEFT's prompt learning does."""
+        source = getattr(self, "_virtual_tokens_from", None)
+        return 0 if source is None else source.virtual_tokens()
+
+    def prepend_virtual_tokens(self, input_ids, attention_mask):
+        """``(ids, mask)`` with the virtual tokens in front (mask ones there, as PEFT's prefix mask)."""
+        batch, n = input_ids.shape[0], self.virtual_tokens
+        first = self.config.vocab_size
+        virtual = ops.arange(first, first + n, dtype=input_ids.dtype).reshape(1, n).broadcast_to((batch, n))
+        input_ids = ops.concat((virtual, input_ids), 1)
+        if attention_mask is not None:
+            attention_mask = ops.concat((ops.ones((batch, n), attention_mask.dtype), attention_mask), 1)
+        return input_ids, attention_mask
+
+    def prepend_ignored(self, labels):
+        """Per-position ``labels`` [batch, seq] with ``-100`` (ignored) for the virtual positions in front."""
+        n = self.virtual_tokens
+        return ops.concat((ops.full((labels.shape[0], n), -100, dtype=labels.dtype), labels), 1)
+
+
+class DecoderHeadModel(PreTrainedModel, PromptInputs):
+    """A backbone (``backbone_class``, stored under ``base_model_prefix``) with a task head on top; subclasses
+    build the head and write ``construct``."""
+
+    base_model_prefix = "model"
+    backbone_class = DecoderModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.backbone_class(config))
+
+    def stack(self):
+        return getattr(self, self.base_model_prefix)
+
+    def hidden_states(self, input_ids, attention_mask, position_ids):
+        """Final hidden states [batch, virtual + seq, hidden] (the prompt's virtual tokens first, if any)."""
+        if self.virtual_tokens:
+            input_ids, attention_mask = self.prepend_virtual_tokens(input_ids, attention_mask)
+        return self.stack().run(input_ids, attention_mask, position_ids)[0], input_ids
+
+    def _rename_checkpoint_key(self, key: str) -> str:
+        # a causal-LM checkpoint (``model.*``) seeding a head whose backbone has another name (``transformer``)
+        if self.base_model_prefix != "model" and key.startswith("model."):
+            return f"{self.base_model_prefix}.{key[len('model.'):]}"
+        return key
+
+
+class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
     """A backbone with a language-model head (tied to the input embedding or its own ``lm_head``).
 
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``,
@@ -185,14 +250,6 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         return getattr(self, self.base_model_prefix)
 
     @property
-    def virtual_tokens(self) -> int:
-        """Virtual tokens a prompt tuner puts before every input (0: none). They are ids ``vocab_size ..
-        vocab_size + n - 1``, which the tuner's embedding looks up in its prompt table; every forward pass
-        (training, evaluation, generation's first step) starts with them, as PEFT's prompt learning does."""
-        source = getattr(self, "_virtual_tokens_from", None)
-        return 0 if source is None else source.virtual_tokens()
-
-    @property
     def prefix_positions(self) -> int:
         """Positions a prefix tuner's keys and values take before every input (0: none): the input's tokens
         start at this position, as after PEFT's prefix in the KV cache."""
@@ -201,15 +258,8 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
 
     def with_virtual_tokens(self, input_ids, attention_mask, labels):
         """``(ids, mask, labels)`` with the virtual tokens in front (mask ones, labels ignored there)."""
-        batch, n = input_ids.shape[0], self.virtual_tokens
-        first = self.config.vocab_size
-        virtual = ops.arange(first, first + n, dtype=input_ids.dtype).reshape(1, n).broadcast_to((batch, n))
-        input_ids = ops.concat((virtual, input_ids), 1)
-        if attention_mask is not None:
-            attention_mask = ops.concat((ops.ones((batch, n), attention_mask.dtype), attention_mask), 1)
-        if labels is not None:
-            labels = ops.concat((ops.full((batch, n), -100, dtype=labels.dtype), labels), 1)
-        return input_ids, attention_mask, labels
+        input_ids, attention_mask = self.prepend_virtual_tokens(input_ids, attention_mask)
+        return input_ids, attention_mask, None if labels is None else self.prepend_ignored(labels)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
         if self.virtual_tokens:
@@ -240,25 +290,103 @@ class DecoderForCausalLM(PreTrainedModel, GenerationMixin):
         return self.stack().cache_spec()
 
 
-class DecoderForSequenceClassification(PreTrainedModel):
+class DecoderForSequenceClassification(DecoderHeadModel):
     """A backbone with a linear ``score`` head on the last non-padding token.
 
-    Returns logits [batch, num_labels], or ``(loss, logits)`` with ``labels``.
+    Returns logits [batch, num_labels], or ``(loss, logits)`` with ``labels``. With a prompt tuner's virtual
+    tokens in front, the pooled token is still the last non-padding one (PEFT passes embeddings, so
+    transformers pools the last position: the same unless rows are right-padded).
     """
 
     task = "sequence_classification"
-    base_model_prefix = "model"
-    backbone_class = DecoderModel
     _head_keys = ("score.weight",)
 
     def __init__(self, config):
         super().__init__(config)
-        setattr(self, self.base_model_prefix, self.backbone_class(config))
         self.score = Linear(config.hidden_size, config.num_labels, False, MS_DTYPES[config.dtype])
 
-    def stack(self):
-        return getattr(self, self.base_model_prefix)
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+        hidden, input_ids = self.hidden_states(input_ids, attention_mask, position_ids)
+        return classifier_output(hidden, self.score, input_ids, labels, self.config)
+
+
+# transformers' classifier dropout when the config sets neither classifier_dropout nor hidden_dropout (Llama)
+DEFAULT_CLASSIFIER_DROPOUT = 0.1
+
+
+class DecoderForTokenClassification(DecoderHeadModel):
+    """A backbone with dropout and a linear ``score`` head (with bias) on every position, as transformers'
+    ``GenericForTokenClassification``.
+
+    Returns logits [batch, seq, num_labels], or ``(loss, logits)`` with ``labels`` [batch, seq] (mean cross
+    entropy over labels != -100). With a prompt tuner's virtual tokens, logits cover them too
+    ([batch, virtual + seq, num_labels], as PEFT returns them); labels of the input's length get -100 there.
+    """
+
+    task = "token_classification"
+    _head_keys = ("score.weight", "score.bias")
+
+    def __init__(self, config):
+        super().__init__(config)
+        rate = getattr(config, "classifier_dropout", None)
+        rate = getattr(config, "hidden_dropout", None) if rate is None else rate
+        rate = DEFAULT_CLASSIFIER_DROPOUT if rate is None else rate
+        self.dropout = nn.Dropout(p=rate) if rate > 0 else nn.Identity()
+        bias = getattr(config, "token_classification_bias", True)
+        self.score = Linear(config.hidden_size, config.num_labels, bias, MS_DTYPES[config.dtype])
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
-        hidden = self.stack().run(input_ids, attention_mask, position_ids)[0]
-        return classifier_output(hidden, self.score, input_ids, labels, self.config)
+        hidden, _ = self.hidden_states(input_ids, attention_mask, position_ids)
+        if labels is not None and self.virtual_tokens and labels.shape[1] != hidden.shape[1]:
+            labels = self.prepend_ignored(labels)
+        return token_classification_output(self.score(self.dropout(hidden)), labels)
+
+
+class DecoderForQuestionAnswering(DecoderHeadModel):
+    """A backbone with a linear ``qa_outputs`` head [hidden -> 2] giving span start and end logits, as
+    transformers' ``GenericForQuestionAnswering``.
+
+    Returns ``(start_logits, end_logits)``, each [batch, seq]; with ``start_positions`` and
+    ``end_positions`` [batch] it returns ``(loss, start_logits, end_logits)``: the mean of the two cross
+    entropies, positions clamped to [0, seq] and position ``seq`` ignored (transformers' rule for spans
+    outside the input). With a prompt tuner's virtual tokens, logits cover them too (as PEFT returns them) and
+    positions, given in the input's coordinates, are moved past them.
+    """
+
+    task = "question_answering"
+    _head_keys = ("qa_outputs.weight", "qa_outputs.bias")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.qa_outputs = Linear(config.hidden_size, 2, True, MS_DTYPES[config.dtype])
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, start_positions=None,
+                  end_positions=None):
+        hidden, _ = self.hidden_states(input_ids, attention_mask, position_ids)
+        if start_positions is not None and self.virtual_tokens:
+            start_positions, end_positions = start_positions + self.virtual_tokens, end_positions + self.virtual_tokens
+        return question_answering_output(self.qa_outputs(hidden), start_positions, end_positions)
+
+
+class DecoderForFeatureExtraction(DecoderModel, PreTrainedModel, PromptInputs):
+    """The bare backbone as a model of its own (transformers' ``LlamaModel``: ``embed_tokens``, ``layers``,
+    ``norm`` at the top level, no prefix): ids -> final hidden states [batch, seq, hidden] (with a prompt
+    tuner's virtual tokens first, as PEFT returns them). A causal-LM checkpoint seeds it (its ``model.``
+    prefix dropped, ``lm_head`` unused)."""
+
+    task = "feature_extraction"
+
+    def __init__(self, config):
+        PreTrainedModel.__init__(self, config)  # DecoderModel.__init__ would start the Cell without a config
+        self.build(config)
+
+    def stack(self):
+        return self
+
+    def _rename_checkpoint_key(self, key: str) -> str:
+        return key[len("model."):] if key.startswith("model.") else key
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None):
+        if self.virtual_tokens:
+            input_ids, attention_mask = self.prepend_virtual_tokens(input_ids, attention_mask)
+        return self.run(input_ids, attention_mask, position_ids)[0]

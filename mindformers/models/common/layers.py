@@ -351,3 +351,37 @@ def classifier_output(hidden, score, input_ids, labels, config):
     if labels is None:
         return logits
     return sequence_classification_loss(logits, labels, config.num_labels, config.problem_type), logits
+
+
+def token_classification_output(logits, labels):
+    """Logits [batch, seq, num_labels] of a token-classification head, and ``(loss, logits)`` with ``labels``
+    [batch, seq]: mean cross entropy over the labels that are not -100 (transformers' ``ForTokenClassification``)."""
+    if labels is None:
+        return logits
+    num_labels = logits.shape[-1]
+    return _mean_cross_entropy(logits.reshape(-1, num_labels).astype(ms.float32),
+                               labels.reshape(-1).astype(ms.int32)), logits
+
+
+def question_answering_output(logits, start_positions, end_positions):
+    """``(start_logits, end_logits)`` [batch, seq] from a span head's logits [batch, seq, 2], and
+    ``(loss, start_logits, end_logits)`` with both position tensors [batch] (or [batch, 1]).
+
+    The loss is transformers' ``ForQuestionAnsweringLoss``: positions are clamped to [0, seq], position
+    ``seq`` (a span outside the input) is ignored, and the loss is the mean of the start and end cross
+    entropies (each averaged over the rows not ignored)."""
+    start_logits, end_logits = logits[..., 0], logits[..., 1]
+    if start_positions is None or end_positions is None:
+        return start_logits, end_logits
+    seq = start_logits.shape[1]
+
+    def span_loss(span_logits, positions):
+        positions = ops.clip(positions.reshape(-1).astype(ms.int32), 0, seq)
+        kept = (positions != seq).astype(ms.float32)
+        # the ignored index ``seq`` is one past the last class: gather a valid column, then mask it out
+        picked = ops.gather_elements(ops.log_softmax(span_logits.astype(ms.float32), -1), 1,
+                                     ops.minimum(positions, seq - 1).reshape(-1, 1)).reshape(-1)
+        return -(picked * kept).sum() / ops.maximum(kept.sum(), 1.0)
+
+    loss = (span_loss(start_logits, start_positions) + span_loss(end_logits, end_positions)) / 2
+    return loss, start_logits, end_logits

@@ -3,7 +3,9 @@ from ...registry import CONFIGS
 from .config import LlamaConfig, Qwen2Config
 from .modeling import (
     LlamaForCausalLM,
+    LlamaForQuestionAnswering,
     LlamaForSequenceClassification,
+    LlamaForTokenClassification,
     LlamaModel,
     Qwen2ForCausalLM,
     Qwen2ForSequenceClassification,

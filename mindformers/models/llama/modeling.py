@@ -8,10 +8,21 @@ Architecture choices (all from models/common/decoder.py; Llama is the decoder wi
 - optional biases on q/k/v (Qwen2) or on all attention projections; optional tied output embedding
 """
 from ...registry import MODELS
-from ..common.decoder import DecoderForCausalLM, DecoderForSequenceClassification, DecoderModel
+from ..common.decoder import (
+    DecoderForCausalLM,
+    DecoderForFeatureExtraction,
+    DecoderForQuestionAnswering,
+    DecoderForSequenceClassification,
+    DecoderForTokenClassification,
+)
 from .config import LlamaConfig, Qwen2Config
 
-LlamaModel = DecoderModel  # the backbone (embed_tokens, layers, norm), as transformers names it
+
+@MODELS.register
+class LlamaModel(DecoderForFeatureExtraction):
+    """The bare Llama backbone (``embed_tokens``, ``layers``, ``norm``): ids -> final hidden states."""
+
+    config_class = LlamaConfig
 
 
 @MODELS.register
@@ -26,6 +37,22 @@ class LlamaForSequenceClassification(DecoderForSequenceClassification):
     """Llama with a ``score`` head on the last non-padding token."""
 
     config_class = LlamaConfig
+
+
+@MODELS.register
+class LlamaForTokenClassification(DecoderForTokenClassification):
+    """Llama with dropout and a ``score`` head (with bias) on every position."""
+
+    config_class = LlamaConfig
+
+
+@MODELS.register
+class LlamaForQuestionAnswering(DecoderForQuestionAnswering):
+    """Llama with a ``qa_outputs`` span head; its backbone is ``transformer`` as in transformers (kept there
+    for backward compatibility), so checkpoint and PEFT keys read ``transformer.layers...``."""
+
+    config_class = LlamaConfig
+    base_model_prefix = "transformer"
 
 
 @MODELS.register
