@@ -8,6 +8,7 @@ from .config import TunerConfig
 from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_optimizer_param_groups
 from .ia3 import IA3Config, IA3Linear
 from .adapter import AdapterConfig
+from .side import SideConfig
 from .loha import LoHaConfig, LoHaLinear
 from .lokr import LoKrConfig, LoKrLinear
 from .prompt_tuning import PromptTuningConfig
