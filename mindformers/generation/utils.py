@@ -226,9 +226,15 @@ class GenerationMixin:
 
     def _length_limit(self, config: GenerationConfig, prompt_len: int) -> int:
         context = self.config.max_position_embeddings
+        prompted = getattr(self, "virtual_tokens", 0) + getattr(self, "prefix_positions", 0)  # a prompt tuner's
+        if prompted >= context:
+            raise ValueError(f"the active prompt adapter takes {prompted} positions, but the model's context is "
+                             f"{context} (max_position_embeddings); use fewer virtual tokens")
+        context -= prompted
         if prompt_len >= context:
             raise ValueError(f"the prompt has {prompt_len} tokens but the model's context is {context} tokens "
-                             f"(max_position_embeddings); shorten the prompt")
+                             f"(max_position_embeddings{f' less the {prompted} positions of the prompt adapter' if prompted else ''}); "
+                             "shorten the prompt")
         if config.max_new_tokens is not None:
             total = prompt_len + config.max_new_tokens
         else:

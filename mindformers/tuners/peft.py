@@ -57,24 +57,31 @@ class PeftModel(TunerModel):
         self._load_adapter_dir(model_id, adapter_name, config, peft_keys=True)
 
     def get_prompt_embedding_to_save(self, adapter_name: str) -> Tensor:
-        """A prompt-learning adapter's virtual-token embeddings [num_virtual_tokens, hidden] (p-tuning: its
-        encoder's output), what PEFT saves as ``prompt_embeddings``."""
-        from .prompt_learning import PromptEmbedding, input_embedding
+        """A prompt-learning adapter's table, what PEFT saves as ``prompt_embeddings``: the virtual-token
+        embeddings [num_virtual_tokens, hidden] (p-tuning: its encoder's output), or prefix tuning's keys and
+        values of every layer [num_virtual_tokens, layers * 2 * kv_heads * head_dim]."""
+        return self._prompt_layer(adapter_name).prompt(adapter_name)
 
-        self._check_name(adapter_name)
-        embedding = input_embedding(self.base_model)[1] if hasattr(self.base_model, "virtual_tokens") else None
-        if not isinstance(embedding, PromptEmbedding) or adapter_name not in embedding.adapter_names:
-            raise ValueError(f"adapter {adapter_name!r} is a {self.peft_config[adapter_name].peft_type} adapter, not a "
-                             "prompt-learning one (prompt tuning, p-tuning)")
-        return embedding.prompt(adapter_name)
-
-    def get_prompt(self, batch_size: int) -> Tensor:
-        """The active prompt-learning adapter's virtual-token embeddings for a batch: [batch, n, hidden]."""
+    def get_prompt(self, batch_size: int):
+        """The active prompt-learning adapter's prompt for a batch: the virtual-token embeddings
+        [batch, n, hidden], or for prefix tuning the past key values, one ``(key, value)`` pair per layer of
+        [batch, kv_heads, n, head_dim] each (PEFT's ``get_prompt``)."""
         name = self.active_adapter
         if name is None:
             raise ValueError("no adapter is active")
-        prompt = self.get_prompt_embedding_to_save(name)
+        layer = self._prompt_layer(name)
+        if hasattr(layer, "past_key_values"):
+            return layer.past_key_values(name, batch_size)
+        prompt = layer.prompt(name)
         return ms.ops.broadcast_to(prompt.expand_dims(0), (batch_size,) + tuple(prompt.shape))
+
+    def _prompt_layer(self, adapter_name: str):
+        self._check_name(adapter_name)
+        for layer in self.tuner_layers().values():
+            if hasattr(layer, "prompt") and adapter_name in layer.adapter_names:
+                return layer
+        raise ValueError(f"adapter {adapter_name!r} is a {self.peft_config[adapter_name].peft_type} adapter, not a "
+                         "prompt-learning one (prompt tuning, p-tuning, prefix tuning)")
 
     def save_pretrained(self, save_directory: str, selected_adapters: Optional[List[str]] = None,
                         safe_serialization: bool = True) -> None:
