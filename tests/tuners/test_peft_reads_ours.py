@@ -18,7 +18,8 @@ OURS = os.path.join(FIXTURES, "peft_reads_ours")
 CASES = [("qv_rslora_patterns", "llama"), ("dora_mlp", "llama"), ("embedding", "llama"), ("gpt2_bias_all", "gpt2"),
          ("swift_converted", "llama"), ("swift_converted/first", "llama"),
          ("mixtral_experts", "mixtral"), ("qwen3_moe_all_linear", "qwen3_moe"),  # MoE: experts and routers
-         ("ia3_llama", "llama"), ("ia3_gpt2", "gpt2")]
+         ("ia3_llama", "llama"), ("ia3_gpt2", "gpt2"),
+         ("prefix_projection", "llama"), ("adaption_prompt", "llama")]  # prompts in the attention
 
 
 def base_and_ids(family):
