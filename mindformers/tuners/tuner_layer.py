@@ -152,6 +152,10 @@ class TunerMethod:
             NEFTune, which only perturbs the embeddings while the model trains in full).
         owned: ``owned(model, adapter)`` -> the parameter paths that are the adapter's state, for methods whose
             tensors are model layers of their own (LLaMA-Pro's new blocks) rather than slots.
+        frozen_slots: slots (among ``slots``) holding fixed tensors that are never trained (VeRA's shared random
+            projections, which PEFT keeps as buffers).
+        saves_frozen: ``saves_frozen(config)`` -> whether the frozen slots are part of the adapter's file (VeRA's
+            ``save_projection``; False: they are rebuilt from the config when loading); None: always.
 
     A slot ending in ``_`` is a prefix: SWIFT's ``<module>.adapter_<adapter>...`` attributes.
     """
@@ -171,6 +175,8 @@ class TunerMethod:
     export: Optional[Callable] = None
     trains_base: bool = False
     owned: Optional[Callable] = None
+    frozen_slots: Tuple[str, ...] = ()
+    saves_frozen: Optional[Callable] = None
 
     def targets_for(self, model) -> List[str]:
         """The default target_modules of ``model``'s family for this method."""

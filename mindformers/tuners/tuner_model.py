@@ -66,7 +66,8 @@ def unload_layers(model: nn.Cell) -> None:
 
 
 def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, Tensor]:
-    """In-memory path -> Parameter of what adapter ``name`` trains: its tensors, copies and biases."""
+    """In-memory path -> Parameter of what adapter ``name`` trains and saves: its tensors, copies and biases
+    (and its fixed tensors in ``frozen_slots``, when the method saves them)."""
     method = TUNERS.get(config.peft_type)
     if method.trains_base:  # the model's own weights are what it trains
         return {path: param for path, param in model.parameters_and_names() if not is_adapter_path(path)}
@@ -76,8 +77,11 @@ def adapter_state(model: nn.Cell, name: str, config: TunerConfig) -> Dict[str, T
     out = {}
     slots = adapter_slots()
     adapted = set(method_layers(model))
+    unsaved = () if method.saves_frozen is None or method.saves_frozen(config) else method.frozen_slots
     for path, param in model.parameters_and_names():
         parts = path.split(".")
+        if any(part in unsaved for part in parts):
+            continue
         if any(parts[i] in slots and parts[i + 1] == name for i in range(len(parts) - 1)) or \
                 any(f"{s}{name}" in parts for s in slots if s.endswith("_")):
             out[path] = param
@@ -281,11 +285,14 @@ class TunerModel(nn.Cell):
 
     # ------------------------------------------------------------------ trainability
     def _update_trainable(self) -> None:
-        """Freeze the base; train the adapters of non-inference configs (and their biases / copies)."""
+        """Freeze the base; train the adapters of non-inference configs (and their biases / copies), never the
+        tensors of a method's ``frozen_slots``."""
         trainable = set()
+        frozen = {slot for method in methods() for slot in method.frozen_slots}
         for name, config in self.peft_config.items():
             if not config.inference_mode:
-                trainable |= set(adapter_state(self.base_model, name, config))
+                trainable |= {path for path in adapter_state(self.base_model, name, config)
+                              if not frozen.intersection(path.split("."))}
         for path, param in self.base_model.parameters_and_names():
             param.requires_grad = path in trainable
 
