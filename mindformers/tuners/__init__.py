@@ -15,6 +15,7 @@ from .prompt_tuning import PromptTuningConfig
 from .p_tuning import PromptEncoderConfig
 from .neftune import NEFTuneConfig
 from .llama_pro import LLaMAProConfig
+from .vera import VeraConfig, VeraLinear
 from .prefix_tuning import PrefixTuningConfig
 from .adaption_prompt import AdaptionPromptConfig
 from .lisa import LisaCallback, LisaConfig
