@@ -16,6 +16,7 @@ from .p_tuning import PromptEncoderConfig
 from .neftune import NEFTuneConfig
 from .llama_pro import LLaMAProConfig
 from .vera import VeraConfig, VeraLinear
+from .fourierft import FourierFTConfig, FourierFTLinear
 from .prefix_tuning import PrefixTuningConfig
 from .adaption_prompt import AdaptionPromptConfig
 from .lisa import LisaCallback, LisaConfig
