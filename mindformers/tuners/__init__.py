@@ -9,6 +9,7 @@ from .lora import LoraConfig, LoraEmbedding, LoraLinear, LoRAConfig, create_opti
 from .ia3 import IA3Config, IA3Linear
 from .adapter import AdapterConfig
 from .side import SideConfig
+from .restuning import ResTuningConfig
 from .loha import LoHaConfig, LoHaLinear
 from .lokr import LoKrConfig, LoKrLinear
 from .prompt_tuning import PromptTuningConfig
