@@ -116,6 +116,20 @@ def test_identity_at_init_where_zero_init_last_gives_it():
     np.testing.assert_allclose(model(IDS).asnumpy(), base()(IDS).asnumpy(), atol=1e-5, rtol=0)
 
 
+
+def test_norm_output_target_and_generation_with_the_kv_cache():
+    config = ResTuningConfig(**{**SWIFT_LLM, "target_modules_hook": "output"})  # the norm's output is replaced
+    model = Swift.prepare_model(base(), config, seed=2)
+    hs = hidden_states(base())
+    expected = bypass_np(model.base_model.restuning_default, hs[0], hs[1:])
+    np.testing.assert_allclose(model.base_model.model(IDS).asnumpy(), expected, atol=1e-4, rtol=0)
+    # cached decoding runs the bypass on each step's hidden states (position-wise tuners): same greedy ids
+    prompt = IDS.shape[1]
+    ids = np.asarray(model.generate(IDS[:1], max_new_tokens=4, do_sample=False, eos_token_id=[]))
+    assert ids.shape == (1, prompt + 4)
+    logits = model(ids_tensor(ids)).asnumpy()  # one uncached forward over the whole sequence
+    np.testing.assert_array_equal(logits[0, prompt - 1:-1].argmax(-1), ids[0, prompt:])
+
 def test_lora_plus_restuning_in_swift_layout_reload_and_refusals(tmp_path):
     configs = {"first_tuner": LoRAConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                "second_tuner": ResTuningConfig(**{**SWIFT_LLM, "tuner_cfg": {

@@ -92,6 +92,9 @@ def test_lora_plus_side_in_swift_layout_reload_and_refusals(tmp_path):
     again = Swift.from_pretrained(base(), str(tmp_path))
     assert sorted(again.active_adapters) == ["first_tuner", "second_tuner"]
     np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-5, rtol=0)
+    prompt = IDS.shape[1]  # cached decoding blends each step's layer input: the uncached forward's greedy ids
+    ids = np.asarray(again.generate(IDS[:1], max_new_tokens=4, do_sample=False, eos_token_id=[]))
+    np.testing.assert_array_equal(again(ids_tensor(ids)).asnumpy()[0, prompt - 1:-1].argmax(-1), ids[0, prompt:])
     with pytest.raises(ValueError, match="SIDE tuner, which cannot be merged .*no form in the weights"):
         again.merge_adapter(["second_tuner"])
     Swift.merge(again, "first_tuner")  # the LoRA merges beside the side network, which stays a module
