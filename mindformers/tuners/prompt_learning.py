@@ -1,13 +1,11 @@
-"""What the prompt-learning methods (prompt tuning, p-tuning, prefix tuning, adaption prompt) share, as PEFT's ``PromptLearningConfig``: their
+"""What the prompt-learning methods (prompt tuning, p-tuning) share, as PEFT's ``PromptLearningConfig``: their
 config fields, and the model's token embedding extended by a prompt per adapter. The prompt is a trained table
 (``prompt_embeddings.<name>.weight`` [num_virtual_tokens, hidden]) or an encoder computing it
 (``prompt_encoder.<name>``); the embedding looks up ids below ``vocab_size`` in the model's table and the
 virtual ids after it in the running adapter's prompt, and the model puts those virtual ids before every input
 (:attr:`~mindformers.models.common.decoder.DecoderForCausalLM.virtual_tokens`).
-
 Methods that prompt the attention layers instead (prefix tuning's keys and values, LLaMA-Adapter's gated
-prompt) install an :class:`AttentionPrompts` cell in each attention's ``prompts`` slot
-(:class:`~mindformers.models.common.attention.Attention`), which then computes the attention with them."""
+prompt) are :class:`~mindformers.tuners.attention.AttentionTuner` s."""
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -15,11 +13,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..models.common.attention import Attention, grouped_attention
 from ..models.common.layers import Embedding, Linear
 from .config import TunerConfig
 from .lora.layer import _kaiming_uniform, _Vector
-from .tuner_layer import AdapterState, TunerLayer, UnmergeableEmbedding, replace_module
+from .tuner_layer import AdapterState, UnmergeableEmbedding, replace_module
 
 
 @dataclass
@@ -116,57 +113,6 @@ def default_linear(fan_in: int, out: int, rng: np.random.Generator, dtype) -> Li
     layer.weight.set_data(ms.Tensor(_kaiming_uniform(rng, (out, fan_in)).astype(np.float32), dtype))
     layer.bias.set_data(ms.Tensor(rng.uniform(-bound, bound, (out,)).astype(np.float32), dtype))
     return layer
-
-
-class AttentionPrompts(nn.Cell, TunerLayer):
-    """A tuner layer in an attention's ``prompts`` slot: ``construct(q, k, v, bias)`` -> the attention output
-    [batch, heads, q_len, head_dim] with the running adapter's prompt (one adapter runs at a time), or plain
-    grouped attention when none runs. Subclasses implement ``attend(name, q, k, v, bias)``."""
-
-    merge_refusal = "it prompts the attention; it cannot be merged into the weights"
-
-    def __init__(self, attention: Attention, state: AdapterState):
-        super().__init__()
-        self._init_tuner_layer(state)
-        self.scale = attention.scale
-        self.dropout = attention.dropout
-        self.num_heads, self.num_kv_heads, self.head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
-
-    def running_prompt(self):
-        running = self.running_adapters()
-        if len(running) > 1:
-            raise ValueError(f"{type(self).__name__} runs one adapter at a time; active: {list(running)}")
-        return running[0] if running else None
-
-    def construct(self, q, k, v, bias):
-        name = self.running_prompt()
-        if name is None:
-            return grouped_attention(q, k, v, bias, self.scale, self.dropout)
-        return self.attend(name, q, k, v, bias)
-
-    def merge(self, names) -> None:
-        if any(name in self.adapter_names for name in names):
-            raise ValueError(f"{type(self).__name__}: {self.merge_refusal}")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self):
-        return None  # the attention's prompts slot is empty again
-
-
-def attention_layers(model: nn.Cell, method: str):
-    """(path, Attention) of every attention layer of ``model``, in order; a layer of another kind is an error
-    naming it (these methods prompt grouped-query attention with rotary positions)."""
-    found = []
-    for path, cell in model.cells_and_names():
-        if path.endswith("self_attn") or path.endswith(".attn") or path.endswith(".attention"):
-            if not isinstance(cell, Attention):
-                raise TypeError(f"{method} prompts Llama-style attention layers; {path} is a {type(cell).__name__}")
-            found.append((path, cell))
-    if not found:
-        raise TypeError(f"{method} found no attention layer in {type(model).__name__}")
-    return found
 
 
 def input_embedding(model: nn.Cell):

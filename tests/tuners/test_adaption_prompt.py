@@ -26,7 +26,7 @@ def base():
 def test_peft_adapter_gives_peft_logits_and_greedy_ids(tmp_path):
     model = PeftModel.from_pretrained(base(), PEFT_DIR)
     layers = model.base_model.model.layers
-    assert layers[1].self_attn.prompts is None and layers[2].self_attn.prompts is not None  # the top layer only
+    assert layers[1].self_attn.tuner is None and layers[2].self_attn.tuner is not None  # the top layer only
     np.testing.assert_allclose(model(ids_tensor(IDS)).asnumpy(), np.load(os.path.join(INTEROP, "llama", "logits_adaption_prompt.npy")),
                                atol=ATOL, rtol=0)
     expected = np.load(os.path.join(FIXTURES, "peft_methods", "generate_adaption_prompt.npy"))
@@ -42,7 +42,7 @@ def test_peft_adapter_gives_peft_logits_and_greedy_ids(tmp_path):
     with pytest.raises(ValueError, match="ADAPTION_PROMPT tuner, which cannot be merged"):
         model.merge_adapter()
     unloaded = model.unload()
-    assert unloaded.model.layers[2].self_attn.prompts is None
+    assert unloaded.model.layers[2].self_attn.tuner is None
     np.testing.assert_allclose(unloaded(ids_tensor(IDS)).asnumpy(), np.load(os.path.join(INTEROP, "llama", "logits_base.npy")),
                                atol=ATOL, rtol=0)
 
@@ -57,7 +57,7 @@ def test_identity_at_init_and_the_gated_prompt_against_numpy():
     np.testing.assert_array_equal(model(ids_tensor(IDS)).asnumpy(), base()(ids_tensor(IDS)).asnumpy())  # gate 0
     assert model.get_nb_trainable_parameters()[0] == 2 * (3 * 64 + 1)
     attention = model.base_model.model.layers[1].self_attn
-    hook = attention.prompts
+    hook = attention.tuner
     hook.adaption_gate["default"].weight.set_data(Tensor(np.array([0.6], np.float32)))
     rng = np.random.default_rng(0)
     q, k, v = (rng.normal(size=s).astype(np.float32) for s in ((1, 4, 5, 16), (1, 2, 5, 16), (1, 2, 5, 16)))
@@ -83,14 +83,14 @@ def test_ours_loads_in_peft_pet_config_and_bad_input(tmp_path):
     pet = tiny_llama()
     pet.config.pet_config = {"pet_type": "llama_adapter", "adapter_length": 2, "adapter_layers": 1}
     pet.apply_pet_config()
-    assert pet.model.layers[1].self_attn.prompts.adaption_prompt["default"].weight.shape == (1, 2, 32)
+    assert pet.model.layers[1].self_attn.tuner.adaption_prompt["default"].weight.shape == (1, 2, 32)
     with pytest.raises(ValueError, match="AdaptionPromptConfig.adapter_len must be a positive integer, found None"):
         AdaptionPromptConfig(adapter_layers=1)
     with pytest.raises(ValueError, match="adapter_layers 4 exceeds the model's 3 layers"):
         get_peft_model(base(), AdaptionPromptConfig(adapter_len=2, adapter_layers=4))
     with pytest.raises(ValueError, match="a ADAPTION_PROMPT config cannot be read as LoraConfig"):
         LoraConfig.from_pretrained(PEFT_DIR)
-    with pytest.raises(TypeError, match="adaption prompt prompts Llama-style attention layers; .*GPT2Attention"):
+    with pytest.raises(TypeError, match="adaption prompt works on Llama-style attention layers; .*GPT2Attention"):
         get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "gpt2", "base")),
                        AdaptionPromptConfig(adapter_len=2, adapter_layers=1))
     with pytest.raises(ValueError, match="o_proj has a bias, which PEFT's adaption prompt adds a second time"):

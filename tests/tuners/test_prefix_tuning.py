@@ -59,7 +59,7 @@ def _softmax(x):
 
 def test_attention_with_the_prefix_against_numpy():
     model = get_peft_model(base(), PrefixTuningConfig(num_virtual_tokens=3), seed=0)
-    hook = model.base_model.model.layers[2].self_attn.prompts
+    hook = model.base_model.model.layers[2].self_attn.tuner
     assert isinstance(hook, PrefixAttention)
     table = hook.prompt("default").asnumpy().reshape(3, 3, 2, 2, 16)[:, 2]  # [n, 2, kv, d]
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def test_pet_config_and_bad_input():
         PromptTuningConfig.from_pretrained(PEFT_DIR)
     with pytest.raises(ValueError, match="token_dim 64 does not match the model's key/value width 32"):
         get_peft_model(base(), PrefixTuningConfig(num_virtual_tokens=2, token_dim=64))
-    with pytest.raises(TypeError, match="prefix tuning prompts Llama-style attention layers; .*GPT2Attention"):
+    with pytest.raises(TypeError, match="prefix tuning works on Llama-style attention layers; .*GPT2Attention"):
         get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "gpt2", "base")), PrefixTuningConfig())
     long = get_peft_model(base(), PrefixTuningConfig(num_virtual_tokens=120), seed=0)  # context 128
     with pytest.raises(ValueError, match="the prompt has 16 tokens but the model's context is 8 tokens .* less the 120 "

@@ -200,9 +200,9 @@ class Attention(nn.Cell):
             self.q_norm = self.k_norm = None
         self.sliding = config.layer_type(layer_idx) == "sliding_attention"
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
-        # a prompt tuner's cell attending with prompts too (prefix tuning, adaption prompt: mindformers.tuners),
-        # called as prompts(q, k, v, bias) -> [batch, heads, q_len, head_dim] in place of grouped_attention
-        self.prompts = None
+        # a tuner's cell computing the attention (prefix tuning, adaption prompt, LongLoRA: mindformers.tuners),
+        # called as tuner(q, k, v, bias) -> [batch, heads, q_len, head_dim] in place of grouped_attention
+        self.tuner = None
 
     @staticmethod
     def cache_spec(config):
@@ -221,8 +221,8 @@ class Attention(nn.Cell):
         if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
         bias = window_mask if self.sliding else mask
-        if self.prompts is None:
+        if self.tuner is None:
             out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
         else:
-            out = self.prompts(q, k, v, bias)
+            out = self.tuner(q, k, v, bias)
         return self.o_proj(merge_heads(out))

@@ -15,12 +15,12 @@ from mindspore import nn, ops
 from ...models.common.attention import grouped_attention, split_heads
 from ...models.common.layers import cast
 from ..lora.layer import _Vector
-from ..prompt_learning import AttentionPrompts
+from ..attention import AttentionTuner
 
 SLOTS = ("adaption_prompt", "adaption_gate")
 
 
-class AdaptedAttention(AttentionPrompts):
+class AdaptedAttention(AttentionTuner):
     """An attention layer's gated prompts by adapter name; uses the layer's own ``k_proj`` / ``v_proj``."""
 
     slots = SLOTS

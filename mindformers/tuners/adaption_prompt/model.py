@@ -1,11 +1,11 @@
 """Adding an adaption prompt (PEFT's ``AdaptionPromptModel``): the top ``adapter_layers`` attention layers get
-an :class:`AdaptedAttention` in their ``prompts`` slot (installed once per layer)."""
+an :class:`AdaptedAttention` in their ``tuner`` slot (installed once per layer)."""
 import re
 from typing import List, Optional
 
 from mindspore import nn
 
-from ..prompt_learning import attention_layers
+from ..attention import attention_layers, install
 from ..targets import seeded_rng
 from ..tuner_layer import AdapterState, rename_parameters
 from .config import AdaptionPromptConfig
@@ -24,19 +24,15 @@ def inject_adaption_prompt(model: nn.Cell, config: AdaptionPromptConfig, adapter
         if attention.o_proj.bias is not None:
             raise ValueError(f"{path}.o_proj has a bias, which PEFT's adaption prompt adds a second time; "
                              "adaption prompts are supported on attention without an output bias")
-        if attention.prompts is None:
-            attention.prompts = AdaptedAttention(attention, state)
-        elif not isinstance(attention.prompts, AdaptedAttention):
-            raise ValueError(f"{path} already holds a {type(attention.prompts).__name__}; an adaption prompt cannot "
-                             "share an attention layer with another prompt method")
-        attention.prompts.add_adapter(adapter_name, config.adapter_len, attention.q_proj.in_features, rng)
-        paths.append(f"{path}.prompts")
+        install(attention, AdaptedAttention, path, state).add_adapter(adapter_name, config.adapter_len,
+                                                                      attention.q_proj.in_features, rng)
+        paths.append(f"{path}.tuner")
     rename_parameters(model)
     return paths
 
 
 def file_key(path: str, name: str):
-    """``<attention>.prompts.adaption_prompt.<name>.weight`` -> PEFT's ``<attention>.adaption_prompt`` (its keys
+    """``<attention>.tuner.adaption_prompt.<name>.weight`` -> PEFT's ``<attention>.adaption_prompt`` (its keys
     carry no adapter name)."""
-    match = re.match(rf"(.*)\.prompts\.({'|'.join(SLOTS)})\.{re.escape(name)}\.weight$", path)
+    match = re.match(rf"(.*)\.tuner\.({'|'.join(SLOTS)})\.{re.escape(name)}\.weight$", path)
     return f"base_model.model.{match.group(1)}.{match.group(2)}" if match else None

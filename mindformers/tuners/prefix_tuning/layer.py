@@ -11,7 +11,8 @@ from mindspore import nn, ops
 
 from ...models.common.attention import grouped_attention
 from ..lora.layer import _Vector
-from ..prompt_learning import AttentionPrompts, default_linear
+from ..attention import AttentionTuner
+from ..prompt_learning import default_linear
 
 
 class PrefixEncoder(nn.Cell):
@@ -39,7 +40,7 @@ class PrefixEncoder(nn.Cell):
         return self.embedding.weight
 
 
-class PrefixAttention(AttentionPrompts):
+class PrefixAttention(AttentionTuner):
     """Layer ``layer_idx``'s attention with the running adapter's prefix keys/values in front. The adapters'
     encoders are shared by every layer (``prefix_encoder.<adapter>``)."""
 

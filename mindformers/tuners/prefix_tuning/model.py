@@ -1,12 +1,12 @@
-"""Adding a prefix-tuning adapter: every attention layer gets a :class:`PrefixAttention` in its ``prompts``
-slot (installed once), all sharing the adapter's :class:`PrefixEncoder`."""
+"""Adding a prefix-tuning adapter: every attention layer gets a :class:`PrefixAttention` in its ``tuner`` slot
+(installed once), all sharing the adapter's :class:`PrefixEncoder`."""
 import re
 from typing import Dict, List, Optional
 
 import numpy as np
 from mindspore import nn
 
-from ..prompt_learning import attention_layers
+from ..attention import attention_layers, install
 from ..targets import seeded_rng
 from ..tuner_layer import AdapterState, rename_parameters
 from .config import PrefixTuningConfig
@@ -35,14 +35,10 @@ def inject_prefix_tuning(model: nn.Cell, config: PrefixTuningConfig, adapter_nam
     encoder = PrefixEncoder(config, seeded_rng(seed), first.q_proj.weight.dtype)
     paths = []
     for i, (path, attention) in enumerate(layers):
-        if attention.prompts is None:
-            attention.prompts = PrefixAttention(attention, i, len(layers), state)
-        elif not isinstance(attention.prompts, PrefixAttention):
-            raise ValueError(f"{path} already holds a {type(attention.prompts).__name__}; prefix tuning cannot "
-                             "share an attention layer with another prompt method")
-        attention.prompts.add_adapter(adapter_name, encoder, config.num_virtual_tokens)
-        paths.append(f"{path}.prompts")
-    object.__setattr__(model, "_prefix_positions_from", layers[0][1].prompts)
+        install(attention, PrefixAttention, path, i, len(layers), state).add_adapter(
+            adapter_name, encoder, config.num_virtual_tokens)
+        paths.append(f"{path}.tuner")
+    object.__setattr__(model, "_prefix_positions_from", layers[0][1].tuner)
     rename_parameters(model)
     return paths
 
