@@ -53,6 +53,20 @@ def test_peft_gives_our_logits_on_our_files(case):
                                atol=ATOL, rtol=0)
 
 
+def test_two_adapters_each_with_their_projections_switch_disable_and_delete():
+    model = PeftModel.from_pretrained(base(), os.path.join(METHODS, "vera"))
+    model.load_adapter(os.path.join(METHODS, "vera_no_projection"), "second")  # r=4, other key and targets
+    first, second = (np.load(os.path.join(METHODS, case, "peft_logits.npz"))["logits"] for case in ("vera", "vera_no_projection"))
+    np.testing.assert_allclose(model(ids()).asnumpy(), first, atol=ATOL, rtol=0)
+    model.set_adapter("second")
+    np.testing.assert_allclose(model(ids()).asnumpy(), second, atol=ATOL, rtol=0)
+    with model.disable_adapter():
+        np.testing.assert_array_equal(model(ids()).asnumpy(), base()(ids()).asnumpy())
+    model.delete_adapter("default")
+    assert not any("default" in path for path, _ in model.parameters_and_names())
+    np.testing.assert_allclose(model(ids()).asnumpy(), second, atol=ATOL, rtol=0)
+
+
 def test_projections_are_peft_s_shared_frozen_and_sliced():
     model = get_peft_model(base(), VeraConfig(r=8, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"],
                                               projection_prng_key=3), seed=0)
