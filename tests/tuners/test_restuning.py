@@ -130,6 +130,20 @@ def test_norm_output_target_and_generation_with_the_kv_cache():
     logits = model(ids_tensor(ids)).asnumpy()  # one uncached forward over the whole sequence
     np.testing.assert_array_equal(logits[0, prompt - 1:-1].argmax(-1), ids[0, prompt:])
 
+
+def test_two_bypasses_switch_like_separate_models():
+    output_hook = ResTuningConfig(**{**SWIFT_LLM, "target_modules_hook": "output"})
+    model = Swift.prepare_model(base(), {"a": ResTuningConfig(**SWIFT_LLM), "b": output_hook}, seed=4)
+    assert model.base_model.model._restuning_plans == (("a", 0, (1, 3, 5), 6), ("b", 0, (1, 3, 5), 7))
+    alone = {name: Swift.prepare_model(base(), {name: config}, seed=4)(IDS).asnumpy()
+             for name, config in (("a", ResTuningConfig(**SWIFT_LLM)), ("b", output_hook))}
+    for name in ("a", "b"):
+        model.set_active_adapters([name])
+        np.testing.assert_allclose(model(IDS).asnumpy(), alone[name], atol=1e-5, rtol=0)
+    model.delete_adapter("a")
+    assert not hasattr(model.base_model, "restuning_a") and model.active_adapters == ["b"]
+    np.testing.assert_allclose(model(IDS).asnumpy(), alone["b"], atol=1e-5, rtol=0)
+
 def test_lora_plus_restuning_in_swift_layout_reload_and_refusals(tmp_path):
     configs = {"first_tuner": LoRAConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                "second_tuner": ResTuningConfig(**{**SWIFT_LLM, "tuner_cfg": {

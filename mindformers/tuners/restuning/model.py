@@ -15,7 +15,7 @@ from ...models.common.decoder import DecoderModel, DecoderStack
 from ..targets import seeded_rng
 from ..tuner_layer import AdapterState, rename_parameters
 from .config import ResTuningConfig
-from .layer import ResTuningBypassModule, restuning_host
+from .layer import ResTuningBypassModule, ResTuningStack, restuning_host
 
 
 def probe_points(model: nn.Cell) -> Dict[str, Tuple[str, int]]:
@@ -29,7 +29,8 @@ def probe_points(model: nn.Cell) -> Dict[str, Tuple[str, int]]:
         layers = list(stack.layer_list())
         for i, layer in enumerate(layers):
             points[path_of[id(layer)]] = (stack_path, 2 * i)
-        if isinstance(stack, DecoderModel) and getattr(type(stack), "finish") is DecoderModel.finish:
+        cls = type(stack)._original_class if isinstance(stack, ResTuningStack) else type(stack)
+        if issubclass(cls, DecoderModel) and cls.finish is DecoderModel.finish:  # finish is the final norm alone
             points[path_of[id(stack.norm)]] = (stack_path, 2 * len(layers))
     return points
 
