@@ -75,9 +75,11 @@ class FourierFTLinear(nn.Cell, TunerLayer):
         self.adapter_names.remove(name)
 
     def _delta(self, name: str):
-        dense = ops.scatter_nd(self.indices[name], self.fourierft_spectrum[name].weight,
-                               (self.out_features, self.in_features))
-        return ops.real(ops.ifft2(ops.cast(dense, ms.complex64))) * self.scaling[name]  # [out, in]
+        spectrum = self.fourierft_spectrum[name].weight
+        dense = ops.scatter_nd(self.indices[name], spectrum, (self.out_features, self.in_features))
+        # the transform in complex64 whatever the weights' dtype (as PEFT: ifft2 has no half precision)
+        delta = ops.real(ops.ifft2(ops.cast(dense, ms.complex64))) * self.scaling[name]  # [out, in]
+        return ops.cast(delta, spectrum.dtype)
 
     def construct(self, x):
         shape = x.shape
