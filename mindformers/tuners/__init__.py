@@ -20,6 +20,7 @@ from .vera import VeraConfig, VeraLinear
 from .fourierft import FourierFTConfig, FourierFTLinear
 from .prefix_tuning import PrefixTuningConfig
 from .adaption_prompt import AdaptionPromptConfig
+from .longlora import LongLoRAConfig
 from .lisa import LisaCallback, LisaConfig
 from .peft import (
     AutoPeftModelForCausalLM,
