@@ -22,6 +22,7 @@ from .prefix_tuning import PrefixTuningConfig
 from .adaption_prompt import AdaptionPromptConfig
 from .longlora import LongLoRAConfig
 from .lisa import LisaCallback, LisaConfig
+from .galore import GaLoreAdamW, GaLoreConfig
 from .peft import (
     AutoPeftModelForCausalLM,
     PeftMixedModel,
