@@ -16,7 +16,7 @@ from tests.trainer.conftest import tiny_llama
 
 chats, small_chats, tok = trainer_fixtures.chats, trainer_fixtures.small_chats, trainer_fixtures.tok  # fixtures
 
-LAYERS, ACTIVE, INTERVAL, STEPS = 4, 1, 2, 6
+LAYERS, ACTIVE, INTERVAL, STEPS = 4, 1, 2, 4
 
 
 class Snapshots(TrainerCallback):
@@ -102,10 +102,10 @@ def test_frozen_layers_moments_released_and_restart_at_zero(run):
 def test_loss_falls_on_the_chats(run):
     _, _, state, _, _ = run
     losses = [h["loss"] for h in state.log_history if "loss" in h]
-    assert len(losses) == STEPS and losses[-1] < losses[0] - 1.0, losses
+    assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5, losses
 
 
-@pytest.mark.parametrize("resume_at", [3, 4])  # inside a period and at its first step
+@pytest.mark.parametrize("resume_at", [3, 2])  # inside a period and at its first step
 def test_resume_draws_and_trains_as_the_uninterrupted_run(run, tmp_path, tok, small_chats, resume_at):
     out, weights, _, _, _ = run
     model = tiny_llama(num_hidden_layers=LAYERS, seed=1)  # the checkpoint replaces every weight
