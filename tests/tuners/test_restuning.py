@@ -4,6 +4,7 @@ config (root layers.0 input, every layer's output, the final norm's input) and a
 target output; SWIFT's initialisation (Xavier, zero_init_last on the last block) and the identity it gives;
 SWIFT's save layout and reload beside a LoRA through Swift.prepare_model; refusals named; a fine-tune through
 the Trainer's compiled step."""
+import json
 import os
 from math import erf, sqrt
 
@@ -16,7 +17,7 @@ from mindformers import AutoModel
 from mindformers.models.common.layers import default_position_ids
 from mindformers.tuners import LoRAConfig, ResTuningConfig, SideConfig, Swift, get_peft_model
 from mindformers.utils import write_parameter
-from tests.conftest import INTEROP, ids_tensor
+from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.trainer import conftest as trainer_fixtures
 
 chats, small_chats, tok = trainer_fixtures.chats, trainer_fixtures.small_chats, trainer_fixtures.tok  # fixtures
@@ -143,6 +144,28 @@ def test_two_bypasses_switch_like_separate_models():
     model.delete_adapter("a")
     assert not hasattr(model.base_model, "restuning_a") and model.active_adapters == ["b"]
     np.testing.assert_allclose(model(IDS).asnumpy(), alone["b"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case,tensors", [("restuning", 24), ("restuning_blocks", 14)])
+def test_ms_swift_saved_bypass_gives_swift_logits_and_saves_alike(tmp_path, case, tensors):
+    """ms-swift's own ResTuning (tests/fixtures/swift_methods, made by its script): SWIFT's LLM settings, and
+    listed stems with per-block tuners (scale_channel, zero, scale) replacing a layer's output."""
+    swift_dir = os.path.join(FIXTURES, "swift_methods", case)
+    model = Swift.from_pretrained(base(), swift_dir)
+    reference = np.load(os.path.join(swift_dir, "swift_logits.npy"))
+    np.testing.assert_allclose(model(IDS).asnumpy(), reference, atol=1e-4, rtol=0)
+    assert np.abs(base()(IDS).asnumpy() - reference).max() > 0.1
+    model.save_pretrained(str(tmp_path))
+    ours = load_file(str(tmp_path / "default" / "adapter_model.safetensors"))
+    theirs = load_file(os.path.join(swift_dir, "default", "adapter_model.safetensors"))
+    assert ours.keys() == theirs.keys() and len(theirs) == tensors
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key], theirs[key])
+    configs = []
+    for directory in (str(tmp_path / "default"), os.path.join(swift_dir, "default")):
+        with open(os.path.join(directory, "adapter_config.json"), encoding="utf-8") as f:
+            configs.append(json.load(f))
+    assert {k: configs[0].get(k, "missing") for k in configs[1]} == configs[1]  # every field of ms-swift's file
 
 def test_lora_plus_restuning_in_swift_layout_reload_and_refusals(tmp_path):
     configs = {"first_tuner": LoRAConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),

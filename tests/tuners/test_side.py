@@ -2,6 +2,7 @@
 the two halves weigh 0.5), SWIFT's save layout and reload, LoRA + Side together through Swift.prepare_model,
 refusals named (merge, PEFT files, image side networks, bad targets, unknown fields), and a fine-tune
 through the Trainer's compiled step."""
+import json
 import os
 from math import erf, sqrt
 
@@ -14,7 +15,7 @@ from mindformers import AutoModel
 from mindformers.models.common.attention import attention_bias
 from mindformers.tuners import LoRAConfig, SideConfig, Swift, get_peft_model
 from mindformers.utils import write_parameter
-from tests.conftest import INTEROP, ids_tensor
+from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.trainer import conftest as trainer_fixtures
 
 chats, small_chats, tok = trainer_fixtures.chats, trainer_fixtures.small_chats, trainer_fixtures.tok  # fixtures
@@ -70,6 +71,22 @@ def test_swift_formula_and_initialisation_on_a_module_and_a_decoder_layer():
     np.testing.assert_array_equal(unloaded(IDS).asnumpy(), plain_logits)
 
 
+
+def test_ms_swift_saved_side_gives_swift_logits_and_saves_alike(tmp_path):
+    """ms-swift's own Side (tests/fixtures/swift_methods, made by its script) on a decoder layer and an MLP."""
+    swift_dir = os.path.join(FIXTURES, "swift_methods", "side")
+    model = Swift.from_pretrained(base(), swift_dir)
+    assert type(model.base_model.model.layers[2].mlp).__name__ == "SideGatedMLP"
+    reference = np.load(os.path.join(swift_dir, "swift_logits.npy"))
+    np.testing.assert_allclose(model(IDS).asnumpy(), reference, atol=1e-4, rtol=0)
+    assert np.abs(base()(IDS).asnumpy() - reference).max() > 0.1
+    model.save_pretrained(str(tmp_path))
+    ours = load_file(str(tmp_path / "default" / "adapter_model.safetensors"))
+    theirs = load_file(os.path.join(swift_dir, "default", "adapter_model.safetensors"))
+    assert ours.keys() == theirs.keys() and len(theirs) == 10
+    for key in theirs:
+        np.testing.assert_array_equal(ours[key], theirs[key])
+
 def test_lora_plus_side_in_swift_layout_reload_and_refusals(tmp_path):
     configs = {"first_tuner": LoRAConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
                "second_tuner": SideConfig(dim=64, target_modules=r"model\.layers\.2", source_hidden_pos="x")}
@@ -89,6 +106,11 @@ def test_lora_plus_side_in_swift_layout_reload_and_refusals(tmp_path):
         "model.layers.2.side_second_tuner.alpha"] == np.float32(0.8)
     config = (tmp_path / "second_tuner" / "adapter_config.json").read_text()
     assert '"swift_type": "SIDE"' in config and '"side_module_name": "mlp"' in config
+    with open(os.path.join(FIXTURES, "swift_methods", "side", "default", "adapter_config.json"), encoding="utf-8") as f:
+        swift_fields = set(json.load(f))
+    assert swift_fields <= set(json.loads(config))  # every field ms-swift writes (model_key_mapping null included)
+    with pytest.raises(ValueError, match="not supported by mindformers: {'model_key_mapping'"):
+        SideConfig.from_dict({**json.loads(config), "model_key_mapping": {"mlp": "model.layers.{}.mlp"}})
     again = Swift.from_pretrained(base(), str(tmp_path))
     assert sorted(again.active_adapters) == ["first_tuner", "second_tuner"]
     np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-5, rtol=0)

@@ -97,6 +97,9 @@ class ResTuningConfig(TunerConfig):
     output). Gradients reach only the tuners, never the backbone."""
 
     peft_type: ClassVar[str] = "RESTUNING"
+    # SwiftConfig's key-mapping field (module names for ms-swift's model-type tables): written null as SWIFT
+    # writes it; a mapping would rename modules, which is not implemented
+    inert_fields: ClassVar[Dict[str, Tuple[Any, ...]]] = {"model_key_mapping": (None,)}
 
     dims: Optional[Union[List[int], int]] = None
     """Width of the hidden states each block reads (default: the model's hidden_size)."""

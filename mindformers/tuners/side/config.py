@@ -1,6 +1,6 @@
 """SWIFT's Side-Tuning settings (ms-swift ``SideConfig``; Zhang et al. 2019), saved with ``"swift_type": "SIDE"``."""
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
 from ..config import TunerConfig
 
@@ -17,6 +17,9 @@ class SideConfig(TunerConfig):
     with a learned scalar ``alpha`` (0 at the start, so both halves weigh 0.5)."""
 
     peft_type: ClassVar[str] = "SIDE"
+    # SwiftConfig's key-mapping field (module names for ms-swift's model-type tables): written null as SWIFT
+    # writes it; a mapping would rename modules, which is not implemented
+    inert_fields: ClassVar[Dict[str, Tuple[Any, ...]]] = {"model_key_mapping": (None,)}
 
     dim: Optional[int] = None
     """Width of the hidden state the side network reads and writes (default: the model's hidden_size)."""
