@@ -66,6 +66,12 @@ def test_swift_formula_and_initialisation_on_a_module_and_a_decoder_layer():
                              "model.layers.1.side_default.side_net.fc2.weight"] and len(trainable) == 10
     plain_logits = base()(IDS).asnumpy()
     assert np.abs(model(IDS).asnumpy() - plain_logits).max() > 0.1  # a half-weight random side net from the start
+    # a second side net on the same layer (by argument name) blends after the first, as SWIFT's nested forwards do
+    model.add_adapter("second", SideConfig(target_modules=r"model\.layers\.1", source_hidden_pos="x"), seed=5)
+    assert layer.adapter_names == ["default", "second"] and layer.side_second.source_pos == 0
+    np.testing.assert_allclose(layer(*args)[0].asnumpy(),
+                               swift_side(layer.side_second, x, swift_side(layer.side_default, x, plain.asnumpy())),
+                               atol=1e-5)
     unloaded = model.unload()
     assert type(unloaded.model.layers[1]).__name__ == "DecoderLayer"
     np.testing.assert_array_equal(unloaded(IDS).asnumpy(), plain_logits)

@@ -16,17 +16,18 @@ from .layer import SideHost, side_host
 
 def source_index(cell: nn.Cell, pos, path: str) -> int:
     """The call position of ``source_hidden_pos`` (an index, or a required argument of ``construct``)."""
-    params = list(inspect.signature(type(cell).construct).parameters.values())[1:]  # without self
+    cls = type(cell)._original_class if isinstance(cell, SideHost) else type(cell)  # a host's construct is *args
+    params = list(inspect.signature(cls.construct).parameters.values())[1:]  # without self
     required = [p.name for p in params if p.default is inspect.Parameter.empty and
                 p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     if isinstance(pos, str):
         if pos not in required:
             raise ValueError(f"source_hidden_pos {pos!r} is not a required argument of {path} "
-                             f"({type(cell).__name__}.construct takes {[p.name for p in params]}; required: {required})")
+                             f"({cls.__name__}.construct takes {[p.name for p in params]}; required: {required})")
         return required.index(pos)
     if pos >= len(required) and not any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
         raise ValueError(f"source_hidden_pos {pos} is past the required arguments {required} of {path} "
-                         f"({type(cell).__name__}.construct)")
+                         f"({cls.__name__}.construct)")
     return pos
 
 
