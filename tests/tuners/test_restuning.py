@@ -191,8 +191,11 @@ def test_lora_plus_restuning_in_swift_layout_reload_and_refusals(tmp_path):
         again.merge_adapter(["second_tuner"])
     Swift.merge(again, "first_tuner")  # the LoRA merges beside the bypass
     np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-4, rtol=0)
-    again.deactivate_adapter("second_tuner")
+    again.deactivate_adapter("second_tuner", offload="cpu")  # SWIFT's offload: the bypass leaves the model
+    assert not hasattr(again.base_model, "restuning_second_tuner")
     np.testing.assert_allclose(again(IDS).asnumpy(), lora_only, atol=1e-4, rtol=0)
+    again.activate_adapter("second_tuner")
+    np.testing.assert_allclose(again(IDS).asnumpy(), both, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="'second_tuner' is a RESTUNING tuner, which PEFT does not have; it stays in SWIFT"):
         Swift.save_to_peft_format(str(tmp_path), str(tmp_path / "converted"))
     with pytest.raises(ValueError, match="RESTUNING tuner, which PEFT does not have"):
