@@ -108,6 +108,17 @@ def test_per_block_list_on_a_target_output_against_numpy():
     np.testing.assert_allclose(model.base_model.model(IDS).asnumpy(), expected, atol=1e-4, rtol=0)
 
 
+def test_without_a_root_the_first_stem_input_starts_the_bypass():
+    # SWIFT's code sets out to do this (it probes the first stem's input) but indexes an empty root list
+    config = ResTuningConfig(stem_modules=r"model\.layers\.[12]", target_modules=r"model\.norm", tuner_cfg="res_adapter")
+    model = Swift.prepare_model(base(), config, seed=5)
+    assert model.base_model.model._restuning_plans == (("default", 2, (3, 5), 6),)
+    hs = hidden_states(base())
+    expected = bypass_np(model.base_model.restuning_default, hs[1], [hs[2], hs[3]])
+    expected = model.base_model.model.norm(Tensor(expected.astype(np.float32))).asnumpy()
+    np.testing.assert_allclose(model.base_model.model(IDS).asnumpy(), expected, atol=1e-4, rtol=0)
+
+
 def test_identity_at_init_where_zero_init_last_gives_it():
     # one block, lateral Res-Adapter zeroed by zero_init_last, vertical zero: the bypass is the last layer's output
     config = ResTuningConfig(root_modules=r"model\.layers\.0", stem_modules=r"model\.layers\.2",
