@@ -105,6 +105,11 @@ def plan(model: nn.Cell, config: ResTuningConfig) -> Tuple[str, Tuple[int, Tuple
 
 def inject_restuning(model: nn.Cell, config: ResTuningConfig, adapter_name: str, state: AdapterState,
                      seed: Optional[int] = None) -> List[str]:
+    """Add adapter ``adapter_name``'s bypass (``model.restuning_<name>``) and hook its decoder stack.
+
+    Returns:
+        The path of the stack that now runs the bypass.
+    """
     stack_path, (root, stems, target) = plan(model, config)
     hidden = model.config.hidden_size
     dims = config.dims if isinstance(config.dims, list) else [config.dims or hidden] * len(stems)

@@ -45,6 +45,11 @@ def _refusal(cell: nn.Cell) -> Optional[str]:
 
 def inject_side(model: nn.Cell, config: SideConfig, adapter_name: str, state: AdapterState,
                 seed: Optional[int] = None) -> List[str]:
+    """Give every module matching ``config.target_modules`` the side network ``side_<adapter_name>``.
+
+    Returns:
+        The paths of the modules that now blend a side network.
+    """
     if not config.target_modules:
         raise ValueError(r"SideConfig.target_modules is required (a regex of whole module paths, e.g. "
                          r"'model\.layers\.\d+')")
