@@ -1,6 +1,6 @@
 """What the LyCORIS methods (LoHa, LoKr) share, as PEFT's ``lycoris_utils``: their config fields, a Linear layer
 whose adapters each add a computed ``delta W`` [out, in] (``y = W x + b + delta W x``; merging adds it to the
-weight in float64 on the host), and putting such layers into a model. A method subclasses
+weight in float64 on the host; in training, PEFT's rank and module dropouts), and putting such layers into a model. A method subclasses
 :class:`LycorisLinear` with its slots, ``add_adapter``, ``_delta`` (in the graph) and ``_delta_host`` (numpy)."""
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Union
@@ -24,9 +24,9 @@ class LycorisConfig(TunerConfig):
     alpha: float = 8
     """Scale numerator: the update is multiplied by alpha / r."""
     rank_dropout: float = 0.0
-    """Dropout of update rows in training (only 0 is supported here)."""
+    """Probability of dropping each row of the update in a training step (PEFT's rank dropout)."""
     module_dropout: float = 0.0
-    """Probability of skipping the update in a training step (only 0 is supported here)."""
+    """Probability of skipping the whole update in a training step."""
     target_modules: Optional[Union[List[str], str]] = None
     """Module names to adapt (as LoRA's); None: the family's default (PEFT uses LoRA's table)."""
     exclude_modules: Optional[Union[List[str], str]] = None
@@ -46,8 +46,8 @@ class LycorisConfig(TunerConfig):
         if isinstance(self.target_modules, (set, tuple)):  # PEFT writes sets as lists; accept either
             self.target_modules = list(self.target_modules)
         for name in ("rank_dropout", "module_dropout"):
-            if getattr(self, name):
-                raise ValueError(f"{type(self).__name__}.{name} {getattr(self, name)} is not supported (only 0.0)")
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be in [0, 1), found {getattr(self, name)}")
         if self.r <= 0:
             raise ValueError(f"{type(self).__name__}.r must be a positive integer, found {self.r}")
 
@@ -56,6 +56,7 @@ class LycorisLinear(nn.Cell, TunerLayer):
     """A Linear layer (its own Parameters reused) whose adapters each add ``_delta(name)`` to the weight."""
 
     slots = ()  # the CellDicts holding the method's tensors, by adapter name
+    rescales_rank_dropout = True  # PEFT's LoHa divides the kept rows by their fraction; LoKr asks its config
 
     def __init__(self, base, state: AdapterState):
         super().__init__()
@@ -68,10 +69,13 @@ class LycorisLinear(nn.Cell, TunerLayer):
         for slot in self.slots:
             setattr(self, slot, nn.CellDict())
         self.scaling: Dict[str, float] = {}
+        self.dropouts: Dict[str, tuple] = {}  # adapter -> (rank_dropout, module_dropout, rescale kept rows)
         self.matmul_nt = ops.MatMul(transpose_b=True)
 
-    def _added(self, name: str, scaling: float) -> None:
+    def _added(self, name: str, scaling: float, config: LycorisConfig) -> None:
         self.scaling[name] = scaling
+        self.dropouts[name] = (config.rank_dropout, config.module_dropout,
+                               getattr(config, "rank_dropout_scale", self.rescales_rank_dropout))
         if name not in self.adapter_names:
             self.adapter_names.append(name)
 
@@ -82,6 +86,7 @@ class LycorisLinear(nn.Cell, TunerLayer):
             if name in getattr(self, slot):
                 del getattr(self, slot)[name]
         self.scaling.pop(name)
+        self.dropouts.pop(name)
         self.adapter_names.remove(name)
 
     def _delta(self, name: str):
@@ -89,6 +94,20 @@ class LycorisLinear(nn.Cell, TunerLayer):
 
     def _delta_host(self, name: str) -> np.ndarray:
         raise NotImplementedError
+
+    def _dropped(self, name: str, delta):
+        """PEFT's training-time dropouts of adapter ``name``'s update [out, in]: each row kept with probability
+        1 - rank_dropout (the kept rows divided by their fraction when rescaling), the whole update skipped with
+        probability module_dropout."""
+        rank_dropout, module_dropout, rescale = self.dropouts[name]
+        if rank_dropout > 0:
+            keep = (ops.rand(delta.shape[0]) > rank_dropout).astype(delta.dtype)
+            if rescale:
+                keep = keep / keep.mean()
+            delta = delta * keep.reshape(-1, 1)
+        if module_dropout > 0:
+            delta = delta * (ops.rand(1) > module_dropout).astype(delta.dtype)
+        return delta
 
     def _factor_host(self, slot: str, name: str) -> np.ndarray:
         return getattr(self, slot)[name].weight.asnumpy().astype(np.float64)
@@ -100,7 +119,10 @@ class LycorisLinear(nn.Cell, TunerLayer):
         if self.bias is not None:
             y = y + self.bias
         for name in self.running_adapters():
-            y = y + self.matmul_nt(x, self._delta(name))
+            delta = self._delta(name)
+            if self.training:
+                delta = self._dropped(name, delta)
+            y = y + self.matmul_nt(x, delta)
         return y.reshape(shape[:-1] + (self.out_features,))
 
     def merge(self, names: Iterable[str]) -> None:

@@ -59,14 +59,38 @@ def test_formula_identity_at_init_and_pet_config():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match=r"LoHaConfig.rank_dropout 0.1 is not supported \(only 0.0\)"):
-        LoHaConfig(rank_dropout=0.1)
+    with pytest.raises(ValueError, match=r"LoHaConfig.rank_dropout must be in \[0, 1\), found 1.5"):
+        LoHaConfig(rank_dropout=1.5)
     with pytest.raises(ValueError, match="a LOHA config cannot be read as LoraConfig"):
         from mindformers.tuners import LoraConfig
 
         LoraConfig.from_pretrained(PEFT_DIR)
     with pytest.raises(TypeError, match="LoHaLinear adapts Linear layers .* not Conv1D"):
         get_peft_model(AutoModel.from_pretrained(os.path.join(INTEROP, "gpt2", "base")), LoHaConfig())
+
+
+def test_rank_and_module_dropout_in_training_only():
+    import mindspore as ms
+
+    ms.set_seed(0)
+    model = get_peft_model(base(), LoHaConfig(r=2, target_modules=["o_proj"], init_weights=False, rank_dropout=0.5), seed=0)
+    layer = model.base_model.model.layers[0].self_attn.o_proj
+    x = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    plain = x @ layer.weight.asnumpy().T
+    update = layer(Tensor(x)).asnumpy() - plain  # not training: the whole update
+    model.set_train(True)
+    ratio = ((layer(Tensor(x)).asnumpy() - plain) / update).mean(0)  # per output row: 0 (dropped) or 1 / kept
+    kept = ratio > 0.5
+    assert 10 < kept.sum() < 54
+    np.testing.assert_allclose(ratio[kept], 64 / kept.sum(), rtol=1e-3)  # PEFT's LoHa rescales the kept rows
+    np.testing.assert_allclose(ratio[~kept], 0, atol=1e-4)
+    skipping = get_peft_model(base(), LoHaConfig(r=2, target_modules=["o_proj"], init_weights=False, module_dropout=0.5), seed=0)
+    layer = skipping.base_model.model.layers[0].self_attn.o_proj
+    skipping.set_train(True)
+    seen = {bool(np.abs(layer(Tensor(x)).asnumpy() - plain).max() > 1e-6) for _ in range(12)}
+    assert seen == {True, False}  # some steps add the whole update, others skip it
+    skipping.set_train(False)
+    model.set_train(False)
 
 
 def test_fine_tune_through_the_trainer_lowers_held_out_loss(tmp_path, small_chats, tok):

@@ -26,7 +26,7 @@ class LoHaLinear(LycorisLinear):
                   "hada_w2_b": np.zeros((r, fan_in)) if config.init_weights else _kaiming_uniform(rng, (r, fan_in))}
         for slot, value in values.items():
             getattr(self, slot)[name] = _Vector(value, self.weight.dtype)
-        self._added(name, alpha / r)
+        self._added(name, alpha / r, config)
 
     def _delta(self, name: str):
         w1 = ops.matmul(self.hada_w1_a[name].weight, self.hada_w1_b[name].weight)

@@ -18,7 +18,7 @@ class LoKrConfig(LycorisConfig):
     decompose_factor: int = -1
     """Kronecker decomposition factor (-1: near the square root of each dimension)."""
     rank_dropout_scale: bool = False
-    """Rescale rank dropout (no effect without rank dropout)."""
+    """Under rank dropout, divide the kept rows by their fraction (PEFT's LoHa always does)."""
     init_weights: Union[bool, str] = True
     """True: W1 zero (the update starts at 0); "lycoris": W2 zero; False: all random."""
 

@@ -71,7 +71,7 @@ class LoKrLinear(LycorisLinear):
             value = np.zeros(shape) if slot in zero else _kaiming_uniform(rng, shape)
             getattr(self, slot)[name] = _Vector(value, self.weight.dtype)
         self.factored[name] = (not use_w1, not use_w2)
-        self._added(name, alpha / r)
+        self._added(name, alpha / r, config)
 
     def delete_adapter(self, name: str) -> None:
         super().delete_adapter(name)
