@@ -148,6 +148,14 @@ class TunerMethod:
             slot rule (prompt learning saves ``prompt_embeddings`` without a module path), else None.
         export: ``export(model, adapter, {file key: array})`` -> what a PEFT file holds, where it is not the
             adapter's Parameters (p-tuning saves its encoder's output, not the encoder).
+        regulariser: ``regulariser(model, config, adapter)`` -> a Cell called without arguments inside the
+            compiled training step, whose scalar is added to the training loss (AdaLoRA's orthogonality
+            penalty); only for adapters that train.
+        after_step: ``after_step(tuner, adapter, grads, step)``, called by the Trainer after every optimizer
+            step of a training adapter with ``grads`` (parameter path -> array: the adapter's gradients as the
+            optimizer applied them, averaged and clipped) and ``step`` (0-based index of that step), as PEFT's
+            training loops call ``update_and_allocate`` between ``optimizer.step()`` and ``zero_grad()``.
+            State kept between calls goes in ``tuner.method_state[adapter]``.
         trains_base: the method trains (and saves) the model's own weights rather than added ones (SWIFT's
             NEFTune, which only perturbs the embeddings while the model trains in full).
         owned: ``owned(model, adapter)`` -> the parameter paths that are the adapter's state, for methods whose
@@ -172,6 +180,8 @@ class TunerMethod:
     merge_refusal: str = ""
     peft_format: bool = True
     file_key: Optional[Callable] = None
+    regulariser: Optional[Callable] = None
+    after_step: Optional[Callable] = None
     export: Optional[Callable] = None
     trains_base: bool = False
     owned: Optional[Callable] = None

@@ -15,7 +15,7 @@ import re
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from safetensors.numpy import save_file
 
 from ..checkpoint.safetensors_dir import _read_file
@@ -169,6 +169,8 @@ class TunerModel(nn.Cell):
         self._offloaded: Dict[str, Tuple[str, Optional[Dict[str, np.ndarray]]]] = {}
         self._sources: Dict[str, str] = {}
         self._saving: Optional[Dict[str, np.ndarray]] = None  # see saving_tensors
+        self.method_state: Dict[str, object] = {}  # adapter -> what its method's after_step keeps between steps
+        self._step_gradients: Optional[Tuple[List[str], nn.Cell]] = None  # see keep_step_gradients
         for name, config in configs.items():
             self.add_adapter(name, config, seed=seed)
 
@@ -242,6 +244,7 @@ class TunerModel(nn.Cell):
             if name in layer.adapter_names:
                 layer.delete_adapter(name)
         del self.peft_config[name]
+        self.method_state.pop(name, None)
         self.state.version += 1
         self.state.set_active([n for n in self.state.active() if n != name])
         self._update_trainable()
@@ -452,6 +455,80 @@ class TunerModel(nn.Cell):
         else:
             self._load_adapter_dir(source, name, config, peft_keys=not _is_swift_dir(source))
         logger.info("adapter %r restored from its %s offload", name, "cpu" if kept is not None else "meta")
+
+    # ------------------------------------------------------------------ training hooks of methods
+    def _training_methods(self) -> List[Tuple[str, TunerConfig, TunerMethod]]:
+        return [(name, config, TUNERS.get(config.peft_type)) for name, config in self.peft_config.items()
+                if not config.inference_mode and name not in self._offloaded]
+
+    def training_regulariser(self) -> Optional[nn.Cell]:
+        """A Cell whose call (no arguments) gives what the training adapters' methods add to the training loss
+        (``TunerMethod.regulariser``), or None when no method adds anything."""
+        terms = [method.regulariser(self.base_model, config, name)
+                 for name, config, method in self._training_methods() if method.regulariser is not None]
+        return _SumOf(terms) if terms else None
+
+    def keep_step_gradients(self, optimizer: nn.Cell) -> nn.Cell:
+        """``optimizer`` wrapped so that every call also copies the gradients it applies to the parameters of
+        adapters whose method has an ``after_step`` hook into Parameters outside the model, which
+        :meth:`after_optimizer_step` reads; ``optimizer`` itself when no method needs them."""
+        paths = [path for name, config, method in self._training_methods() if method.after_step is not None
+                 for path in adapter_state(self.base_model, name, config)]
+        if not paths:
+            self._step_gradients = None
+            return optimizer
+        index = {param.name: i for i, param in enumerate(optimizer.parameters)}
+        missing = [path for path in paths if path not in index]
+        if missing:
+            raise ValueError(f"the tuner's after_step hooks read the gradients of {missing[:3]}, which the optimizer "
+                             "does not train; build the optimizer after adding the adapters")
+        params = dict(self.base_model.parameters_and_names())
+        keeper = _KeepGradients(optimizer, [index[path] for path in paths], [params[path] for path in paths])
+        self._step_gradients = (paths, keeper)
+        return keeper
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hand the gradients of the step just taken (``step``: its 0-based index) to the methods' ``after_step``
+        hooks; nothing unless :meth:`keep_step_gradients` wrapped the optimizer that took it."""
+        if self._step_gradients is None:
+            return
+        paths, keeper = self._step_gradients
+        grads = {path: kept.asnumpy() for path, kept in zip(paths, keeper.kept)}
+        for name, config, method in self._training_methods():
+            if method.after_step is not None:
+                method.after_step(self, name, {p: grads[p] for p in adapter_state(self.base_model, name, config)}, step)
+
+
+class _SumOf(nn.Cell):
+    """The sum of Cells called without arguments. The terms refer to the model's own layers, so they are held
+    without renaming their Parameters (``auto_prefix=False``)."""
+
+    def __init__(self, terms: List[nn.Cell]):
+        super().__init__(auto_prefix=False)
+        self.terms = nn.CellList(terms, auto_prefix=False)
+
+    def construct(self):
+        total = self.terms[0]()
+        for term in self.terms[1:]:
+            total = total + term()
+        return total
+
+
+class _KeepGradients(nn.Cell):
+    """An optimizer that also copies the gradients at ``indices`` into ``kept`` (one Parameter per gradient, never
+    trained or saved), inside the compiled step."""
+
+    def __init__(self, optimizer: nn.Cell, indices: List[int], like: List[Tensor]):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.indices = tuple(indices)
+        self.kept = ParameterTuple(Parameter(Tensor(np.zeros(p.shape, np.float32)), name=f"step_gradient.{i}",
+                                             requires_grad=False) for i, p in zip(indices, like))
+
+    def construct(self, grads, *args):
+        for slot, i in enumerate(self.indices):
+            ops.assign(self.kept[slot], grads[i])
+        return self.optimizer(grads, *args)
 
 
 def _is_swift_dir(directory: str) -> bool:
