@@ -40,3 +40,4 @@ from .peft import (
 from .swift import Swift, SwiftModel
 from .tuner_layer import AdapterState
 from .tuner_model import TunerModel
+from .adalora import AdaLoraConfig, RankAllocator, SVDLinear
