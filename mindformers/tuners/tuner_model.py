@@ -102,7 +102,18 @@ def saved_paths(model: nn.Cell, name: str, config: TunerConfig, peft_keys: bool)
     layers = method_layers(model)
     paths += [f"{m}.{leaf}" for m, layer in layers.items() if name in layer.adapter_names
               for leaf in getattr(layer, "peft_saved_base", ())]
-    return {key: path for path, key in peft_key_map(paths, name, set(layers)).items()}
+    keys = {key: path for path, key in peft_key_map(paths, name, set(layers)).items()}
+    if _is_prompt_learning(config):
+        # PEFT's prompt-learning model holds the base model itself (no tuner model between), so the modules it
+        # saves beside the prompt (a classifier head in modules_to_save) are base_model.<module>.<param>
+        keys = {("base_model." + k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else k): p for k, p in keys.items()}
+    return keys
+
+
+def _is_prompt_learning(config: TunerConfig) -> bool:
+    from .prompt_learning import PromptLearningConfig
+
+    return isinstance(config, PromptLearningConfig)
 
 
 def peft_key_map(paths: Iterable[str], name: str, adapted_modules: set) -> Dict[str, str]:
