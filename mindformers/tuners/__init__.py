@@ -24,7 +24,6 @@ from .longlora import LongLoRAConfig
 from .lisa import LisaCallback, LisaConfig
 from .galore import GaLoreAdamW, GaLoreConfig
 from .peft import (
-    AutoPeftModelForCausalLM,
     PeftMixedModel,
     PeftModel,
     TunerLayerStatus,
@@ -36,6 +35,18 @@ from .peft import (
     get_peft_model_state_dict,
     inject_adapter_in_model,
     set_peft_model_state_dict,
+)
+from .peft_tasks import (
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
 )
 from .swift import Swift, SwiftModel
 from .tuner_layer import AdapterState

@@ -43,7 +43,15 @@ class PeftModel(TunerModel):
             adapter_name: the name to give it.
             is_trainable: False loads it frozen (``inference_mode``).
             config: use this config instead of the directory's.
+
+        Called on ``PeftModel`` itself, the class is the one of the adapter's ``task_type`` (PEFT's
+        ``MODEL_TYPE_TO_PEFT_MODEL_MAPPING``: ``SEQ_CLS`` -> ``PeftModelForSequenceClassification``, ...).
         """
+        if cls is PeftModel:
+            from .peft_tasks import peft_model_class
+
+            config = config or config_from_dir(model_id)
+            cls = peft_model_class(config.task_type)
         peft_model = cls(model, {})
         peft_model.load_adapter(model_id, adapter_name, is_trainable=is_trainable, config=config)
         peft_model.set_adapter(adapter_name)
@@ -109,11 +117,16 @@ class PeftMixedModel(PeftModel):
 
 def get_peft_model(model: nn.Cell, peft_config: TunerConfig, adapter_name: str = DEFAULT_ADAPTER,
                    seed: Optional[int] = None, mixed: bool = False) -> PeftModel:
-    """``model`` with a new, trainable adapter ``adapter_name`` (base weights frozen); ``mixed``: a
+    """``model`` with a new, trainable adapter ``adapter_name`` (base weights frozen), wrapped in the PEFT model
+    class of the config's ``task_type`` (``CAUSAL_LM`` -> ``PeftModelForCausalLM``, ``SEQ_CLS`` ->
+    ``PeftModelForSequenceClassification``, ..., None -> ``PeftModel``; see :mod:`.peft_tasks`); ``mixed``: a
     :class:`PeftMixedModel`, to which adapters of other methods can be added and activated together."""
+    from .peft_tasks import peft_model_class
+
     if peft_config.base_model_name_or_path is None:
         peft_config = dataclasses.replace(peft_config, base_model_name_or_path=getattr(model, "name_or_path", None))
-    return (PeftMixedModel if mixed else PeftModel)(model, {adapter_name: peft_config}, seed=seed)
+    return (PeftMixedModel if mixed else peft_model_class(peft_config.task_type))(model, {adapter_name: peft_config},
+                                                                                  seed=seed)
 
 
 def inject_adapter_in_model(peft_config: TunerConfig, model: nn.Cell, adapter_name: str = DEFAULT_ADAPTER) -> nn.Cell:
@@ -217,25 +230,6 @@ def cast_mixed_precision_params(model, dtype) -> None:
         target = ms.float32 if param.requires_grad else dtype
         if param.dtype != target:
             param.set_dtype(target)
-
-
-class AutoPeftModelForCausalLM:
-    """Load an adapter directory together with the base model its config names."""
-
-    @staticmethod
-    def from_pretrained(adapter_dir: str, adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False,
-                        **base_kwargs: Any) -> PeftModel:
-        from ..auto import AutoModelForCausalLM
-
-        config = config_from_dir(adapter_dir)
-        base = config.base_model_name_or_path
-        if not base:
-            raise ValueError(f"{adapter_dir}: adapter_config.json has no base_model_name_or_path; load the base "
-                             "model yourself and use PeftModel.from_pretrained")
-        candidates = [base] + [os.path.join(root, base) for root in _parents(adapter_dir)]
-        source = next((c for c in candidates if os.path.exists(c)), base)  # else a preset name
-        model = AutoModelForCausalLM.from_pretrained(source, **base_kwargs)
-        return PeftModel.from_pretrained(model, adapter_dir, adapter_name, is_trainable=is_trainable, config=config)
 
 
 def _parents(directory: str) -> List[str]:
