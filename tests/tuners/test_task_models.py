@@ -208,3 +208,23 @@ def test_sequence_classification_lora_trains_through_the_trainer(tmp_path, tok):
     saved = load_file(str(tmp_path / "out" / "checkpoint-16" / "adapter_model.safetensors"))
     assert "base_model.model.score.weight" in saved
     assert np.abs(saved["base_model.model.score.weight"] - score_before).max() > 1e-3
+
+
+def test_prompt_tuning_span_positions_count_from_the_input():
+    """QUESTION_ANS with a prompt: logits cover the virtual positions (as PEFT returns them) and the given spans,
+    in the input's coordinates, are scored n positions later (PEFT passes them unchanged, i.e. into the prompt)."""
+    base = AutoModelForQuestionAnswering.from_pretrained(os.path.join(HF_MODELS, "llama_qa"))
+    model = get_peft_model(base, PromptTuningConfig(task_type="QUESTION_ANS", num_virtual_tokens=3), seed=1)
+    ref = np.load(os.path.join(HF_MODELS, "llama_qa", "reference.npz"))
+    ids, start, end = ref["input_ids"][[0, 2]], np.array([3, 11]), np.array([7, 30])  # 30: outside, ignored
+    loss, start_logits, end_logits = (t.asnumpy() for t in model(ids_tensor(ids), None, None, ids_tensor(start),
+                                                                 ids_tensor(end)))
+    assert start_logits.shape == end_logits.shape == (2, 3 + 12)
+
+    def ce(z, positions):
+        positions = np.clip(positions + 3, 0, 15)
+        logp = z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        keep = positions != 15
+        return -logp[np.arange(2)[keep], positions[keep]].mean()
+
+    assert abs(float(loss) - (ce(start_logits.astype(np.float64), start) + ce(end_logits.astype(np.float64), end)) / 2) < 1e-5
