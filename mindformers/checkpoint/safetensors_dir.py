@@ -88,7 +88,7 @@ def save_state_dict(state: Dict[str, np.ndarray], directory: str, max_shard_size
     shards: List[Dict[str, np.ndarray]] = [{}]
     size = 0
     for name in state:  # keep the caller's (module) order, as transformers does
-        array = np.ascontiguousarray(state[name])
+        array = np.require(state[name], requirements="C")  # ascontiguousarray would make a 0-d tensor [1]
         if shards[-1] and size + array.nbytes > limit:
             shards.append({})
             size = 0

@@ -62,7 +62,8 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
         if moments is None:
             moments = {k: v.asnumpy() for k, v in optimizer.state_parameters().items()}
         with atomic_path(os.path.join(tmp, "optimizer.safetensors")) as path:
-            save_file({k: np.ascontiguousarray(v) for k, v in moments.items()}, path)
+            # np.require, not ascontiguousarray: that makes a 0-d moment (SWIFT Side's alpha) [1]
+            save_file({k: np.require(v, requirements="C") for k, v in moments.items()}, path)
         atomic_write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(state.to_dict(), indent=1) + "\n")
         args.to_yaml(os.path.join(tmp, "training_args.yaml"))
         if os.path.exists(final):  # same step saved again: swap in the complete new one
@@ -159,6 +160,10 @@ def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> Traine
     missing = sorted(set(current) - set(saved))
     if missing:
         raise ValueError(f"{path}: optimizer state lacks {missing[:5]}; was it saved for another model or optimizer?")
+    wrong = [f"{name}: file {tuple(np.shape(saved[name]))} vs optimizer {tuple(param.shape)}"
+             for name, param in current.items() if tuple(np.shape(saved[name])) != tuple(param.shape)]
+    if wrong:
+        raise ValueError(f"{path}: optimizer state of other shapes: {wrong[:5]}; was it saved for another model?")
     for name, param in current.items():
         write_parameter(param, np.asarray(saved[name]))
     return TrainerState.from_dict(read_json_object(os.path.join(path, "trainer_state.json"), "a checkpoint"))
