@@ -135,8 +135,8 @@ def test_unsupported_architecture_and_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
     with pytest.raises(ValueError, match=r"unsupported model_type 'mamba'; supported: \[.*'gpt2', 'llama', .*'qwen2'.*\]"):
         AutoConfig.from_pretrained(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForTokenClassification"]}))
-    with pytest.raises(ValueError, match="unsupported architecture 'LlamaForTokenClassification'; supported: .*LlamaForCausalLM"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForMultipleChoice"]}))
+    with pytest.raises(ValueError, match="unsupported architecture 'LlamaForMultipleChoice'; supported: .*LlamaForCausalLM"):
         AutoConfig.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
