@@ -150,6 +150,7 @@ def load_checkpoint(path: str, model, optimizer, tensor_parallel=None) -> Traine
                 sliced = tensor_parallel.slice({paths[k]: v for k, v in weights.items() if k in paths})
                 weights = {k: sliced[paths[k]] if k in paths else v for k, v in weights.items()}
             tuner.load_adapter_weights(name, weights, peft_keys=tuner.checkpoint_layout(name), source=directory)
+            tuner.restore_checkpoint_state(name, directory)
     else:
         weights = load_state_dict(path)
         model.load_state_dict(weights if tensor_parallel is None else tensor_parallel.slice(weights), strict=True)

@@ -156,6 +156,9 @@ class TunerMethod:
             optimizer applied them, averaged and clipped) and ``step`` (0-based index of that step), as PEFT's
             training loops call ``update_and_allocate`` between ``optimizer.step()`` and ``zero_grad()``.
             State kept between calls goes in ``tuner.method_state[adapter]``.
+        checkpoint_state: ``checkpoint_state(tuner, adapter)`` -> {name: array}, what a training checkpoint keeps
+            of that state so a resumed run continues exactly (AdaLoRA's importance averages and rank pattern);
+            ``restore_state(tuner, adapter, arrays)`` puts it back when resuming.
         trains_base: the method trains (and saves) the model's own weights rather than added ones (SWIFT's
             NEFTune, which only perturbs the embeddings while the model trains in full).
         owned: ``owned(model, adapter)`` -> the parameter paths that are the adapter's state, for methods whose
@@ -182,6 +185,8 @@ class TunerMethod:
     file_key: Optional[Callable] = None
     regulariser: Optional[Callable] = None
     after_step: Optional[Callable] = None
+    checkpoint_state: Optional[Callable] = None
+    restore_state: Optional[Callable] = None
     export: Optional[Callable] = None
     trains_base: bool = False
     owned: Optional[Callable] = None

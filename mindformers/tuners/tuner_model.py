@@ -26,6 +26,7 @@ from .modules_to_save import ModulesToSaveWrapper
 from .tuner_layer import AdapterState, TunerLayer, TunerMethod, rename_parameters, replace_module
 
 PEFT_PREFIX = "base_model.model."
+METHOD_STATE_NAME = "method_state.safetensors"  # beside a training checkpoint's adapter file
 MODULES_TO_SAVE = "modules_to_save"
 
 
@@ -417,6 +418,19 @@ class TunerModel(nn.Cell):
         for name in self.peft_config:
             target = directory if name == "default" else os.path.join(directory, name)
             self._save_adapter(target, name, peft_keys=self.checkpoint_layout(name))
+            method = TUNERS.get(self.peft_config[name].peft_type)
+            state = method.checkpoint_state(self, name) if method.checkpoint_state is not None else None
+            if state:  # what the method carries between steps (TunerMethod.checkpoint_state)
+                with atomic_path(os.path.join(target, METHOD_STATE_NAME)) as tmp:
+                    save_file(state, tmp)
+
+    def restore_checkpoint_state(self, name: str, directory: str) -> None:
+        """Put back what :meth:`save_checkpoint_adapters` kept of adapter ``name``'s method state (nothing when
+        the checkpoint has none)."""
+        path = os.path.join(directory, METHOD_STATE_NAME)
+        method = TUNERS.get(self.peft_config[name].peft_type)
+        if method.restore_state is not None and os.path.isfile(path):
+            method.restore_state(self, name, _read_file(path))
 
     def _save_adapter(self, directory: str, name: str, peft_keys: bool) -> None:
         config = self.peft_config[name]
