@@ -156,20 +156,23 @@ def test_bad_input_named(tmp_path):
                                              rank_pattern={"model.layers.0.self_attn.q_proj.lora_E": [True] * 6}))
 
 
-def test_fine_tune_through_the_trainer_allocates_the_budget(tmp_path, small_chats, tok):
+def test_fine_tune_through_the_trainer_allocates_the_budget_and_resumes_exactly(tmp_path, small_chats, tok):
     from mindformers import Trainer, TrainingArguments
     from tests.trainer.conftest import tiny_llama
 
-    config = AdaLoraConfig(init_r=4, target_r=2, tinit=1, tfinal=2, total_step=8, lora_alpha=8)
-    model = get_peft_model(tiny_llama(), config, seed=0)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=8, batch_size=4, seq_length=64, learning_rate=0.2,
-                             logging_steps=4, save_steps=0, disable_tqdm=True, report_to=[])
-    trainer = Trainer(model=model, tokenizer=tok, args=args, train_dataset=small_chats[0], eval_dataset=small_chats[1])
-    before = trainer.evaluate()["eval_loss"]
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    print("eval loss", before, after)
-    assert after < before - 0.02
+    def run(resume=None):
+        config = AdaLoraConfig(init_r=8, target_r=2, tinit=0, tfinal=1, total_step=8, lora_alpha=8)
+        model = get_peft_model(tiny_llama(), config, seed=0)
+        args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=8, batch_size=4, seq_length=64,
+                                 learning_rate=0.2, logging_steps=1, save_steps=4, disable_tqdm=True, report_to=[])
+        trainer = Trainer(model=model, tokenizer=tok, args=args, train_dataset=small_chats[0],
+                          eval_dataset=small_chats[1])
+        before = trainer.evaluate()["eval_loss"] if resume is None else None
+        state = trainer.train(resume_training=resume)
+        return model, trainer, before, {h["step"]: h["loss"] for h in state.log_history if "loss" in h}
+
+    model, trainer, before, losses = run()
+    assert trainer.evaluate()["eval_loss"] < before - 0.02
     pattern = model.peft_config["default"].rank_pattern
     assert len(pattern) == 4 and sum(map(sum, pattern.values())) == 2 * 4  # target_r x adapted layers
     for key, keep in pattern.items():  # the pruned triplets' singular values are zero, the kept ones not
@@ -179,6 +182,11 @@ def test_fine_tune_through_the_trainer_allocates_the_budget(tmp_path, small_chat
     model.save_pretrained(str(tmp_path / "adapter"))
     saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert sum(v.shape[0] for k, v in saved.items() if k.endswith("lora_E")) == 8
+    # checkpoint-4 sits in the budgeting phase: the resumed run needs the allocator's averages to allocate alike
+    assert os.path.isfile(str(tmp_path / "run" / "checkpoint-4" / "method_state.safetensors"))
+    resumed_model, _, _, resumed = run(resume=str(tmp_path / "run" / "checkpoint-4"))
+    np.testing.assert_allclose([resumed[s] for s in range(5, 9)], [losses[s] for s in range(5, 9)], rtol=1e-5)
+    assert resumed_model.peft_config["default"].rank_pattern == pattern
 
 
 def test_trainer_step_adds_the_regulariser_and_keeps_its_gradients(tmp_path):

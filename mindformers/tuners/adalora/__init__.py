@@ -4,7 +4,8 @@ from ..tuner_layer import TunerMethod
 from .allocator import RankAllocator
 from .config import AdaLoraConfig
 from .layer import SLOTS, SVDLinear
-from .model import export_adalora, file_key, inject_adalora, orth_regulariser, update_and_allocate
+from .model import (checkpoint_state, export_adalora, file_key, inject_adalora, orth_regulariser, restore_state,
+                    update_and_allocate)
 
 __all__ = ["AdaLoraConfig", "RankAllocator", "SVDLinear", "update_and_allocate"]
 
@@ -14,4 +15,4 @@ DEFAULT_TARGETS = {**{family: ("q_proj", "v_proj") for family in ("llama", "qwen
 TUNERS.register(TunerMethod(
     "ADALORA", AdaLoraConfig, inject_adalora, mergeable=True, slots=SLOTS, default_targets=DEFAULT_TARGETS,
     pet_names=("adalora",), file_key=file_key, export=export_adalora, regulariser=orth_regulariser,
-    after_step=update_and_allocate), name="ADALORA")
+    after_step=update_and_allocate, checkpoint_state=checkpoint_state, restore_state=restore_state), name="ADALORA")

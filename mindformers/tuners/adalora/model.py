@@ -6,6 +6,7 @@
   the training loss (PEFT adds it in ``AdaLoraModel.forward``; the Trainer adds it to its compiled step).
 - ``update_and_allocate``: the rank allocation after each optimizer step (``allocator.py``).
 - ``export_adalora``: the PEFT file keeps only the triplets the allocation kept.
+- ``checkpoint_state`` / ``restore_state``: the allocator's state in training checkpoints (exact resume).
 """
 import re
 from typing import Dict, List, Optional
@@ -104,6 +105,45 @@ def update_and_allocate(tuner, adapter: str, grads: Dict[str, np.ndarray], globa
     for path, keep in masks.items():
         layers[path].mask(adapter, keep)
     config.rank_pattern = {f"{path}.{E_SLOT}": [bool(k) for k in keep] for path, keep in sorted(masks.items())}
+
+
+def checkpoint_state(tuner, adapter: str) -> Dict[str, np.ndarray]:
+    """TunerMethod.checkpoint_state: the allocator's averages (``exp_avg_ipt/<module>/<slot>``,
+    ``exp_avg_unc/...``) and the rank pattern (``rank_pattern/<module>.lora_E``, 0/1), so a resumed run allocates
+    as the uninterrupted one."""
+    out = {}
+    allocator = tuner.method_state.get(adapter)
+    if allocator is not None:
+        for kind in ("exp_avg_ipt", "exp_avg_unc"):
+            out.update({f"{kind}/{module}/{slot}": value for (module, slot), value in getattr(allocator, kind).items()})
+    for key, keep in (tuner.peft_config[adapter].rank_pattern or {}).items():
+        out[f"rank_pattern/{key}"] = np.asarray(keep, np.uint8)
+    return out
+
+
+def restore_state(tuner, adapter: str, arrays: Dict[str, np.ndarray]) -> None:
+    """TunerMethod.restore_state: the inverse of :func:`checkpoint_state`."""
+    config = tuner.peft_config[adapter]
+    layers = svd_layers(tuner.base_model, adapter)
+    allocator = RankAllocator(config, {p: layer.r[adapter] for p, layer in layers.items()})
+    pattern = {}
+    for key, value in arrays.items():
+        kind, _, rest = key.partition("/")
+        if kind == "rank_pattern":
+            pattern[rest] = [bool(k) for k in value]
+        elif kind in ("exp_avg_ipt", "exp_avg_unc"):
+            module, _, slot = rest.rpartition("/")
+            getattr(allocator, kind)[(module, slot)] = value
+        else:
+            raise ValueError(f"unexpected entry {key!r} in AdaLoRA's checkpoint state; expected exp_avg_ipt/..., "
+                             "exp_avg_unc/... or rank_pattern/...")
+    tuner.method_state[adapter] = allocator
+    if pattern:
+        config.rank_pattern = pattern
+        for path, layer in layers.items():
+            keep = pattern.get(f"{path}.{E_SLOT}")
+            if keep is not None and len(keep) == layer.r[adapter]:
+                layer.rank_mask[adapter] = np.asarray(keep, bool)
 
 
 def file_key(path: str, adapter: str) -> Optional[str]:
