@@ -151,6 +151,37 @@ def write_parameter(param, value) -> None:
 
 
 @contextlib.contextmanager
+def graphs_compiled(into: set) -> Iterator[None]:
+    """Add the compile phases of the graphs MindSpore compiles inside the block to ``into`` (for
+    :func:`release_graphs` later)."""
+    try:
+        from mindspore.graph import api
+    except ImportError:  # another MindSpore layout: nothing to track
+        yield
+        return
+    before = set(api.ms_compile_cache)
+    try:
+        yield
+    finally:
+        into.update(set(api.ms_compile_cache) - before)
+
+
+def release_graphs(phases) -> None:
+    """Free the compiled graphs ``phases`` (see :func:`graphs_compiled`) and their kernels' buffers."""
+    try:
+        from mindspore.graph import api
+    except ImportError:
+        return
+    phases = set(phases) & set(api.ms_compile_cache)
+    if phases:
+        with EXECUTION_LOCK:
+            api._cell_graph_executor.del_net_res(None, phases)  # pylint: disable=protected-access
+            if os.getenv("MS_DEV_JIT_PIPELINE") != "0":
+                api.JitExecutor_.get_instance().del_net_res(None, phases)
+            api.ms_compile_cache.difference_update(phases)
+
+
+@contextlib.contextmanager
 def graphs_released_after(keep: str = "") -> Iterator[None]:
     """Release the graphs MindSpore compiles inside the block when it ends.
 
@@ -162,19 +193,9 @@ def graphs_released_after(keep: str = "") -> Iterator[None]:
     Args:
         keep: graphs whose compile phase contains this text stay (e.g. an evaluation step reused later).
     """
+    compiled: set = set()
     try:
-        from mindspore.graph import api
-    except ImportError:  # another MindSpore layout: nothing to release
-        yield
-        return
-    before = set(api.ms_compile_cache)
-    try:
-        yield
+        with graphs_compiled(compiled):
+            yield
     finally:
-        new = {p for p in set(api.ms_compile_cache) - before if not (keep and keep in p)}
-        if new:
-            with EXECUTION_LOCK:
-                api._cell_graph_executor.del_net_res(None, new)  # pylint: disable=protected-access
-                if os.getenv("MS_DEV_JIT_PIPELINE") != "0":
-                    api.JitExecutor_.get_instance().del_net_res(None, new)
-                api.ms_compile_cache.difference_update(new)
+        release_graphs({p for p in compiled if not (keep and keep in p)})

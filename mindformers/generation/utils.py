@@ -11,6 +11,7 @@ Design:
 - Beam search follows transformers' vectorised implementation (same candidates, length penalty and
   early-stopping rules), so it returns the same sequences on the same weights.
 """
+import weakref
 from collections import OrderedDict
 from typing import Any, List, Optional
 
@@ -19,7 +20,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..models.common.attention import KVCache
-from ..utils import EXECUTION_LOCK
+from ..utils import EXECUTION_LOCK, graphs_compiled, release_graphs
 from .config import GenerationConfig
 from .logits_process import LogitsProcessor, log_softmax, sample, stop_string_hit
 
@@ -80,7 +81,15 @@ class DecodeStep(nn.Cell):
         self.cache = cache
         self.mode = mode
         compiled = mode == "jit" or ms.get_context("mode") == ms.GRAPH_MODE  # GRAPH_MODE: compile regardless
-        self.run = ms.jit(self.construct) if compiled else self
+        self._step = ms.jit(self.construct) if compiled else self
+        # MindSpore keeps compiled graphs for the life of the process: this step's go when the step goes
+        self._graphs: set = set()
+        weakref.finalize(self, release_graphs, self._graphs)
+
+    def run(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
+        """The step, compiled on first use (one graph per input shape)."""
+        with graphs_compiled(self._graphs):
+            return self._step(input_ids, attention_mask, position_ids, cache_slots, cache_rows)
 
     def construct(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
         return self._model.decode_logits(input_ids, attention_mask, position_ids, self.cache.tensors, cache_slots,

@@ -20,7 +20,7 @@ from mindspore import Tensor, ops
 
 from ..registry import TASKS
 from ..parallel.config import ParallelConfig, RecomputeConfig
-from ..utils import graphs_released_after, logger
+from ..utils import graphs_compiled, graphs_released_after, logger, release_graphs
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
 from .checkpointing import (checkpoint_step, earlier_run_files, load_checkpoint, remove_stale_temporaries, resolve_resume,
@@ -235,6 +235,10 @@ class Trainer:
         self.model = None
         self._untouched = None  # the pretrained model while no step or checkpoint has changed it
         self._eval_for, self._eval_compiled = None, None  # the model the evaluation step was built for, and it
+        # compile phases of this trainer's evaluation steps: MindSpore keeps compiled graphs for the life of the
+        # process, so they are freed when the trainer goes (a test suite or notebook makes many trainers)
+        self._eval_graphs: set = set()
+        weakref.finalize(self, release_graphs, self._eval_graphs)
         self._tokenizer = None
         self.parallel_config = ParallelConfig.from_dict(run.get("parallel_config"), f"{where}: parallel_config")
         self._tensor_parallel = None  # a TensorParallelRun when model_parallel > 1 under msrun on CPU
@@ -644,7 +648,8 @@ class Trainer:
         aux_settings = model.config.aux_loss_settings() if self.model_task == "causal_lm" else None
         for batch in self._batches(data, self.args.eval_batch_size, False, 0, model=model):
             ids, mask, labels = (Tensor(batch[k]) for k in ("input_ids", "attention_mask", "labels"))
-            loss, other = evaluate_batch(ids, mask, labels)
+            with graphs_compiled(self._eval_graphs):
+                loss, other = evaluate_batch(ids, mask, labels)
             tokens = self._scored_tokens(batch["labels"])
             if self.model_task != "causal_lm":
                 scored = batch["labels"] != -100
@@ -679,6 +684,8 @@ class Trainer:
         """``(input_ids, attention_mask, labels) -> (mean loss, predicted classes, or the MoE load-balancing
         loss, or the loss)``, compiled once per model in jit mode (only these leave the graph, not the logits)."""
         if self._eval_for is not model:
+            release_graphs(self._eval_graphs)  # another model's
+            self._eval_graphs.clear()
             classify = self.model_task != "causal_lm"
             reports_aux = not classify and model.config.aux_loss_settings() is not None
 
