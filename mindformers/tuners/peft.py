@@ -103,10 +103,13 @@ class PeftModel(TunerModel):
 
 class PeftMixedModel(PeftModel):
     """PEFT's ``PeftMixedModel``: adapters of different methods active together (``set_adapter([...])``), for
-    the methods PEFT mixes (LoRA, LoHa, LoKr; IA3 and prompt learning are refused, as PEFT refuses them). Each
-    layer holds one method's adapters, so mixed adapters target different layers."""
+    the methods PEFT mixes (LoRA, LoHa, LoKr, AdaLoRA) and IA3, which PEFT 0.21 refuses here although an IA3
+    layer beside a LoRA layer is as well defined (each adapter is still saved in its own PEFT folder); prompt
+    learning is refused, as PEFT refuses it. Each layer holds one method's adapters, so mixed adapters target
+    different layers."""
 
-    MIXABLE = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT", "SHIRA")  # PEFT 0.21's COMPATIBLE_TUNER_TYPES
+    # PEFT 0.21's COMPATIBLE_TUNER_TYPES, plus IA3
+    MIXABLE = ("LORA", "LOHA", "LOKR", "ADALORA", "OFT", "SHIRA", "IA3")
 
     def add_adapter(self, name: str, config: TunerConfig, seed: Optional[int] = None) -> None:
         if config.peft_type not in self.MIXABLE:
