@@ -1,18 +1,18 @@
 """What the LyCORIS methods (LoHa, LoKr) share, as PEFT's ``lycoris_utils``: their config fields, a Linear layer
-whose adapters each add a computed ``delta W`` [out, in] (``y = W x + b + delta W x``; merging adds it to the
-weight in float64 on the host; in training, PEFT's rank and module dropouts), and putting such layers into a model. A method subclasses
-:class:`LycorisLinear` with its slots, ``add_adapter``, ``_delta`` (in the graph) and ``_delta_host`` (numpy)."""
+whose adapters each add a computed ``delta W`` [out, in] (``y = W x + b + delta W x``, a
+:class:`~mindformers.tuners.delta_layer.DeltaLinear`; in training, PEFT's rank and module dropouts), and putting
+such layers into a model. A method subclasses
+:class:`LycorisLinear` with its slots, ``add_adapter``, ``_delta`` (in the graph) and ``delta_weight`` (numpy)."""
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 from mindspore import nn, ops
 
-from ..models.common.layers import Conv1D, Linear
-from ..utils import write_parameter
 from .config import TunerConfig
+from .delta_layer import DeltaLinear
 from .targets import match_linear_layers, pattern_value, seeded_rng
-from .tuner_layer import AdapterState, TunerLayer, rename_parameters, replace_module
+from .tuner_layer import AdapterState, rename_parameters, replace_module
 
 
 @dataclass
@@ -52,25 +52,19 @@ class LycorisConfig(TunerConfig):
             raise ValueError(f"{type(self).__name__}.r must be a positive integer, found {self.r}")
 
 
-class LycorisLinear(nn.Cell, TunerLayer):
+class LycorisLinear(DeltaLinear):
     """A Linear layer (its own Parameters reused) whose adapters each add ``_delta(name)`` to the weight."""
 
     slots = ()  # the CellDicts holding the method's tensors, by adapter name
+    adapts_conv1d = False
     rescales_rank_dropout = True  # PEFT's LoHa divides the kept rows by their fraction; LoKr asks its config
 
     def __init__(self, base, state: AdapterState):
-        super().__init__()
-        if isinstance(base, Conv1D) or not isinstance(base, Linear):
-            raise TypeError(f"{type(self).__name__} adapts Linear layers (PEFT's LyCORIS methods do not adapt "
-                            f"GPT-2's Conv1D), not {type(base).__name__}")
-        self._init_tuner_layer(state)
-        self.weight, self.bias = base.weight, base.bias
-        self.in_features, self.out_features = base.in_features, base.out_features
+        super().__init__(base, state)
         for slot in self.slots:
             setattr(self, slot, nn.CellDict())
         self.scaling: Dict[str, float] = {}
         self.dropouts: Dict[str, tuple] = {}  # adapter -> (rank_dropout, module_dropout, rescale kept rows)
-        self.matmul_nt = ops.MatMul(transpose_b=True)
 
     def _added(self, name: str, scaling: float, config: LycorisConfig) -> None:
         self.scaling[name] = scaling
@@ -80,8 +74,7 @@ class LycorisLinear(nn.Cell, TunerLayer):
             self.adapter_names.append(name)
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
+        self._check_unmerged(name)
         for slot in self.slots:
             if name in getattr(self, slot):
                 del getattr(self, slot)[name]
@@ -90,9 +83,7 @@ class LycorisLinear(nn.Cell, TunerLayer):
         self.adapter_names.remove(name)
 
     def _delta(self, name: str):
-        raise NotImplementedError
-
-    def _delta_host(self, name: str) -> np.ndarray:
+        """Adapter ``name``'s ``delta W`` [out, in] in the graph."""
         raise NotImplementedError
 
     def _dropped(self, name: str, delta):
@@ -112,35 +103,11 @@ class LycorisLinear(nn.Cell, TunerLayer):
     def _factor_host(self, slot: str, name: str) -> np.ndarray:
         return getattr(self, slot)[name].weight.asnumpy().astype(np.float64)
 
-    def construct(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        y = self.matmul_nt(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        for name in self.running_adapters():
-            delta = self._delta(name)
-            if self.training:
-                delta = self._dropped(name, delta)
-            y = y + self.matmul_nt(x, delta)
-        return y.reshape(shape[:-1] + (self.out_features,))
-
-    def merge(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name not in self.adapter_names or name in self.merged_adapters:
-                continue
-            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) + self._delta_host(name)).astype(np.float32))
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64) - self._delta_host(name)).astype(np.float32))
-
-    def unwrap(self):
-        base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
-        base.weight, base.bias = self.weight, self.bias
-        return base
+    def adapter_output(self, name: str, x):
+        delta = self._delta(name)
+        if self.training:
+            delta = self._dropped(name, delta)
+        return self.matmul_nt(x, delta)
 
 
 def inject_lycoris(model: nn.Cell, config: LycorisConfig, adapter_name: str, state: AdapterState,

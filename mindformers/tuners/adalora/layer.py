@@ -10,15 +10,15 @@ The tensors are Parameters named after the adapter, ``<module>.lora_A.<adapter>`
 ``ParameterDict``s (LoRA's ``lora_A.<adapter>.weight`` are Linear layers). GPT-2's Conv1D stores W as [in, out]
 (``fan_in_fan_out``); the update is then transposed when merged.
 """
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ...models.common.layers import Conv1D, Linear
 from ..lora.layer import _set
-from ..tuner_layer import AdapterState, TunerLayer
+from ..delta_layer import DeltaLinear
+from ..tuner_layer import AdapterState
 
 SLOTS = ("lora_A", "lora_E", "lora_B")
 RANKNUM_EPS = 1e-5  # PEFT adds it to ranknum
@@ -40,7 +40,7 @@ class ParameterSlot(nn.Cell):
         return name in self._params  # pylint: disable=protected-access
 
 
-class SVDLinear(nn.Cell, TunerLayer):
+class SVDLinear(DeltaLinear):
     """A Linear ([out, in]) or Conv1D ([in, out]) layer with AdaLoRA adapters; its own Parameters are reused.
 
     Args:
@@ -49,21 +49,13 @@ class SVDLinear(nn.Cell, TunerLayer):
     """
 
     def __init__(self, base, state: AdapterState):
-        super().__init__()
-        if not isinstance(base, (Linear, Conv1D)):
-            raise TypeError(f"AdaLoRA adapts Linear and Conv1D layers, not {type(base).__name__}")
-        self._init_tuner_layer(state)
-        self.weight, self.bias = base.weight, base.bias
-        self.fan_in_fan_out = isinstance(base, Conv1D)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        super().__init__(base, state)
         self.lora_A, self.lora_E, self.lora_B = ParameterSlot(), ParameterSlot(), ParameterSlot()
         self.lora_dropout = nn.CellDict()
         self.r: Dict[str, int] = {}
         self.ranknum: Dict[str, float] = {}
         self.factor: Dict[str, float] = {}  # lora_alpha / (ranknum + 1e-5)
         self.rank_mask: Dict[str, Optional[np.ndarray]] = {}  # kept triplets of a full-rank adapter, if allocated
-        self.matmul_nt = ops.MatMul(transpose_b=True)
-        self.base_matmul = ops.MatMul() if self.fan_in_fan_out else self.matmul_nt
 
     def add_adapter(self, name: str, r: int, ranknum: int, alpha: float, dropout: float, init,
                     rng: np.random.Generator) -> None:
@@ -83,8 +75,7 @@ class SVDLinear(nn.Cell, TunerLayer):
             self.adapter_names.append(name)
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
+        self._check_unmerged(name)
         for slot in (self.lora_A, self.lora_E, self.lora_B):
             del slot[name]
         if name in self.lora_dropout:
@@ -111,47 +102,15 @@ class SVDLinear(nn.Cell, TunerLayer):
         eye = ops.eye(self.r[name], self.r[name], a.dtype)
         return ops.sqrt(ops.square(ops.matmul(a, a.T) - eye).sum()) + ops.sqrt(ops.square(ops.matmul(b.T, b) - eye).sum())
 
-    def construct(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        y = self.base_matmul(x, self.weight)
-        y = y if self.bias is None else y + self.bias
-        for name in self.running_adapters():
-            if self.r[name] == 0:  # a layer the allocation emptied
-                continue
-            dropped = self.lora_dropout[name](x) if name in self.lora_dropout else x
-            a, e, b = getattr(self.lora_A, name), getattr(self.lora_E, name), getattr(self.lora_B, name)
-            after_a = self.matmul_nt(dropped, a * e)  # [tokens, r]
-            y = y + self.matmul_nt(after_a, b) * self.factor[name]
-        return y.reshape(shape[:-1] + (self.out_features,))
+    def adapter_output(self, name: str, x):
+        if self.r[name] == 0:  # a layer the allocation emptied
+            return ops.zeros((x.shape[0], self.out_features), x.dtype)
+        dropped = self.lora_dropout[name](x) if name in self.lora_dropout else x
+        a, e, b = getattr(self.lora_A, name), getattr(self.lora_E, name), getattr(self.lora_B, name)
+        after_a = self.matmul_nt(dropped, a * e)  # [tokens, r]
+        return self.matmul_nt(after_a, b) * self.factor[name]
 
-    def _delta(self, name: str) -> np.ndarray:
+    def delta_weight(self, name: str) -> np.ndarray:
         """B (A * E) * lora_alpha / (ranknum + 1e-5) as [out, in], float64."""
         a, e, b = (getattr(self, slot)[name].asnumpy().astype(np.float64) for slot in SLOTS)
         return (b @ (a * e)) * self.factor[name]
-
-    def _weight_out_in(self) -> np.ndarray:
-        w = self.weight.asnumpy().astype(np.float64)
-        return w.T if self.fan_in_fan_out else w
-
-    def merge(self, names: Iterable[str]) -> None:
-        """Fold adapters into the base weight (they then stop running separately)."""
-        for name in names:
-            if name in self.adapter_names and name not in self.merged_adapters:
-                w = self._weight_out_in() + self._delta(name)
-                _set(self.weight, w.T if self.fan_in_fan_out else w)
-                self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            w = self._weight_out_in() - self._delta(self.merged_adapters.pop())
-            _set(self.weight, w.T if self.fan_in_fan_out else w)
-
-    def unwrap(self):
-        """The plain base layer holding this layer's (possibly merged) Parameters."""
-        if self.fan_in_fan_out:
-            base = Conv1D(self.in_features, self.out_features, self.weight.dtype)
-        else:
-            base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
-        base.weight, base.bias = self.weight, self.bias
-        return base

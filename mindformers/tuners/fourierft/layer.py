@@ -10,17 +10,16 @@ seeded with ``random_loc_seed`` (reproduced in numpy, mindformers.tuners.torch_r
 ``(i // in, i % in)``. PEFT does not save them: they follow from the seed and the layer's shape. Merging
 adds ``delta W`` (transposed for Conv1D) in float64 on the host.
 """
-from typing import Dict, Iterable
+from typing import Dict
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from ...models.common.layers import Conv1D, Linear
-from ...utils import write_parameter
 from ..lora.layer import _Vector
 from ..torch_random import randperm_prefix
-from ..tuner_layer import AdapterState, TunerLayer
+from ..delta_layer import DeltaLinear
+from ..tuner_layer import AdapterState
 
 SPECTRUM = "fourierft_spectrum"
 
@@ -31,7 +30,7 @@ def frequencies(out_features: int, in_features: int, n_frequency: int, seed: int
     return np.stack([flat // in_features, flat % in_features], axis=1)
 
 
-class FourierFTLinear(nn.Cell, TunerLayer):
+class FourierFTLinear(DeltaLinear):
     """A Linear or Conv1D layer with FourierFT adapters.
 
     Args:
@@ -40,18 +39,10 @@ class FourierFTLinear(nn.Cell, TunerLayer):
     """
 
     def __init__(self, base, state: AdapterState):
-        super().__init__()
-        if not isinstance(base, (Linear, Conv1D)):
-            raise TypeError(f"FourierFT adapts Linear and Conv1D layers, not {type(base).__name__}")
-        self._init_tuner_layer(state)
-        self.weight, self.bias = base.weight, base.bias
-        self.fan_in_fan_out = isinstance(base, Conv1D)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        super().__init__(base, state)
         self.fourierft_spectrum = nn.CellDict()
         self.indices: Dict[str, Tensor] = {}  # [n_frequency, 2] int32: constants of the graph, not Parameters
         self.scaling: Dict[str, float] = {}
-        self.base_matmul = ops.MatMul() if self.fan_in_fan_out else ops.MatMul(transpose_b=True)
-        self.matmul_nt = ops.MatMul(transpose_b=True)
 
     def add_adapter(self, name: str, n_frequency: int, config, rng: np.random.Generator) -> None:
         size = self.out_features * self.in_features
@@ -67,8 +58,7 @@ class FourierFTLinear(nn.Cell, TunerLayer):
             self.adapter_names.append(name)
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
+        self._check_unmerged(name)
         del self.fourierft_spectrum[name]
         self.indices.pop(name)
         self.scaling.pop(name)
@@ -81,44 +71,12 @@ class FourierFTLinear(nn.Cell, TunerLayer):
         delta = ops.real(ops.ifft2(ops.cast(dense, ms.complex64))) * self.scaling[name]  # [out, in]
         return ops.cast(delta, spectrum.dtype)
 
-    def construct(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        y = self.base_matmul(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        for name in self.running_adapters():
-            y = y + self.matmul_nt(x, self._delta(name))
-        return y.reshape(shape[:-1] + (self.out_features,))
+    def adapter_output(self, name: str, x):
+        return self.matmul_nt(x, self._delta(name))
 
-    # ------------------------------------------------------------------ merging
     def delta_weight(self, name: str) -> np.ndarray:
         """``delta W`` of adapter ``name`` as [out, in], float64."""
         dense = np.zeros((self.out_features, self.in_features))
         rows, cols = self.indices[name].asnumpy().T
         dense[rows, cols] = self.fourierft_spectrum[name].weight.asnumpy()
         return np.fft.ifft2(dense).real * self.scaling[name]
-
-    def _add_to_weight(self, delta: np.ndarray) -> None:
-        write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64)
-                                      + (delta.T if self.fan_in_fan_out else delta)).astype(np.float32))
-
-    def merge(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name not in self.adapter_names or name in self.merged_adapters:
-                continue
-            self._add_to_weight(self.delta_weight(name))
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            self._add_to_weight(-self.delta_weight(self.merged_adapters.pop()))
-
-    def unwrap(self):
-        """The plain base layer holding this layer's (possibly merged) Parameters."""
-        if self.fan_in_fan_out:
-            base = Conv1D(self.in_features, self.out_features, self.weight.dtype)
-        else:
-            base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
-        base.weight, base.bias = self.weight, self.bias
-        return base

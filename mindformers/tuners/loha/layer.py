@@ -33,6 +33,6 @@ class LoHaLinear(LycorisLinear):
         w2 = ops.matmul(self.hada_w2_a[name].weight, self.hada_w2_b[name].weight)
         return w1 * w2 * self.scaling[name]
 
-    def _delta_host(self, name: str) -> np.ndarray:
+    def delta_weight(self, name: str) -> np.ndarray:
         f = {slot: self._factor_host(slot, name) for slot in FACTORS}
         return (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"]) * self.scaling[name]

@@ -85,7 +85,7 @@ class LoKrLinear(LycorisLinear):
     def _delta(self, name: str):
         return _kron(self._factor(name, "1"), self._factor(name, "2")) * self.scaling[name]
 
-    def _delta_host(self, name: str) -> np.ndarray:
+    def delta_weight(self, name: str) -> np.ndarray:
         def factor(which):
             if self.factored[name][0 if which == "1" else 1]:
                 return self._factor_host(f"lokr_w{which}_a", name) @ self._factor_host(f"lokr_w{which}_b", name)

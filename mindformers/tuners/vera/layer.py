@@ -8,21 +8,20 @@ model (every layer holds the same two Parameters and slices them to its size), a
 ``vera_lambda_b`` [out] and ``vera_lambda_d`` [r] its own. Merging adds ``delta W`` (transposed for Conv1D)
 in float64 on the host.
 """
-from typing import Dict, Iterable
+from typing import Dict
 
 import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 
-from ...models.common.layers import Conv1D, Linear
-from ...utils import write_parameter
 from ..lora.layer import _Vector
-from ..tuner_layer import AdapterState, TunerLayer
+from ..delta_layer import DeltaLinear
+from ..tuner_layer import AdapterState
 
 PROJECTIONS = ("vera_A", "vera_B")
 VECTORS = ("vera_lambda_b", "vera_lambda_d")
 
 
-class VeraLinear(nn.Cell, TunerLayer):
+class VeraLinear(DeltaLinear):
     """A Linear or Conv1D layer with VeRA adapters.
 
     Args:
@@ -31,18 +30,10 @@ class VeraLinear(nn.Cell, TunerLayer):
     """
 
     def __init__(self, base, state: AdapterState):
-        super().__init__()
-        if not isinstance(base, (Linear, Conv1D)):
-            raise TypeError(f"VeRA adapts Linear and Conv1D layers, not {type(base).__name__}")
-        self._init_tuner_layer(state)
-        self.weight, self.bias = base.weight, base.bias
-        self.fan_in_fan_out = isinstance(base, Conv1D)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        super().__init__(base, state)
         for slot in PROJECTIONS + VECTORS + ("vera_dropout",):
             setattr(self, slot, nn.CellDict())
         self.r: Dict[str, int] = {}
-        self.base_matmul = ops.MatMul() if self.fan_in_fan_out else ops.MatMul(transpose_b=True)
-        self.matmul_nt = ops.MatMul(transpose_b=True)
 
     def add_adapter(self, name: str, vera_a: _Vector, vera_b: _Vector, config, rng: np.random.Generator) -> None:
         """Adapter ``name`` on the shared projections ``vera_a`` [r, >= in] / ``vera_b`` [>= out, r]."""
@@ -64,56 +55,23 @@ class VeraLinear(nn.Cell, TunerLayer):
             self.adapter_names.append(name)
 
     def delete_adapter(self, name: str) -> None:
-        if name in self.merged_adapters:
-            raise ValueError(f"adapter {name!r} is merged into the weights; unmerge it before deleting it")
+        self._check_unmerged(name)
         for slot in PROJECTIONS + VECTORS + ("vera_dropout",):
             if name in getattr(self, slot):
                 del getattr(self, slot)[name]
         self.r.pop(name)
         self.adapter_names.remove(name)
 
-    def construct(self, x):
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        y = self.base_matmul(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias
-        for name in self.running_adapters():
-            a = self.vera_A[name].weight[:, :self.in_features]  # [r, in]
-            b = self.vera_B[name].weight[:self.out_features, :]  # [out, r]
-            dropped = self.vera_dropout[name](x) if name in self.vera_dropout else x
-            hidden = self.matmul_nt(dropped, a) * self.vera_lambda_d[name].weight  # [tokens, r]
-            y = y + self.matmul_nt(hidden, b) * self.vera_lambda_b[name].weight
-        return y.reshape(shape[:-1] + (self.out_features,))
+    def adapter_output(self, name: str, x):
+        a = self.vera_A[name].weight[:, :self.in_features]  # [r, in]
+        b = self.vera_B[name].weight[:self.out_features, :]  # [out, r]
+        dropped = self.vera_dropout[name](x) if name in self.vera_dropout else x
+        hidden = self.matmul_nt(dropped, a) * self.vera_lambda_d[name].weight  # [tokens, r]
+        return self.matmul_nt(hidden, b) * self.vera_lambda_b[name].weight
 
-    # ------------------------------------------------------------------ merging
     def delta_weight(self, name: str) -> np.ndarray:
         """``delta W`` of adapter ``name`` as [out, in], float64."""
         host = {slot: getattr(self, slot)[name].weight.asnumpy().astype(np.float64) for slot in PROJECTIONS + VECTORS}
         b = host["vera_lambda_b"][:, None] * host["vera_B"][:self.out_features]
         a = host["vera_lambda_d"][:, None] * host["vera_A"][:, :self.in_features]
         return b @ a
-
-    def _add_to_weight(self, delta: np.ndarray) -> None:
-        write_parameter(self.weight, (self.weight.asnumpy().astype(np.float64)
-                                      + (delta.T if self.fan_in_fan_out else delta)).astype(np.float32))
-
-    def merge(self, names: Iterable[str]) -> None:
-        for name in names:
-            if name not in self.adapter_names or name in self.merged_adapters:
-                continue
-            self._add_to_weight(self.delta_weight(name))
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        while self.merged_adapters:
-            self._add_to_weight(-self.delta_weight(self.merged_adapters.pop()))
-
-    def unwrap(self):
-        """The plain base layer holding this layer's (possibly merged) Parameters."""
-        if self.fan_in_fan_out:
-            base = Conv1D(self.in_features, self.out_features, self.weight.dtype)
-        else:
-            base = Linear(self.in_features, self.out_features, self.bias is not None, self.weight.dtype)
-        base.weight, base.bias = self.weight, self.bias
-        return base
