@@ -6,10 +6,10 @@ from typing import List, Tuple
 from mindspore import nn
 
 from ..models.common.attention import Attention, grouped_attention
-from .tuner_layer import AdapterState, TunerLayer
+from .tuner_layer import AdapterState, Unmergeable
 
 
-class AttentionTuner(nn.Cell, TunerLayer):
+class AttentionTuner(nn.Cell, Unmergeable):
     """A tuner layer in an attention's ``tuner`` slot: ``construct(q, k, v, bias)`` -> the attention output
     [batch, heads, q_len, head_dim] with the running adapter (one runs at a time), or plain grouped attention
     when none runs. Subclasses implement ``attend(name, q, k, v, bias)``."""
@@ -34,13 +34,6 @@ class AttentionTuner(nn.Cell, TunerLayer):
         if name is None:
             return grouped_attention(q, k, v, bias, self.scale, self.dropout)
         return self.attend(name, q, k, v, bias)
-
-    def merge(self, names) -> None:
-        if any(name in self.adapter_names for name in names):
-            raise ValueError(f"{type(self).__name__}: {self.merge_refusal}")
-
-    def unmerge(self) -> None:
-        return None
 
     def unwrap(self):
         return None  # the attention's tuner slot is empty again

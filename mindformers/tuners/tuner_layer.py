@@ -101,18 +101,37 @@ class TunerLayer:
         raise NotImplementedError
 
 
-class UnmergeableEmbedding(TunerLayer):
-    """A tuner layer on an Embedding that adds nothing to its table (prompt learning, NEFTune): merging is
-    refused with ``merge_refusal``; unwrapping gives the Embedding back with the same table."""
+class Unmergeable(TunerLayer):
+    """A tuner layer whose adapters have no form in the weights: merging one of them is refused with
+    ``merge_refusal`` (other methods' adapters in the model may still merge); unmerging does nothing."""
 
     merge_refusal = "it cannot be merged into the weights"
 
     def merge(self, names: Iterable[str]) -> None:
-        if any(name in self.adapter_names for name in names):  # other methods' adapters may merge
+        if any(name in self.adapter_names for name in names):
             raise ValueError(f"{type(self).__name__}: {self.merge_refusal}")
 
     def unmerge(self) -> None:
         return None
+
+
+class SwappedClass(Unmergeable):
+    """Mixed into a module whose class a tuner swapped for a subclass running its adapters (SWIFT patches the
+    module's forward the same way): the subclass keeps the original as ``_original_class``; unwrapping deletes
+    the adapters and gives the module its class back."""
+
+    _original_class: type
+
+    def unwrap(self):
+        for name in list(self.adapter_names):
+            self.delete_adapter(name)
+        self.__class__ = self._original_class
+        return self
+
+
+class UnmergeableEmbedding(Unmergeable):
+    """A tuner layer on an Embedding that adds nothing to its table (prompt learning, NEFTune); unwrapping
+    gives the Embedding back with the same table."""
 
     def unwrap(self):
         from ..models.common.layers import Embedding

@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ...models.common.layers import Linear
-from ..tuner_layer import AdapterState, TunerLayer
+from ..tuner_layer import AdapterState, SwappedClass
 
 PREFIX = "adapter_"
 
@@ -41,8 +41,10 @@ class AdapterModule(nn.Cell):
         return x + self.linear2(self.act(self.linear1(x)))
 
 
-class AdapterHost(TunerLayer):
+class AdapterHost(SwappedClass):
     """Mixed into the adapted module's class by :func:`adapted_class` (not used on its own)."""
+
+    merge_refusal = "an Adapter (a bottleneck MLP with a nonlinearity) cannot be merged into the weights"
 
     hidden_pos = None
 
@@ -56,19 +58,6 @@ class AdapterHost(TunerLayer):
         delattr(self, PREFIX + name)
         self.adapter_names.remove(name)
 
-    def merge(self, names) -> None:
-        if any(name in self.adapter_names for name in names):  # other methods' adapters may merge
-            raise ValueError("an Adapter (a bottleneck MLP with a nonlinearity) cannot be merged into the weights")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self):
-        """This module, back to its own class and without adapters."""
-        for name in list(self.adapter_names):
-            self.delete_adapter(name)
-        self.__class__ = self._original_class
-        return self
 
 
 def adapted_class(cls):

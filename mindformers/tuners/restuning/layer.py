@@ -24,7 +24,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.common.layers import Linear
-from ..tuner_layer import AdapterState, TunerLayer
+from ..tuner_layer import AdapterState, SwappedClass
 
 PREFIX = "restuning_"
 
@@ -117,12 +117,15 @@ class ResTuningBypassModule(nn.Cell):
         return x
 
 
-class ResTuningStack(TunerLayer):
+class ResTuningStack(SwappedClass):
     """Mixed into the decoder stack's class by :func:`restuning_class` (not used on its own).
 
     ``_restuning_plans`` holds, per adapter in the order added, ``(name, root point, stem points, target point)``;
     the bypass modules live on the top model (``restuning_<name>``) and are reached through ``_restuning_top``.
     """
+
+    merge_refusal = ("a Res-Tuning bypass (nonlinear tuners on detached hidden states, replacing the target's input) "
+                     "cannot be merged into the weights")
 
     def add_adapter(self, name: str, top: nn.Cell, bypass: ResTuningBypassModule, plan) -> None:
         object.__setattr__(self, "_restuning_top", top)  # the model holding this stack: not a sub-cell
@@ -135,21 +138,6 @@ class ResTuningStack(TunerLayer):
         delattr(self._restuning_top, PREFIX + name)
         self._restuning_plans = tuple(p for p in self._restuning_plans if p[0] != name)
         self.adapter_names.remove(name)
-
-    def merge(self, names) -> None:
-        if any(name in self.adapter_names for name in names):  # other methods' adapters may merge
-            raise ValueError("a Res-Tuning bypass (nonlinear tuners on detached hidden states, replacing the target's "
-                             "input) cannot be merged into the weights")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self):
-        """This stack, back to its own class and without bypasses."""
-        for name in list(self.adapter_names):
-            self.delete_adapter(name)
-        self.__class__ = self._original_class
-        return self
 
     def restuned(self, point: int, x, seen):
         """``x`` at probe ``point`` after the running bypasses that target it. Each bypass discards what it

@@ -22,7 +22,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ...models.common.layers import Linear
-from ..tuner_layer import AdapterState, TunerLayer
+from ..tuner_layer import AdapterState, SwappedClass
 
 PREFIX = "side_"
 
@@ -62,8 +62,10 @@ class SideModule(nn.Cell):
         return alpha * x_main + (1 - alpha) * self.side_net(x)
 
 
-class SideHost(TunerLayer):
+class SideHost(SwappedClass):
     """Mixed into the target module's class by :func:`sided_class` (not used on its own)."""
+
+    merge_refusal = "a Side network (a nonlinear MLP of the module's input blended with its output) cannot be merged into the weights"
 
     def add_adapter(self, name: str, dim: int, rng: np.random.Generator, source_pos: int, target_pos: int) -> None:
         setattr(self, PREFIX + name, SideModule(dim, rng, source_pos, target_pos))
@@ -73,21 +75,6 @@ class SideHost(TunerLayer):
     def delete_adapter(self, name: str) -> None:
         delattr(self, PREFIX + name)
         self.adapter_names.remove(name)
-
-    def merge(self, names) -> None:
-        if any(name in self.adapter_names for name in names):  # other methods' adapters may merge
-            raise ValueError("a Side network (a nonlinear MLP of the module's input blended with its output) "
-                             "cannot be merged into the weights")
-
-    def unmerge(self) -> None:
-        return None
-
-    def unwrap(self):
-        """This module, back to its own class and without side networks."""
-        for name in list(self.adapter_names):
-            self.delete_adapter(name)
-        self.__class__ = self._original_class
-        return self
 
     def blended(self, args, out):
         """``out`` with every running side network blended in, in the order the adapters were added."""
