@@ -1,4 +1,4 @@
-"""IA3 (mindformers/tuners/ia3/): PEFT 0.21's adapter gives PEFT's logits, the formula against numpy, the
+"""IA3 (mindformers/tuners/ia3/): PEFT 0.21's adapter gives PEFT's logits and greedy ids, the formula against numpy, the
 model unchanged at init, PEFT's file layout both ways, merging, pet_config and family defaults, clear errors,
 and a short fine-tune on the chatterbot chats through the Trainer."""
 import os
@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from mindformers import AutoModel, LlamaConfig, LlamaForCausalLM
 from mindformers.tuners import IA3Config, IA3Linear, LoraConfig, PeftModel, get_peft_model
-from tests.conftest import INTEROP, ids_tensor
+from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.trainer.conftest import chats, small_chats, tok  # noqa: F401  (fixtures)
 
 ATOL = 1e-4
@@ -32,6 +32,8 @@ def test_peft_adapter_gives_peft_logits_and_merges():
     np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=0)
     plain = base()(ids_tensor(IDS)).asnumpy()
     assert np.abs(plain - expected).max() > 0.1  # the adapter changes the model
+    greedy = np.load(os.path.join(FIXTURES, "peft_methods", "generate_ia3.npy"))  # PEFT's, KV cache
+    np.testing.assert_array_equal(np.asarray(model.generate(ids_tensor(IDS), max_new_tokens=8, do_sample=False)), greedy)
     model.merge_adapter()
     np.testing.assert_allclose(model(ids_tensor(IDS)).asnumpy(), expected, atol=ATOL, rtol=0)
     model.unmerge_adapter()

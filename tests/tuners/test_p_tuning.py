@@ -1,5 +1,5 @@
 """P-tuning (mindformers/tuners/p_tuning/): PEFT 0.21's saved adapter (the encoder's output) gives PEFT's
-logits; MLP and LSTM encoders have torch's parameter counts and train through the Trainer's compiled step;
+logits and greedy ids; MLP and LSTM encoders have torch's parameter counts and train through the Trainer's compiled step;
 what we save is PEFT's layout (only ``prompt_embeddings``) and reloads with equal logits."""
 import os
 
@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from mindformers import AutoModel
 from mindformers.tuners import PeftModel, PromptEncoderConfig, get_peft_model
-from tests.conftest import INTEROP, ids_tensor
+from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.trainer.conftest import chats, small_chats, tok  # noqa: F401  (fixtures)
 
 IDS = ids_tensor(np.load(os.path.join(INTEROP, "llama", "input_ids.npy")))
@@ -19,10 +19,12 @@ def base():
     return AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base"))
 
 
-def test_peft_adapter_gives_peft_logits():
+def test_peft_adapter_gives_peft_logits_and_greedy_ids():
     model = PeftModel.from_pretrained(base(), os.path.join(INTEROP, "llama", "adapters", "p_tuning"))
     np.testing.assert_allclose(model(IDS).asnumpy(), np.load(os.path.join(INTEROP, "llama", "logits_p_tuning.npy")),
                                atol=1e-4, rtol=0)
+    expected = np.load(os.path.join(FIXTURES, "peft_methods", "generate_p_tuning.npy"))  # PEFT's, KV cache
+    np.testing.assert_array_equal(np.asarray(model.generate(IDS, max_new_tokens=8, do_sample=False)), expected)
 
 
 @pytest.mark.parametrize("kind, trainable", [("MLP", 4 * 64 + (64 * 16 + 16) + (16 * 16 + 16) + (16 * 64 + 64)),
