@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from ..kernels import host
 from .args import TrainingArguments
 
 
@@ -62,6 +63,8 @@ def parameter_groups(model, args: TrainingArguments) -> List[dict]:
 _scale = ops.MultitypeFuncGraph("scale")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
+_adamw_kernel = ops.MultitypeFuncGraph("adamw_kernel")
+_kernel_square_sum = ops.MultitypeFuncGraph("kernel_square_sum")
 _sgd_update = ops.MultitypeFuncGraph("sgd_update")
 
 
@@ -75,6 +78,11 @@ def _scale_tensor(factor, x):
 @_square_sum.register("Tensor")
 def _square_sum_tensor(x):
     return ops.square(x).sum()
+
+
+@_kernel_square_sum.register("Tensor")
+def _kernel_square_sum_tensor(x):
+    return host.squared_sum(x)
 
 
 @_adamw_update.register("Float", "Float", "Float", "Tensor", "Tensor", "Tensor", "Float", "Float", "Tensor", "Tensor",
@@ -91,6 +99,17 @@ def _adamw_tensor(beta1, beta2, eps, correction1, correction2_sqrt, factor, peak
     return True
 
 
+@_adamw_kernel.register("Float", "Float", "Float", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Float", "Float",
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_kernel_tensor(beta1, beta2, eps, correction1, correction2_sqrt, factor, scale, shared, peak_lr, decay,
+                         per_tensor, param, grad, m, v):
+    if not param.shape:  # 0-d (SWIFT Side's alpha): the kernel takes tensors with elements
+        return _adamw_tensor(beta1, beta2, eps, correction1, correction2_sqrt, factor, peak_lr, decay, param,
+                             grad * scale, m, v)
+    # shared [8]: (factor, b1, b2, eps, c1, c2_sqrt, 1, grad_scale); per_tensor [8]: (peak lr, 1, .., decay, 1)
+    return host.adamw_update(param, grad, m, v, shared * per_tensor)
+
+
 @_sgd_update.register("Tensor", "Float", "Float", "Tensor", "Tensor")
 def _sgd_tensor(factor, peak_lr, decay, param, grad):
     update = grad + decay * param if decay > 0 else grad
@@ -103,9 +122,10 @@ def scale_all(tensors, factor):
     return ops.HyperMap()(ops.partial(_scale, factor), tensors)
 
 
-def global_norm(tensors):
-    """The L2 norm of all ``tensors`` together."""
-    return ops.sqrt(ops.addn(ops.HyperMap()(_square_sum, tensors)))
+def global_norm(tensors, fused: bool = False):
+    """The L2 norm of all ``tensors`` together; ``fused``: with the host kernel (``host.enabled()``, decided
+    outside the compiled function)."""
+    return ops.sqrt(ops.addn(ops.HyperMap()(_kernel_square_sum if fused else _square_sum, tensors)))
 
 
 class _Optimizer(nn.Cell):
@@ -135,7 +155,14 @@ class _Optimizer(nn.Cell):
 
 class AdamW(_Optimizer):
     """AdamW (Loshchilov & Hutter 2019), as torch.optim.AdamW: decoupled decay ``p -= lr * wd * p``, then
-    ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected moments."""
+    ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected moments.
+
+    Called as ``optimizer(grads, factor, constants, grad_scale)``: the gradients are ``grad_scale * grads``
+    (the trainer's clipping and token weighting, applied inside the update instead of as passes of their own).
+    On CPU each parameter's update is one host kernel (mindformers/kernels); elsewhere MindSpore ops.
+    """
+
+    fuses_grad_scale = True
 
     def __init__(self, groups: List[dict], betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(groups)
@@ -143,12 +170,27 @@ class AdamW(_Optimizer):
         self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
         self.exp_avg_sq = self.parameters.clone(prefix="exp_avg_sq", init="zeros")
         self.state_step = Parameter(Tensor(0.0, ms.float32), name="state_step", requires_grad=False)
+        self.fused = host.enabled()
+        self.per_tensor = tuple(Tensor([lr, 1, 1, 1, 1, 1, decay, 1], ms.float32)
+                                for lr, decay in zip(self.peak_lrs, self.weight_decays))
+        self.betas_eps = Tensor([self.beta1, self.beta2, self.eps], ms.float32)
 
-    def construct(self, grads, factor, constants=()):
+    def construct(self, grads, factor, constants=(), grad_scale=None):
         step = self.state_step + 1.0
         ops.assign(self.state_step, step)
         correction1 = 1.0 - ops.pow(self.beta1, step)
         correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, step))
+        if self.fused:
+            scale = ops.ones((), ms.float32) if grad_scale is None else grad_scale.reshape(())
+            shared = ops.concat((factor.reshape((1,)), self.betas_eps,
+                                 ops.stack((correction1.reshape(()), correction2_sqrt.reshape(()),
+                                            ops.ones((), ms.float32), scale))))
+            kernel = ops.partial(_adamw_kernel, self.beta1, self.beta2, self.eps, correction1, correction2_sqrt,
+                                 factor, scale, shared)
+            return self.hyper_map(kernel, self.peak_lrs, self.weight_decays, self.per_tensor, self.parameters, grads,
+                                  self.exp_avg, self.exp_avg_sq)
+        if grad_scale is not None:
+            grads = scale_all(grads, grad_scale)
         update = ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, correction1, correction2_sqrt, factor)
         return self.hyper_map(update, self.peak_lrs, self.weight_decays, self.parameters, grads, self.exp_avg,
                               self.exp_avg_sq)

@@ -18,6 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from ..kernels import host
 from ..registry import TASKS
 from ..parallel.config import ParallelConfig, RecomputeConfig
 from ..utils import graphs_compiled, graphs_released_after, logger, release_graphs
@@ -118,6 +119,8 @@ class _StepFunctions:
             return loss, (out[2] if reports_aux else ops.zeros((), ms.float32))
 
         self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters, has_aux=True)
+        self.fused = host.enabled()  # gradient norms with the host kernel (CPU)
+        self.fuses_scale = bool(getattr(self.optimizer, "fuses_grad_scale", False))
         # The update is always compiled: MindSpore's optimizers compile their own inner step when called
         # eagerly and would compile it again for every new tuple of gradients.
         self._update_compiled = ms.jit(self._update)
@@ -130,37 +133,46 @@ class _StepFunctions:
 
     def _step(self, input_ids, attention_mask, labels, tokens, lr_factor, constants=()):
         (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
-        loss, norm = self._update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor, constants)
+        loss, norm = self._update(grads, tokens, loss * tokens, tokens, lr_factor, constants)
         return loss, norm, aux
 
     def _eager_step(self, input_ids, attention_mask, labels, tokens, lr_factor, constants=()):
         (loss, aux), grads = self._value_and_grad(input_ids, attention_mask, labels)
-        loss, norm = self.update(scale_all(grads, tokens), loss * tokens, tokens, lr_factor, constants)
-        return loss, norm, aux
+        return self.update(grads, loss * tokens, tokens, lr_factor, constants, weight=tokens) + (aux,)
 
-    def update(self, weighted_grads, loss_sum, tokens, lr_factor, constants=()):
-        """Apply gradients summed outside the compiled step; returns (mean loss, gradient norm)."""
+    def update(self, weighted_grads, loss_sum, tokens, lr_factor, constants=(), weight=None):
+        """Apply gradients summed outside the compiled step (``weight * weighted_grads``, weight 1 by
+        default); returns (mean loss, gradient norm)."""
         # WARNING: a tuple of tensors passed to a compiled function is a constant unless marked mutable,
         # and every new value would compile a new graph.
-        return self._update_compiled(ms.mutable(tuple(weighted_grads)), loss_sum, tokens, lr_factor, constants)
+        weight = ops.ones((1,), ms.float32) if weight is None else weight
+        return self._update_compiled(ms.mutable(tuple(weighted_grads)), weight, loss_sum, tokens, lr_factor,
+                                     constants)
 
-    def _update(self, weighted_grads, loss_sum, tokens, lr_factor, constants=()):
-        """``weighted_grads``: sum of tokens_i * grad_i over this rank's micro-batches; ``loss_sum`` and
-        ``tokens`` ([1] tensors) likewise for the loss and the scored-token count; ``lr_factor``: the
-        schedule's multiplier of each group's peak learning rate; ``constants``: the optimizer's
-        ``step_constants()`` (Python values: one graph per distinct value).
+    def _update(self, grads, weight, loss_sum, tokens, lr_factor, constants=()):
+        """``weight * grads``: the sum of tokens_i * grad_i over this rank's micro-batches (one micro-batch:
+        its mean-loss gradients and weight = its token count); ``loss_sum`` and ``tokens`` ([1] tensors)
+        likewise for the loss and the scored-token count; ``lr_factor``: the schedule's multiplier of each
+        group's peak learning rate; ``constants``: the optimizer's ``step_constants()`` (Python values: one
+        graph per distinct value).
 
         The optimizer sees the gradient of the whole global batch (accumulated, summed over the ranks,
-        clipped), so whatever it derives from it (GaLore's projection) is the same on every rank."""
+        clipped), so whatever it derives from it (GaLore's projection) is the same on every rank. The
+        weighting and clipping are one factor on the gradients, which an optimizer that ``fuses_grad_scale``
+        applies inside its update (on CPU every pass over all gradients costs ~0.5 s for a 135M model)."""
         if self.all_reduce is not None:  # data parallel: sums over all ranks
-            weighted_grads = ops.HyperMap()(self.all_reduce, weighted_grads)
+            grads = ops.HyperMap()(self.all_reduce, scale_all(grads, weight))
+            weight = ops.ones_like(weight)
             loss_sum, tokens = self.all_reduce(loss_sum), self.all_reduce(tokens)
         tokens = ops.maximum(tokens, 1.0)  # a batch without scored tokens contributes nothing
-        grads = scale_all(weighted_grads, 1.0 / tokens)
-        norm = global_norm(grads) if self.sharded is None else self._split_norm(grads)
+        scale = (weight / tokens).reshape(())  # the gradient is scale * grads
+        norm = (global_norm(grads, self.fused) if self.sharded is None else self._split_norm(grads)) * scale
         if self.max_norm > 0:
-            grads = scale_all(grads, ops.minimum(self.max_norm / (norm + 1e-6), 1.0))
-        self.optimizer(grads, lr_factor, constants)
+            scale = scale * ops.minimum(self.max_norm / (norm + 1e-6), 1.0)
+        if self.fuses_scale:
+            self.optimizer(grads, lr_factor, constants, scale)
+        else:
+            self.optimizer(scale_all(grads, scale), lr_factor, constants)
         return loss_sum / tokens, norm
 
     def _split_norm(self, grads):
@@ -172,9 +184,9 @@ class _StepFunctions:
                 split = split + (grads[i],)
             else:
                 whole = whole + (grads[i],)
-        squares = ops.square(global_norm(whole)) if whole else ops.zeros((), ms.float32)
+        squares = ops.square(global_norm(whole, self.fused)) if whole else ops.zeros((), ms.float32)
         if split:
-            squares = squares + self.tp_reduce(ops.square(global_norm(split)))
+            squares = squares + self.tp_reduce(ops.square(global_norm(split, self.fused)))
         return ops.sqrt(squares)
 
 
