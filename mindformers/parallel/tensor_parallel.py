@@ -254,6 +254,8 @@ class VocabParallelEmbedding(Embedding):
 class VocabParallelHead(Linear):
     """The output projection keeping this rank's vocabulary rows; logits gathered across the group."""
 
+    whole_product = False
+
     def __init__(self, base: Linear, group: str, rank: int, size: int):
         nn.Cell.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features

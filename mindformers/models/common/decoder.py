@@ -23,6 +23,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ...generation.utils import GenerationMixin
+from ...kernels import host
 from ...modeling_utils import PreTrainedModel
 from ...registry import BLOCKS
 from . import mla, mlp  # noqa: F401  (their Cells register in BLOCKS)
@@ -31,6 +32,7 @@ from .layers import (
     MS_DTYPES,
     Embedding,
     Linear,
+    LinearCrossEntropy,
     RMSNorm,
     RotaryEmbedding,
     cast,
@@ -229,7 +231,8 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``,
     the loss being next-token cross entropy ignoring label -100. MoE models whose config sets
     ``output_router_logits`` add ``router_aux_loss_coef`` times the load-balancing loss to it, as
-    transformers does, and return ``(loss, logits, aux_loss)``.
+    transformers does, and return ``(loss, logits, aux_loss)``. In training mode (``set_train(True)``) on CPU,
+    the loss comes from the fused head and loss (:class:`LinearCrossEntropy`) and the logits are None.
 
     Subclasses set ``config_class`` and, for other layouts, ``backbone_class`` / ``base_model_prefix``.
     """
@@ -245,6 +248,8 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         # a tied head's product with the embedding, as a primitive of this model (mindformers.parallel.shard)
         self.tied_matmul = ops.MatMul(transpose_b=True) if self.lm_head is None else None
         self.aux_loss = config.aux_loss_settings()  # (coefficient, experts, top_k) or None
+        # training on CPU: the loss and its gradient from the host kernel, no logits (see LinearCrossEntropy)
+        self.fused_loss = LinearCrossEntropy() if host.enabled() else None
 
     def stack(self):
         return getattr(self, self.base_model_prefix)
@@ -267,7 +272,8 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         if position_ids is None and self.prefix_positions:
             position_ids = default_position_ids(attention_mask, *input_ids.shape) + self.prefix_positions
         hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
-        out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul)
+        out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul,
+                        self.fused_loss if self.training else None)
         if labels is None or self.aux_loss is None:
             return out
         coefficient, experts, top_k = self.aux_loss

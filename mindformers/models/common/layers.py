@@ -13,6 +13,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import One, Zero
 
+from ...kernels import host
+
 MS_DTYPES = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}
 
 
@@ -29,6 +31,8 @@ def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
 
 class Linear(nn.Cell):
     """``y = x W^T + b`` with ``W`` stored ``[out_features, in_features]`` like ``torch.nn.Linear``."""
+
+    whole_product = True  # x W^T is this rank's whole output (subclasses that split it say False)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=ms.float32):
         super().__init__()
@@ -325,14 +329,61 @@ def make_lm_head(config) -> Optional[Linear]:
     return Linear(config.hidden_size, config.vocab_size, False, MS_DTYPES[config.dtype])
 
 
-def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None):
+class LinearCrossEntropy(nn.Cell):
+    """Mean cross entropy of ``hidden @ weight.T`` against labels, whose forward pass also computes the
+    gradients (Liger Kernel's fused linear cross entropy): the [tokens, vocab] logits are one buffer that
+    the host kernel turns into their gradient, never an autodiff node (MindSpore's own ops made ~10 passes
+    over them: 0.46 of a 2-layer SmolLM2 step's 2.1 s). For training on CPU (``host.enabled()``); the
+    loss equals ``causal_lm_loss`` on the logits.
+
+    ``construct(hidden [tokens, hidden_size], weight [vocab, hidden_size], labels [tokens] int32, -100
+    ignored)`` returns ``(loss, d loss/d hidden, d loss/d weight)``; the bprop scales the last two.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.matmul_nt = ops.MatMul(transpose_b=True)
+        self.matmul = ops.MatMul()
+        self.matmul_tn = ops.MatMul(transpose_a=True)
+
+    def construct(self, hidden, weight, labels):
+        scored = ops.maximum((labels >= 0).astype(ms.float32).sum(), 1.0)
+        scale = (1.0 / scored).reshape((1,))
+        logits = self.matmul_nt(hidden, weight)  # [tokens, vocab]
+        loss_sum, grad = host.softmax_cross_entropy(logits, labels, scale)  # grad replaces the logits
+        return (loss_sum * scale).reshape(()), self.matmul(grad, weight), self.matmul_tn(grad, hidden)
+
+    def bprop(self, hidden, weight, labels, out, dout):
+        scale = dout[0]
+        return out[1] * scale, out[2] * scale, ops.zeros_like(labels)
+
+
+def shifted_labels(labels, seq: int):
+    """Next-token targets [batch * seq]: position t's label t+1, -100 after the last (as transformers pads
+    them), or ``labels[:, 1:]`` for [batch, seq + 1] labels (MindFormers' pre-training rows)."""
+    if labels.shape[1] == seq + 1:
+        return labels[:, 1:].reshape(-1).astype(ms.int32)
+    tail = ops.fill(ms.int32, (labels.shape[0], 1), -100)
+    return ops.concat((labels[:, 1:].astype(ms.int32), tail), 1).reshape(-1)
+
+
+def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None, fused_loss=None):
     """Logits [batch, seq, vocab] from the final hidden states (through ``lm_head`` or the tied
     embedding), and ``(loss, logits)`` when ``labels`` are given.
 
     Args:
         tied_matmul: the ``MatMul(transpose_b=True)`` of a tied head (a model's own, so that it can be
             sharded; None: a shared one).
+        fused_loss: a :class:`LinearCrossEntropy` to compute the loss with (a model in training on CPU),
+            giving ``(loss, None)``: no logits. Used when the head is the plain product (tied, or a whole
+            bias-free ``Linear``; a tuner's or a split head is not).
     """
+    if labels is not None and fused_loss is not None:
+        if lm_head is None or (isinstance(lm_head, Linear) and lm_head.whole_product and lm_head.bias is None):
+            weight = embedding_weight if lm_head is None else lm_head.weight
+            rows = hidden.reshape(-1, hidden.shape[-1]).astype(ms.float32)
+            loss = fused_loss(rows, weight.astype(ms.float32), shifted_labels(labels, hidden.shape[1]))[0]
+            return loss, None
     if lm_head is None:
         # tied weights [vocab, hidden]: transpose inside the matmul (``weight.T`` would copy 100+ MB per call)
         shape = hidden.shape

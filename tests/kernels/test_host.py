@@ -1,0 +1,172 @@
+"""The host (CPU) kernels against MindSpore's generic ops and numpy: same updates, same norms, same training
+run; and what a machine without a compiler gets."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Parameter, Tensor, nn
+
+from mindformers.kernels import host
+from mindformers.trainer.optim import AdamW, global_norm
+
+pytestmark = pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+
+
+def test_squared_sum_matches_numpy_in_double():
+    rng = np.random.default_rng(0)
+    for shape in [(3,), (257, 129), (70001,), ()]:  # below and above the threaded size, odd tails, 0-d
+        x = np.asarray(rng.normal(size=shape) * 100, np.float32)
+        got = ms.jit(host.squared_sum)(Tensor(x))
+        assert got.shape == ()
+        np.testing.assert_allclose(float(got.asnumpy()), float((x.astype(np.float64) ** 2).sum()), rtol=1e-6)
+    tensors = [Tensor(rng.normal(size=s).astype(np.float32)) for s in [(5, 7), (300, 301), (9,)]]
+    norms = [float(ms.jit(global_norm, static_argnums=1)(ms.mutable(tuple(tensors)), fused).asnumpy())
+             for fused in (False, True)]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-6)
+
+
+class Weights(nn.Cell):
+    def __init__(self, rng):
+        super().__init__()
+        self.big = Parameter(Tensor(rng.normal(size=(300, 400)).astype(np.float32)), name="big")  # threaded
+        self.small = Parameter(Tensor(rng.normal(size=(7,)).astype(np.float32)), name="small")
+
+
+@pytest.mark.parametrize("grad_scale", [None, 0.37])
+def test_fused_adamw_equals_the_generic_update(monkeypatch, grad_scale):
+    rng = np.random.default_rng(1)
+    grads = [[rng.normal(size=(300, 400)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
+             for _ in range(4)]
+    results = []
+    for fused in (True, False):
+        monkeypatch.setenv(host.ENV_SWITCH, "1" if fused else "0")
+        cell = Weights(np.random.default_rng(2))
+        groups = [{"params": [cell.big], "lr": 0.01, "weight_decay": 0.1},
+                  {"params": [cell.small], "lr": 0.003, "weight_decay": 0.0}]
+        optimizer = AdamW(groups, betas=(0.9, 0.95), eps=1e-6)
+        assert optimizer.fused is fused
+
+        def apply(g, factor, scale):
+            return optimizer(g, factor, (), scale)
+
+        step = ms.jit(apply)
+        for factor, grad in zip([1.0, 0.5, 0.25, 0.0], grads):
+            scale = None if grad_scale is None else Tensor(grad_scale, ms.float32)
+            step(ms.mutable(tuple(Tensor(g) for g in grad)), Tensor(factor, ms.float32), scale)
+        results.append([t.asnumpy() for t in (cell.big, cell.small, *optimizer.exp_avg, *optimizer.exp_avg_sq)])
+    for fused_value, generic_value in zip(*results):
+        np.testing.assert_allclose(fused_value, generic_value, rtol=2e-6, atol=1e-7)
+    assert not np.allclose(results[0][0], Weights(np.random.default_rng(2)).big.asnumpy())  # it did train
+
+
+def test_training_steps_equal_with_and_without_kernels(monkeypatch, tmp_path):
+    from mindformers import TrainingArguments
+    from mindformers.trainer.optim import build_optimizer
+    from mindformers.trainer.trainer import _StepFunctions
+    from tests.trainer.conftest import tiny_llama
+
+    rng = np.random.default_rng(3)
+    ids = Tensor(rng.integers(3, 49152, (2, 16)).astype(np.int32))
+    mask = Tensor(np.ones((2, 16), np.int32))
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setenv(host.ENV_SWITCH, "1" if fused else "0")
+        model = tiny_llama(seed=4)
+        args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-2, weight_decay=0.1, max_grad_norm=0.5)
+        steps = _StepFunctions(model, build_optimizer(model, args), args, world_size=1)
+        assert steps.fused is fused
+        history = []
+        for factor in (1.0, 0.5, 0.25):
+            loss, norm, _ = steps.step(ids, mask, ids, Tensor([30.0], ms.float32), Tensor(factor, ms.float32))
+            history.append((float(loss.asnumpy()[0]), float(norm.asnumpy())))
+        runs.append((history, {p.name: p.asnumpy() for p in model.trainable_params()}))
+    (fused_history, fused_params), (generic_history, generic_params) = runs
+    np.testing.assert_allclose(fused_history, generic_history, rtol=1e-5)
+    assert fused_history[0][1] > 0.5  # clipping was active
+    for name, value in fused_params.items():
+        # Adam moves near-zero gradients by ~lr whatever their size, so rounding shows at ~lr * 1e-3
+        np.testing.assert_allclose(value, generic_params[name], rtol=1e-4, atol=2e-5, err_msg=name)
+
+
+def test_a_machine_without_compiler_gets_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINDFORMERS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises((RuntimeError, OSError), match="no-such-compiler|compil"):
+        host.build()
+    assert not list(tmp_path.rglob("*.so"))  # nothing half-built is left
+
+
+def test_build_is_cached_per_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINDFORMERS_CACHE", str(tmp_path))
+    path = host.build()
+    assert path.startswith(str(tmp_path)) and path.endswith(".so")
+    mtime = __import__("os").path.getmtime(path)
+    assert host.build() == path and __import__("os").path.getmtime(path) == mtime  # not rebuilt
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.rsplit("/", 1)[1]]
+
+
+def _loss_and_grads(model, ids, mask, labels, train):
+    model.set_train(train)
+    params = model.trainable_params()
+
+    def loss_of(i, m, l):
+        return model(i, m, None, l)[0]
+
+    loss, grads = ms.jit(ms.value_and_grad(loss_of, None, params))(ids, mask, labels)
+    logits = model(ids, mask, None, labels)[1]  # eagerly
+    model.set_train(False)
+    return float(loss.asnumpy()), logits, {p.name: g.asnumpy() for p, g in zip(params, grads)}
+
+
+@pytest.mark.parametrize("tied,extra_label", [(True, False), (False, False), (True, True)])
+def test_fused_head_loss_equals_the_logits_loss(tied, extra_label):
+    """Training mode on CPU takes the loss and its gradients from LinearCrossEntropy (no logits); they equal
+    the cross entropy of the logits: tied and untied heads, ignored labels, pre-training rows (seq + 1)."""
+    from tests.trainer.conftest import tiny_llama
+
+    model = tiny_llama(seed=5, tie_word_embeddings=tied)
+    assert model.fused_loss is not None
+    rng = np.random.default_rng(6)
+    ids = rng.integers(3, 49152, (2, 17 if extra_label else 16)).astype(np.int32)
+    labels = ids.copy()
+    labels[0, 3:8] = -100
+    ids = ids[:, :16]
+    mask = np.ones((2, 16), np.int32)
+    fused = _loss_and_grads(model, Tensor(ids), Tensor(mask), Tensor(labels), train=True)
+    generic = _loss_and_grads(model, Tensor(ids), Tensor(mask), Tensor(labels), train=False)
+    assert fused[1] is None and generic[1] is not None
+    assert fused[0] == pytest.approx(generic[0], rel=1e-6)
+    assert (not tied) == ("lm_head.weight" in fused[2])
+    for name, grad in generic[2].items():
+        np.testing.assert_allclose(fused[2][name], grad, rtol=1e-4, atol=2e-6 * np.abs(grad).max(), err_msg=name)
+
+
+def test_softmax_cross_entropy_kernel_against_numpy():
+    rng = np.random.default_rng(7)
+    logits = (rng.normal(size=(37, 1001)) * 4).astype(np.float32)  # odd vocabulary: vector tails
+    labels = rng.integers(0, 1001, 37).astype(np.int32)
+    labels[[0, 5, 36]] = -100
+    loss, grad = ms.jit(host.softmax_cross_entropy)(Tensor(logits), Tensor(labels), Tensor([0.25], ms.float32))
+    x = logits.astype(np.float64)
+    top = x.max(1, keepdims=True)
+    exp = np.exp(x - top)
+    keep = labels >= 0
+    rows = np.arange(37)[keep]
+    expected = (np.log(exp.sum(1)) + top[:, 0])[keep] - x[rows, labels[keep]]
+    np.testing.assert_allclose(float(loss.asnumpy()[0]), expected.sum(), rtol=1e-6)
+    want = 0.25 * exp / exp.sum(1, keepdims=True)
+    want[rows, labels[keep]] -= 0.25
+    want[~keep] = 0
+    np.testing.assert_allclose(grad.asnumpy(), want, atol=2e-7)
+
+
+def test_heads_that_are_not_the_plain_product_keep_the_logits_loss():
+    """A tuner's lm_head (LoRA) is not fused: training mode still returns logits and the same loss."""
+    from mindformers.tuners import LoraConfig, get_peft_model
+    from tests.trainer.conftest import tiny_llama
+
+    model = get_peft_model(tiny_llama(seed=8, tie_word_embeddings=False),
+                           LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights=False), seed=0)
+    ids = Tensor(np.random.default_rng(9).integers(3, 49152, (1, 8)).astype(np.int32))
+    model.set_train(True)
+    loss, logits = model(ids, None, None, ids)[:2]
+    assert logits is not None and logits.shape == (1, 8, 49152)
