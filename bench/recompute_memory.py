@@ -40,7 +40,6 @@ shape share kernels, recompute saved memory in every configuration tried.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,29 +48,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:  # loaded by path from the tests
+    sys.path.insert(0, HERE)
+from sides import peak_rss_mb, rss_mb  # noqa: E402
+
 MARK = "RESULT "
 SIZES = dict(layers=4, hidden=64, intermediate=8192, heads=1, vocab=1000, batch=8, seq=128, steps=3)
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process, in MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Highest resident set size of this process so far, in MB.
-
-    WARNING: ru_maxrss survives exec, so a worker started by a large process (a pytest run holding models)
-    reports its parent's size; /proc/self/status VmHWM belongs to this process image alone."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def word_tokenizer(vocab_size: int):

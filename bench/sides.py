@@ -1,6 +1,8 @@
 """The parent/side protocol of the benchmarks: each side (mindformers, transformers) runs in its own process
 and answers the parent with lines ``@bench <json>`` on stdout (libraries may print other lines there)."""
 import json
+import os
+import resource
 import sys
 
 REPLY = "@bench "
@@ -22,3 +24,35 @@ def read_reply(proc, side):
             return json.loads(line[len(REPLY):])
         sys.stderr.write(line)
     raise SideFailed(f"the {side} side ended with exit code {proc.wait()} before answering (see its error above)")
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Highest resident set size of this process so far (or since :func:`reset_peak_rss`), in MB.
+
+    WARNING: ru_maxrss survives exec, so a worker started by a large process (a pytest run holding models)
+    reports its parent's size; /proc/self/status VmHWM belongs to this process image alone."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start :func:`peak_rss_mb` again from the current size (Linux: ``5`` to /proc/self/clear_refs); False
+    where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -17,6 +17,10 @@ Each (mode, side) runs in its own process with --threads CPU threads. Each side 
 - train tokens/s   = batch * seq * steps / time of the round's steps (ours / theirs: higher is better for us);
 - forward tokens/s = batch * seq / time of one forward pass with the loss and no gradients (compiled on
   our side), measured once before training; with the step time it shows where a step's time goes.
+- model FLOP rate = the step's matmul FLOPs (PaLM's count, ``step_flops``) / step time, as a fraction of the
+  fp32 matmul peak measured in the same run (2048^3, best of PyTorch and numpy, --threads threads);
+- peak RSS = the highest resident set size of each side's process during its timed steps (the peak is reset
+  after the warm-up: model, optimizer state and activations, not the loading).
 Before timing, each side reports its loss on the first batch, which must agree to ~1e-4.
 
 Our full fine-tuning step compiles in about 2 minutes and needs ~15.5 GB at its peak (batch 4 x 128);
@@ -32,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from sides import SideFailed, read_reply, reply
+from sides import SideFailed, peak_rss_mb, read_reply, reply, reset_peak_rss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -116,9 +120,10 @@ def run_mindformers(args):
                 return
             if done == 0:
                 reply({"first_loss": self.first_loss, "forward_loss": forward_loss, "trainable": trainable,
-                       "forward_time": statistics.median(forward_times)})
+                       "forward_time": statistics.median(forward_times), "flop_shape": flop_shape(model.config)})
+                reset_peak_rss()  # the peak of the timed steps alone (model, optimizer state, activations)
             else:
-                reply({"time": time.perf_counter() - self.start})
+                reply({"time": time.perf_counter() - self.start, "peak_mb": peak_rss_mb()})
             if state.global_step < state.max_steps:
                 if not sys.stdin.readline():  # the other side's turn; the next line starts our next round
                     sys.exit("the parent process has gone")
@@ -190,11 +195,12 @@ def run_transformers(args):
         step(next(batches))
     reply({"first_loss": first_loss, "forward_loss": forward_loss, "trainable": sum(p.numel() for p in params),
            "forward_time": statistics.median(forward_times)})
+    reset_peak_rss()
     for _ in sys.stdin:  # one round per request, so the parent can alternate the two sides
         start = time.perf_counter()
         for _ in range(args.steps):
             step(next(batches))
-        reply({"time": time.perf_counter() - start})
+        reply({"time": time.perf_counter() - start, "peak_mb": peak_rss_mb()})
 
 
 def measure(mode, args, env):
@@ -212,7 +218,9 @@ def measure(mode, args, env):
             for side, proc in sides.items():
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
-                times[side].append(read_reply(proc, side)["time"])
+                answer = read_reply(proc, side)
+                times[side].append(answer["time"])
+                ready[side]["peak_mb"] = answer["peak_mb"]
     except SideFailed as error:
         print(f"{mode}: {error}", file=sys.stderr)
         for proc in sides.values():
@@ -224,6 +232,43 @@ def measure(mode, args, env):
     for proc in sides.values():
         proc.wait()
     return {side: dict(ready[side], step_time=statistics.median(times[side]) / args.steps) for side in sides}
+
+
+def flop_shape(config) -> dict:
+    """What the FLOP count of a step needs from a Llama config."""
+    return {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                             "num_attention_heads", "num_key_value_heads", "vocab_size")}
+
+
+def step_flops(shape: dict, mode: str, batch: int, seq: int) -> float:
+    """Matmul FLOPs of one training step (PaLM's count, appendix B): the forward pass is 2 per weight per token
+    plus the attention scores and values (2 * 2 * seq * hidden per token per layer, causal mask not
+    discounted); the backward pass twice that for full fine-tuning, once (input gradients only) for LoRA,
+    whose own products are negligible here (<0.5%)."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = h * shape["num_key_value_heads"] // shape["num_attention_heads"]
+    weights = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + shape["vocab_size"] * h  # + the output head
+    forward = 2 * weights + layers * 4 * seq * h
+    return batch * seq * forward * (3 if mode == "full" else 2)
+
+
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul FLOP/s of this machine: the best of PyTorch (its BLAS) and numpy on ``size``^3."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    x, y = a.numpy(), b.numpy()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x @ y
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
 
 
 def main():
@@ -247,8 +292,10 @@ def main():
     if args.side:
         return (run_mindformers if args.side == "mindformers" else run_transformers)(args)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
     results = {mode: measure(mode, args, env) for mode in modes}
+    peak = matmul_peak(args.threads)
 
     tokens = args.batch * args.seq
     print(f"SmolLM2-135M-Instruct float32, {args.threads} threads, batch {args.batch} x {args.seq} tokens, "
@@ -277,6 +324,15 @@ def main():
         parts = [f"{side} {s['step_time']:.3f} = {s['forward_time']:.3f} + {s['step_time'] - s['forward_time']:.3f}"
                  for side, s in sides.items()]
         print(f"{mode:>4} " + "; ".join(parts))
+    print(f"model FLOP rate of a step as a fraction of the fp32 matmul peak measured now ({peak / 1e9:.1f} GFLOP/s, "
+          f"{args.threads} threads, 2048^3, best of PyTorch and numpy); peak RSS during the timed steps (MB)")
+    for mode, sides in results.items():
+        flops = step_flops(sides["mindformers"]["flop_shape"], mode, args.batch, args.seq)
+        rates = {side: flops / s["step_time"] for side, s in sides.items()}
+        mem = {side: s["peak_mb"] for side, s in sides.items()}
+        print(f"{mode:>4} {flops / 1e9:.0f} GFLOP/step: mindformers {rates['mindformers'] / peak:.2f}, transformers "
+              f"{rates['transformers'] / peak:.2f} of peak; peak RSS mindformers {mem['mindformers']:,.0f} MB, "
+              f"transformers {mem['transformers']:,.0f} MB, ratio {mem['mindformers'] / mem['transformers']:.2f}")
     if len(results) < len(modes):
         raise SystemExit(1)
 
