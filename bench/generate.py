@@ -11,6 +11,9 @@ Each side warms up once (MindSpore compiles its graphs), then rounds alternate b
 figures are medians over --rounds:
 - prefill tokens/s = batch * prompt tokens / time of generate(max_new_tokens=1)
 - decode tokens/s  = batch * (new tokens - 1) / (time of generate(new tokens) - time of generate(1))
+- batch-1 decode as a fraction of its memory bound: a decode step reads every weight once, so at most
+  bandwidth / weight bytes tokens/s, with the read bandwidth measured in the same run (PyTorch summing a
+  1 GB float32 tensor on --threads threads, best of 5).
 """
 import argparse
 import json
@@ -73,6 +76,8 @@ def run_side(side, args):
 
         def generate(batch, n):
             model.generate([ids] * batch, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        weight_bytes = sum(p.size * p.itemsize for p in model.get_parameters())
     else:
         import importlib.util
 
@@ -87,6 +92,8 @@ def run_side(side, args):
 
         ids = prompt_ids(load_tokenizer(os.path.join(package_dir, GGUF)), args.prompt_tokens)
 
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied head counted once
+
         def generate(batch, n):
             with torch.no_grad():
                 model.generate(torch.tensor([ids] * batch), attention_mask=torch.ones(batch, len(ids), dtype=torch.long),
@@ -94,7 +101,7 @@ def run_side(side, args):
     for batch in args.batches:  # warm-up: compiles graphs, fills caches
         generate(batch, args.new_tokens)
         generate(batch, 1)
-    print("ready", flush=True)
+    print(f"ready {weight_bytes}", flush=True)
     for line in sys.stdin:  # one measurement per request, so the parent can alternate the two sides
         batch = int(line)
         first, full = measure(generate, batch, args.new_tokens)
@@ -118,13 +125,14 @@ def main():
         return run_side(args.side, args)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    sides = {}
+    sides, weight_bytes = {}, {}
     for side in ("mindformers", "transformers"):
         cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if proc.stdout.readline().strip() != "ready":  # loads and warms up one side at a time
+        ready = proc.stdout.readline().split()  # loads and warms up one side at a time
+        if not ready or ready[0] != "ready":
             raise SystemExit(f"the {side} side failed to start (see its error above)")
-        sides[side] = proc
+        sides[side], weight_bytes[side] = proc, int(ready[1])
     # Rounds alternate between the sides, so drift in machine speed hits both alike.
     times = {(side, batch): [] for side in sides for batch in args.batches}
     for _ in range(args.rounds):
@@ -151,6 +159,29 @@ def main():
         ours, theirs = rates("mindformers", batch), rates("transformers", batch)
         for name in ("prefill", "decode"):
             print(f"{batch:>5} {name:>8} {ours[name]:>10.1f}/s {theirs[name]:>11.1f}/s {ours[name] / theirs[name]:>6.2f}")
+    if 1 in args.batches:
+        bandwidth = read_bandwidth(args.threads)
+        parts = []
+        for side in sides:
+            bound = bandwidth / weight_bytes[side]
+            parts.append(f"{side} {rates(side, 1)['decode'] / bound:.2f} (weights {weight_bytes[side] / 2**20:.0f} MB)")
+        print(f"batch-1 decode / memory bound (read bandwidth {bandwidth / 1e9:.1f} GB/s measured now, so at most "
+              f"{bandwidth / weight_bytes['mindformers']:.0f} tokens/s): " + ", ".join(parts))
+
+
+def read_bandwidth(threads: int, size: int = 2**28, repeats: int = 5) -> float:
+    """Bytes per second of reading a 1 GB float32 tensor (PyTorch's sum on ``threads`` threads), best of
+    ``repeats``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.ones(size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum().item()
+        best = min(best, time.perf_counter() - start)
+    return data.numel() * data.element_size() / best
 
 if __name__ == "__main__":
     main()
