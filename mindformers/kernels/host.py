@@ -69,6 +69,8 @@ def build(verbose: bool = False) -> str:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, c++, clang++); the host kernels need one")
     path = os.path.join(cache_dir(), _library_name(compiler))
     if os.path.exists(path):
+        if verbose:
+            print(f"up to date: {path}")
         return path
     os.makedirs(cache_dir(), exist_ok=True)
     # compile beside the target and rename: processes building at once (msrun) each write their own file
