@@ -113,9 +113,18 @@ def _float32(*dtypes):
     return ms.float32
 
 
+def _cross_entropy_shapes(logits, labels, scale):
+    return [1], logits
+
+
+def _cross_entropy_types(logits, labels, scale):
+    return ms.float32, ms.float32
+
+
 @functools.lru_cache(maxsize=None)
-def _primitive(name: str, side_effect: bool) -> ops.Custom:
-    op = ops.Custom(f"{_library()}:{name}", out_shape=_flag_shape, out_dtype=_float32, func_type="aot")
+def _primitive(name: str, side_effect: bool = False, out_shape=_flag_shape, out_dtype=_float32) -> ops.Custom:
+    """The AOT op of kernel ``name`` (one per process: graphs share it)."""
+    op = ops.Custom(f"{_library()}:{name}", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
     if side_effect:  # writes its Parameter inputs: kept (and ordered) although its output is unused
         op.add_prim_attr("side_effect_mem", True)
     return op
@@ -131,26 +140,12 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, scalars):
     Returns:
         a [1] tensor (1.0) that depends on the update.
     """
-    return _primitive("adamw_update", True)(param, grad, exp_avg, exp_avg_sq, scalars)
+    return _primitive("adamw_update", side_effect=True)(param, grad, exp_avg, exp_avg_sq, scalars)
 
 
 def squared_sum(x):
     """``sum(x ** 2)`` as a 0-d float32 tensor, accumulated in double in one pass."""
-    return _primitive("squared_sum", False)(x.astype(ms.float32)).reshape(())
-
-
-def _cross_entropy_shapes(logits, labels, scale):
-    return [1], logits
-
-
-def _cross_entropy_types(logits, labels, scale):
-    return ms.float32, ms.float32
-
-
-@functools.lru_cache(maxsize=None)
-def _cross_entropy_primitive() -> ops.Custom:
-    return ops.Custom(f"{_library()}:softmax_cross_entropy", out_shape=_cross_entropy_shapes,
-                      out_dtype=_cross_entropy_types, func_type="aot")
+    return _primitive("squared_sum")(x.astype(ms.float32)).reshape(())
 
 
 def softmax_cross_entropy(logits, labels, scale):
@@ -162,4 +157,5 @@ def softmax_cross_entropy(logits, labels, scale):
     Returns:
         ``(loss_sum [1], grad [rows, vocab])`` with ``grad = scale * (softmax - onehot)``, 0 on ignored rows.
     """
-    return _cross_entropy_primitive()(logits, labels, scale)
+    return _primitive("softmax_cross_entropy", out_shape=_cross_entropy_shapes,
+                      out_dtype=_cross_entropy_types)(logits, labels, scale)

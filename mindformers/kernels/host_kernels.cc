@@ -1,9 +1,10 @@
 // Host (CPU) kernels for MindSpore's AOT custom operators (mindspore.ops.Custom, func_type="aot").
 //
 // Each kernel is `int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-// void *stream, void *extra)`: params holds the inputs, then the outputs. All tensors are float32 and
-// contiguous (a kernel given another dtype returns an error code). The kernels replace chains of MindSpore's per-op CPU kernels, each of which reads and writes
-// the whole tensor (AdamW over a 49,152 x 576 embedding: ~15 passes, 350 ms; here one pass).
+// void *stream, void *extra)`: params holds the inputs, then the outputs. Tensors are contiguous and float32
+// (labels int32); a kernel given another dtype returns an error code. The kernels replace chains of
+// MindSpore's per-op CPU kernels, each of which reads and writes the whole tensor (AdamW over a
+// 49,152 x 576 embedding: ~15 passes, 350 ms; here one pass).
 // Built by mindformers/kernels/host.py; the generic MindSpore-ops path stays beside it and the tests compare
 // the two.
 #include <math.h>

@@ -1,5 +1,7 @@
 """The host (CPU) kernels against MindSpore's generic ops and numpy: same updates, same norms, same training
 run; and what a machine without a compiler gets."""
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -99,8 +101,8 @@ def test_build_is_cached_per_source(monkeypatch, tmp_path):
     monkeypatch.setenv("MINDFORMERS_CACHE", str(tmp_path))
     path = host.build()
     assert path.startswith(str(tmp_path)) and path.endswith(".so")
-    mtime = __import__("os").path.getmtime(path)
-    assert host.build() == path and __import__("os").path.getmtime(path) == mtime  # not rebuilt
+    mtime = os.path.getmtime(path)
+    assert host.build() == path and os.path.getmtime(path) == mtime  # not rebuilt
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.rsplit("/", 1)[1]]
 
 
