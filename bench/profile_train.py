@@ -29,16 +29,9 @@ import train as bench  # noqa: E402  (bench/train.py: the preset, the data, the 
 def profile_run(args, trace_dir: str) -> None:
     import mindspore as ms
 
-    from mindformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
     from mindformers.trainer import TrainerCallback
-    from mindformers.tuners import LoraConfig, get_peft_model
 
-    ms.set_context(device_target="CPU")
-    model = AutoModel.from_pretrained(bench.PRESET)
-    tokenizer = AutoTokenizer.from_pretrained(bench.PRESET)
-    if args.mode == "lora":
-        model = get_peft_model(model, LoraConfig(**bench.LORA), seed=bench.SEED)
-    data = bench.training_data(tokenizer, args.batch, args.seq)
+    model, tokenizer, data = bench.ours(args.mode, args.batch, args.seq)
     warmup = 2
 
     class Profile(TrainerCallback):
@@ -52,13 +45,7 @@ def profile_run(args, trace_dir: str) -> None:
             elif state.global_step == warmup + args.steps:
                 self.profiler.stop()
 
-    with tempfile.TemporaryDirectory(prefix="bench-profile-") as output_dir:
-        training = TrainingArguments(
-            max_steps=warmup + args.steps, batch_size=args.batch, seq_length=args.seq,
-            learning_rate=bench.LEARNING_RATE, max_grad_norm=bench.MAX_GRAD_NORM, seed=bench.SEED, logging_steps=1,
-            save_steps=0, report_to=[], disable_tqdm=True, output_dir=output_dir, pad_to_multiple_of=args.seq)
-        Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=training, train_dataset=data,
-                callbacks=[Profile()]).finetune()
+    bench.finetune(model, tokenizer, data, warmup + args.steps, args.batch, args.seq, Profile())
 
 
 def summarise(trace_dir: str, steps: int, top: int) -> None:

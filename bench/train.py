@@ -76,20 +76,43 @@ def batch_stream(data, batch, seq):
         yield from data.batches(batch, shuffle=True, seed=SEED, epoch=epoch, pad_to_multiple_of=seq)
 
 
-def run_mindformers(args):
+def ours(mode: str, batch: int, seq: int):
+    """Our side's (model, tokenizer, data): SmolLM2 in float32, with LoRA in mode "lora"."""
     import mindspore as ms
 
     sys.path.insert(0, ROOT)
-    from mindformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
-    from mindformers.trainer import TrainerCallback
+    from mindformers import AutoModel, AutoTokenizer
     from mindformers.tuners import LoraConfig, get_peft_model
 
     ms.set_context(device_target="CPU")
     model = AutoModel.from_pretrained(PRESET)  # float32
     tokenizer = AutoTokenizer.from_pretrained(PRESET)
-    if args.mode == "lora":
+    if mode == "lora":
         model = get_peft_model(model, LoraConfig(**LORA), seed=SEED)
-    data = training_data(tokenizer, args.batch, args.seq)
+    return model, tokenizer, training_data(tokenizer, batch, seq)
+
+
+def finetune(model, tokenizer, data, steps: int, batch: int, seq: int, callback) -> None:
+    """``steps`` steps of ``Trainer(...).finetune()`` as a user runs it (the run's settings above, a loss logged
+    every step), with ``callback``."""
+    from mindformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as output_dir:
+        training = TrainingArguments(
+            max_steps=steps, batch_size=batch, seq_length=seq, learning_rate=LEARNING_RATE,
+            max_grad_norm=MAX_GRAD_NORM, seed=SEED, logging_steps=1, save_steps=0, report_to=[], disable_tqdm=True,
+            output_dir=output_dir, pad_to_multiple_of=seq)
+        trainer = Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=training,
+                          train_dataset=data, callbacks=[callback])
+        trainer.finetune()  # with a model instance: trains that instance as it is
+
+
+def run_mindformers(args):
+    import mindspore as ms
+
+    from mindformers.trainer import TrainerCallback
+
+    model, tokenizer, data = ours(args.mode, args.batch, args.seq)
     trainable = sum(int(p.size) for p in model.trainable_params())
 
     first = next(batch_stream(data, args.batch, args.seq))
@@ -129,14 +152,7 @@ def run_mindformers(args):
                     sys.exit("the parent process has gone")
                 self.start = time.perf_counter()
 
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as output_dir:
-        training = TrainingArguments(
-            max_steps=args.warmup + args.rounds * args.steps, batch_size=args.batch, seq_length=args.seq,
-            learning_rate=LEARNING_RATE, max_grad_norm=MAX_GRAD_NORM, seed=SEED, logging_steps=1, save_steps=0,
-            report_to=[], disable_tqdm=True, output_dir=output_dir, pad_to_multiple_of=args.seq)
-        trainer = Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=training,
-                          train_dataset=data, callbacks=[Pace()])
-        trainer.finetune()  # with a model instance: trains that instance as it is
+    finetune(model, tokenizer, data, args.warmup + args.rounds * args.steps, args.batch, args.seq, Pace())
 
 
 def run_transformers(args):
