@@ -121,6 +121,10 @@ def _cross_entropy_types(logits, labels, scale):
     return ms.float32, ms.float32
 
 
+def _lora_delta_shape(x, a, bt, ranks, row_slots):
+    return x[:-1] + [bt[-1]]
+
+
 @functools.lru_cache(maxsize=None)
 def _primitive(name: str, side_effect: bool = False, out_shape=_flag_shape, out_dtype=_float32) -> ops.Custom:
     """The AOT op of kernel ``name`` (one per process: graphs share it)."""
@@ -159,3 +163,15 @@ def softmax_cross_entropy(logits, labels, scale):
     """
     return _primitive("softmax_cross_entropy", out_shape=_cross_entropy_shapes,
                       out_dtype=_cross_entropy_types)(logits, labels, scale)
+
+
+def lora_delta(x, a, bt, ranks, row_slots):
+    """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
+
+    Args:
+        x: float32 [rows, ..., in]; a: float32 [slots, max_rank, in]; bt: float32 [slots, max_rank, out];
+        ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none.
+    Returns:
+        float32 [rows, ..., out].
+    """
+    return _primitive("lora_delta", out_shape=_lora_delta_shape)(x, a, bt, ranks, row_slots)

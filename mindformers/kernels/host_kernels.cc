@@ -9,6 +9,7 @@
 // the two.
 #include <math.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -44,11 +45,10 @@ int threads() {
   return count;
 }
 
-// Runs body(worker, begin, end) over [0, n) split into contiguous parts, one per thread; small tensors
-// stay on the calling thread (starting a thread costs ~20 us).
+// Runs body(worker, begin, end) over [0, n) split into contiguous parts, one per thread, each at least
+// min_per_thread long: small tensors stay on the calling thread (starting a thread costs ~20 us).
 template <typename Body>
-void parallel_for(int64_t n, Body body) {
-  const int64_t min_per_thread = 1 << 15;
+void parallel_for(int64_t n, Body body, int64_t min_per_thread = 1 << 15) {
   int parts = threads();
   if (n / min_per_thread < parts) parts = static_cast<int>(n / min_per_thread);
   if (parts <= 1) {
@@ -193,6 +193,89 @@ int softmax_cross_entropy(int nparam, void **params, int *ndims, int64_t **shape
   double total = 0;
   for (double part : partial) total += part;
   static_cast<float *>(params[3])[0] = static_cast<float>(total);
+  return 0;
+}
+
+// Multi-LoRA delta (Punica / S-LoRA's segmented product, SGMV) for the serving engine's adapter pool: each
+// row of the batch adds its own adapter's low-rank product,
+//   out[t] = (x[t] . A[s]^T)[:k] . BT[s][:k]      for every token t of a row with slot s >= 0, k = ranks[s]
+// and 0 for base rows (slot < 0) and slots of rank 0. Runs of rows with one slot are one segment: the
+// adapter's factors are read once per block of BLOCK tokens, not once per token.
+// inputs: x [rows, ..., in] float32, a [slots, max_rank, in] float32, bt [slots, max_rank, out] float32,
+// ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are ignored);
+// output: [rows, ..., out] float32.
+int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 6 || ndims[0] < 2 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 || ndims[4] != 1) return 1;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0 ||
+      std::strcmp(dtypes[2], "float32") != 0 || std::strcmp(dtypes[3], "int32") != 0 ||
+      std::strcmp(dtypes[4], "int32") != 0 || std::strcmp(dtypes[5], "float32") != 0)
+    return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *a = static_cast<const float *>(params[1]);
+  const float *bt = static_cast<const float *>(params[2]);
+  const int32_t *ranks = static_cast<const int32_t *>(params[3]);
+  const int32_t *row_slots = static_cast<const int32_t *>(params[4]);
+  float *out = static_cast<float *>(params[5]);
+  const int64_t rows = shapes[0][0], in = shapes[0][ndims[0] - 1];
+  const int64_t tokens = numel(ndims[0], shapes[0]) / in, per_row = tokens / rows;
+  const int64_t slots = shapes[1][0], max_rank = shapes[1][1], out_n = shapes[2][2];
+  if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
+      shapes[4][0] < rows)
+    return 2;
+  std::memset(out, 0, sizeof(float) * tokens * out_n);
+  // blocks of up to BLOCK tokens of one segment; cost counts multiply-adds
+  constexpr int64_t BLOCK = 4;
+  struct Block { int64_t slot, rank, begin, end; };
+  std::vector<Block> blocks;
+  int64_t cost = 0;
+  for (int64_t r = 0; r < rows;) {
+    const int64_t slot = row_slots[r];
+    int64_t next = r + 1;
+    while (next < rows && row_slots[next] == slot) ++next;
+    const int64_t rank = (slot >= 0 && slot < slots) ? std::min<int64_t>(ranks[slot], max_rank) : 0;
+    if (rank > 0) {
+      for (int64_t t = r * per_row; t < next * per_row; t += BLOCK)
+        blocks.push_back({slot, rank, t, std::min(t + BLOCK, next * per_row)});
+      cost += (next - r) * per_row * rank * (in + out_n);
+    }
+    r = next;
+  }
+  auto run = [&](int64_t first, int64_t last) {
+    float h[BLOCK][256];
+    for (int64_t b = first; b < last; ++b) {
+      const Block &blk = blocks[b];
+      const float *as = a + blk.slot * max_rank * in, *bs = bt + blk.slot * max_rank * out_n;
+      const int64_t n = blk.end - blk.begin;
+      for (int64_t j0 = 0; j0 < blk.rank; j0 += 256) {  // ranks above 256 in chunks of 256
+        const int64_t j1 = std::min<int64_t>(blk.rank, j0 + 256);
+        for (int64_t j = j0; j < j1; ++j) {  // h[t][j] = x[t] . A[j]
+          const float *aj = as + j * in;
+          for (int64_t t = 0; t < n; ++t) {
+            const float *xt = x + (blk.begin + t) * in;
+            float acc = 0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = 0; i < in; ++i) acc += xt[i] * aj[i];
+            h[t][j - j0] = acc;
+          }
+        }
+        for (int64_t j = j0; j < j1; ++j) {  // out[t] += h[t][j] * BT[j]
+          const float *bj = bs + j * out_n;
+          for (int64_t t = 0; t < n; ++t) {
+            float *ot = out + (blk.begin + t) * out_n;
+            const float hj = h[t][j - j0];
+#pragma omp simd
+            for (int64_t o = 0; o < out_n; ++o) ot[o] += hj * bj[o];
+          }
+        }
+      }
+    }
+  };
+  const int64_t count = static_cast<int64_t>(blocks.size());
+  if (cost < (int64_t(1) << 21) || count < 2) {  // ~2M multiply-adds: below that a thread costs more than it saves
+    run(0, count);
+  } else {
+    parallel_for(count, [&](int, int64_t begin, int64_t end) { run(begin, end); }, 1);
+  }
   return 0;
 }
 
