@@ -29,6 +29,9 @@ class RuntimeConfig:
     lora_target_modules: Optional[List[str]] = None
     """Module names (or suffixes, e.g. ``q_proj``) adapters may target; None: every linear layer of the
     decoder blocks. Only these layers carry the adapter pool."""
+    lora_kernel: str = "auto"
+    """The multi-LoRA product (``serving/lora_kernels.py``): ``host`` (the C++ kernel, CPU), ``gather``
+    (MindSpore ops, any device) or ``auto`` (``host`` where it runs, else ``gather``)."""
     max_queue: int = 64
     """Requests waiting for a row; beyond this, requests are refused with QUEUE_FULL."""
     warmup: bool = True
@@ -78,6 +81,9 @@ class RuntimeConfigBuilder:
 
     def lora_target_modules(self, names: Optional[List[str]]) -> "RuntimeConfigBuilder":
         return self._set("lora_target_modules", names)
+
+    def lora_kernel(self, name: str) -> "RuntimeConfigBuilder":
+        return self._set("lora_kernel", name)
 
     def max_queue(self, n: int) -> "RuntimeConfigBuilder":
         return self._set("max_queue", n)

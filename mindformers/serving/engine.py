@@ -155,8 +155,11 @@ class _ServedModel:
                                f"max_length={config.max_length} exceeds the model's context of "
                                f"{model_config.max_position_embeddings} tokens (max_position_embeddings)")
         self.vocab = model_config.vocab_size
-        self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
-                                             config.lora_max_rank)
+        try:
+            self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
+                                                 config.lora_max_rank, config.max_batch, config.lora_kernel)
+        except ValueError as err:
+            raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
         self.cache_len = config.max_length + 1
         self.trash_slot = config.max_length  # prompt padding writes here; never attended
         cache = KVCache.for_model(self.model, config.max_batch, self.cache_len)

@@ -6,18 +6,16 @@ gather matrix-vector product, SGMV):
 
     for each adapter s in the batch, rows R_s:   delta[R_s] = (x[R_s] @ A_s[:r_s]^T) @ (scaling_s * B_s[:, :r_s])^T
 
-- rows are grouped by adapter (one slice of the batch when the engine could order them so, else an
-  index array), so every adapter's weights are read once per step, never gathered per token;
-- each adapter runs at its own rank ``r_s`` (no padding to ``lora_max_rank``);
-- base rows (no adapter) cost nothing.
+The pool holds, per targeted layer, ``A [lora_max_num, lora_max_rank, in]``, ``scaling * B^T
+[lora_max_num, lora_max_rank, out]`` and each slot's rank, allocated once from the runtime limits as
+MindSpore Parameters of the served model; loading an adapter writes its factors into a free slot (no
+recompilation, no new graph), unloading sets the slot's ranks to 0. Which slot each row uses is one more
+Parameter, ``row_slots``, which the engine sets before each step (:meth:`AdapterPool.bind_rows`), so the
+model's forward signature stays the one ``generate`` uses.
 
-The pool holds, per targeted layer, ``A [lora_max_num, lora_max_rank, in]`` and ``scaling * B^T
-[lora_max_num, lora_max_rank, out]`` in host memory, allocated once from the runtime limits; loading an
-adapter copies its factors into a free slot (no recompilation, no new graph), unloading frees the slot.
-
-The kernel runs on the host in numpy, inside the compiled step, as a MindSpore ``pyfunc`` custom op
-(CPU). Which slot each row uses is not a graph input: the engine sets it on the pool before each step
-(:meth:`AdapterPool.bind_rows`), so the model's forward signature stays the one ``generate`` uses.
+The product itself is a compiled kernel inside the step, one implementation per platform
+(``lora_kernels.py``): the C++ host kernel on CPU (each adapter at its own rank, base rows free), MindSpore
+ops (gather + batched matmul) elsewhere.
 """
 import os
 import re
@@ -26,12 +24,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 from ..checkpoint.safetensors_dir import _read_file
 from ..models.common.layers import Conv1D, Linear, cast
 from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME
 from ..tuners.lora.model import replace_module, resolve_targets
+from ..utils import EXECUTION_LOCK
+from . import lora_kernels
 from .status import ServingError, StatusCode
 
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
@@ -42,57 +42,58 @@ def _invalid(message: str) -> ServingError:
     return ServingError(StatusCode.INVALID_REQUEST, message)
 
 
+def _zeros(shape, dtype=np.float32) -> Parameter:
+    return Parameter(Tensor(np.zeros(shape, dtype)), requires_grad=False)
+
+
 class AdapterPool:
     """Adapter factors of every targeted layer, ``lora_max_num`` slots of up to ``lora_max_rank``.
 
     Args:
         layers: module path -> (in_features, out_features) of the layers adapters may target.
         max_num, max_rank: the limits.
+        max_rows: the most rows a step runs (the engine's max_batch).
+        kernel: ``auto``, ``host`` or ``gather`` (see ``lora_kernels.py``).
     """
 
-    def __init__(self, layers: Dict[str, Tuple[int, int]], max_num: int, max_rank: int):
+    def __init__(self, layers: Dict[str, Tuple[int, int]], max_num: int, max_rank: int, max_rows: int,
+                 kernel: str = "auto"):
         self.layers = dict(layers)
-        self.max_num, self.max_rank = max_num, max_rank
-        self.a = {p: np.zeros((max_num, max_rank, i), np.float32) for p, (i, o) in layers.items()}
-        self.bt = {p: np.zeros((max_num, max_rank, o), np.float32) for p, (i, o) in layers.items()}
-        self.ranks = {p: np.zeros(max_num, np.int64) for p in layers}  # 0: the adapter leaves that layer alone
+        self.max_num, self.max_rank, self.max_rows = max_num, max_rank, max_rows
+        self.kernel = lora_kernels.choose(kernel)
+        self.a = {p: _zeros((max_num, max_rank, i)) for p, (i, o) in layers.items()}
+        self.bt = {p: _zeros((max_num, max_rank, o)) for p, (i, o) in layers.items()}
+        self.ranks = {p: _zeros(max_num, np.int32) for p in layers}  # 0: the adapter leaves that layer alone
+        self.row_slots = Parameter(Tensor(np.full(max_rows, -1, np.int32)), requires_grad=False)
         self.slots: Dict[str, int] = {}  # adapter name -> slot
         self.info: Dict[str, dict] = {}
-        self._groups: List[Tuple[int, slice]] = []  # (slot, rows) of the step being run
 
     @property
     def slot_bytes(self) -> int:
         """Bytes one slot takes across all layers."""
-        return sum(a[0].nbytes + b[0].nbytes for a, b in zip(self.a.values(), self.bt.values()))
+        return sum(4 * self.max_rank * (i + o) for i, o in self.layers.values())
 
-    # ------------------------------------------------------------------ the kernel
     def bind_rows(self, row_slots: Sequence[int]) -> None:
         """Set the slot of each row of the next step (-1: base model). Rows of one adapter should be
-        contiguous (one slice of the batch); scattered rows work too, through an index array."""
-        slots = np.asarray(row_slots)
-        groups = []
-        for slot in dict.fromkeys(int(s) for s in slots if s >= 0):
-            rows = np.flatnonzero(slots == slot)
-            contiguous = rows[-1] - rows[0] + 1 == len(rows)
-            groups.append((slot, slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows))
-        self._groups = groups
+        contiguous (one segment of the batch; the host kernel reads its factors once per segment), scattered
+        rows work too. The caller holds ``EXECUTION_LOCK``."""
+        if len(row_slots) > self.max_rows:
+            raise ValueError(f"{len(row_slots)} rows, but the pool was sized for {self.max_rows} (max_batch)")
+        slots = np.full(self.max_rows, -1, np.int32)
+        slots[:len(row_slots)] = row_slots
+        ops.assign(self.row_slots, Tensor(slots))
 
-    def delta(self, path: str, x: np.ndarray) -> np.ndarray:
-        """The adapters' contribution for layer ``path``: x [rows, seq, in] -> [rows, seq, out] float32."""
-        x_shape = x.shape
-        rows_n, seq = x.shape[0], int(np.prod(x.shape[1:-1]))
-        out = np.zeros((rows_n * seq, self.layers[path][1]), np.float32)
-        x = x.reshape(rows_n * seq, -1)  # 2-D: one BLAS call per product (3-D matmul loops over rows)
-        a, bt, ranks = self.a[path], self.bt[path], self.ranks[path]
-        for slot, rows in self._groups:
-            r = ranks[slot]
-            if r:
-                if isinstance(rows, slice):
-                    tokens = slice(rows.start * seq, rows.stop * seq)
-                else:
-                    tokens = (rows[:, None] * seq + np.arange(seq)).reshape(-1)
-                out[tokens] = (x[tokens] @ a[slot, :r].T) @ bt[slot, :r]
-        return out.reshape(x_shape[:-1] + (self.layers[path][1],))
+    def _write(self, slot: int, tensors: Dict[str, Tuple[np.ndarray, np.ndarray]], ranks: Dict[str, int]) -> None:
+        """Write one slot of every layer (absent layers: rank 0), in place in the Parameters the compiled
+        steps read."""
+        index = Tensor(np.array([slot], np.int32))
+        with EXECUTION_LOCK:
+            for path in self.layers:
+                if path in tensors:
+                    a, bt = tensors[path]
+                    ops.scatter_update(self.a[path], index, Tensor(a[None]))
+                    ops.scatter_update(self.bt[path], index, Tensor(bt[None]))
+                ops.scatter_update(self.ranks[path], index, Tensor(np.array([ranks.get(path, 0)], np.int32)))
 
     # ------------------------------------------------------------------ loading
     def load(self, name: str, directory: str) -> int:
@@ -107,13 +108,15 @@ class AdapterPool:
             raise ServingError(StatusCode.CONFLICT, f"the adapter pool is full ({self.max_num} adapters loaded, "
                                                     f"lora_max_num={self.max_num}); unload one first")
         slot = free[0]
-        for path in self.layers:
-            self.ranks[path][slot] = 0
+        tensors, ranks = {}, {}
         for path, (a, b) in factors.items():
             r = a.shape[0]
-            self.a[path][slot, :r] = a
-            self.bt[path][slot, :r] = (scaling[path] * b.astype(np.float64)).T.astype(np.float32)
-            self.ranks[path][slot] = r
+            fan_in, fan_out = self.layers[path]
+            a_slot, bt_slot = np.zeros((self.max_rank, fan_in), np.float32), np.zeros((self.max_rank, fan_out), np.float32)
+            a_slot[:r] = a
+            bt_slot[:r] = (scaling[path] * b.astype(np.float64)).T
+            tensors[path], ranks[path] = (a_slot, bt_slot), r
+        self._write(slot, tensors, ranks)
         self.slots[name] = slot
         size = sum(a.nbytes + b.nbytes for a, b in factors.values())
         self.info[name] = {"path": os.path.abspath(directory), "rank": rank, "slot": slot,
@@ -124,8 +127,7 @@ class AdapterPool:
     def unload(self, name: str) -> None:
         slot = self.slots.pop(name)
         self.info.pop(name)
-        for path in self.layers:
-            self.ranks[path][slot] = 0
+        self._write(slot, {}, {})
 
 
 def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: int):
@@ -208,22 +210,28 @@ def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: 
 class MultiLoraLinear(nn.Cell):
     """A Linear or Conv1D layer plus the pool's adapters: ``y = base(x) + delta(x)`` (see the module doc).
 
-    Keeps the base layer as ``base`` so its Parameters keep their names under it.
+    Keeps the base layer as ``base`` so its Parameters keep their names under it; the pool's Parameters of
+    this layer (and the shared ``row_slots``) are its own.
     """
 
     def __init__(self, base, pool: AdapterPool, path: str):
         super().__init__()
         self.base = base
-        fan_out = base.out_features
-        object.__setattr__(self, "_pool", pool)  # host memory, not a sub-cell
-        self.delta = ops.Custom(lambda x: pool.delta(path, x), out_shape=lambda x: x[:-1] + [fan_out],
-                                out_dtype=lambda x: x, func_type="pyfunc")
+        self.pool_a, self.pool_bt, self.pool_ranks = pool.a[path], pool.bt[path], pool.ranks[path]
+        self.row_slots = pool.row_slots
+        self.host = pool.kernel == "host"
 
     def construct(self, x):
-        return self.base(x) + cast(self.delta(cast(x, ms.float32)), x.dtype)
+        h = cast(x, ms.float32)
+        if self.host:
+            delta = lora_kernels.host_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots)
+        else:
+            delta = lora_kernels.gather_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots)
+        return self.base(x) + cast(delta, x.dtype)
 
 
-def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int) -> AdapterPool:
+def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int, max_rows: int,
+                kernel: str = "auto") -> AdapterPool:
     """Replace the layers adapters may target by :class:`MultiLoraLinear` sharing one new pool."""
     from ..tuners.lora.config import LoraConfig
     from ..tuners.lora.model import is_target
@@ -234,7 +242,8 @@ def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: in
     if not chosen:
         raise _invalid(f"lora_target_modules {target_modules!r} match no linear layer; layers are named like "
                        f"{', '.join(list(linear)[:4])}")
-    pool = AdapterPool({n: (c.in_features, c.out_features) for n, c in chosen.items()}, max_num, max_rank)
+    pool = AdapterPool({n: (c.in_features, c.out_features) for n, c in chosen.items()}, max_num, max_rank,
+                       max_rows, kernel)
     for name, cell in chosen.items():
         replace_module(model, name, MultiLoraLinear(cell, pool, name))
     for path, param in model.parameters_and_names():  # keep the checkpoint names ("...q_proj.weight")

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from mindformers.kernels import host
 from mindformers.serving import Engine, GenerateStatus, RuntimeConfigBuilder, ServingError, StatusCode
 from mindformers.tuners import LoraConfig, PeftModel, Swift, get_peft_model
 
@@ -27,11 +28,12 @@ def read_all(queue):
     return tokens
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir, adapter_dirs):
+@pytest.fixture(scope="module", params=["gather"] + (["host"] if host.enabled() else []))
+def engine(request, model_dir, adapter_dirs):
+    """The engine with each multi-LoRA kernel: the host kernel (CPU) and the MindSpore-ops one (GPU/Ascend)."""
     engine = Engine()
     config = (RuntimeConfigBuilder("tiny", model=model_dir).max_batch(4).max_length(96).lora_max_num(8)
-              .lora_max_rank(16).max_queue(32).build())
+              .lora_max_rank(16).max_queue(32).lora_kernel(request.param).build())
     engine.install_model(config)
     engine.start_model("tiny")
     for name, path in adapter_dirs.items():
@@ -242,30 +244,3 @@ def test_runtime_config_builder_checks_values(model_dir):
                              .build())
     with pytest.raises(ServingError, match="cannot load model"):
         engine.install_model(RuntimeConfigBuilder("m", model=str(model_dir) + "-missing").build())
-
-
-def test_pool_kernel_runs_each_adapter_at_its_rank():
-    from mindformers.serving.lora import AdapterPool
-
-    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=8)
-    rng = np.random.default_rng(0)
-    a = {0: rng.normal(size=(2, 6)), 2: rng.normal(size=(8, 6))}
-    b = {0: rng.normal(size=(5, 2)), 2: rng.normal(size=(5, 8))}
-    for slot in a:
-        r = a[slot].shape[0]
-        pool.a["layer"][slot, :r] = a[slot]
-        pool.bt["layer"][slot, :r] = b[slot].T
-        pool.ranks["layer"][slot] = r
-    pool.a["layer"][0, 2:] = 1e6  # beyond slot 0's rank: must never be read
-    x = rng.normal(size=(5, 3, 6)).astype(np.float32)
-    pool.bind_rows([-1, 0, 0, 2, -1])
-    out = pool.delta("layer", x)
-    expected = np.zeros((5, 3, 5))
-    for row, slot in ((1, 0), (2, 0), (3, 2)):
-        expected[row] = x[row] @ a[slot].T @ b[slot].T
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    pool.bind_rows([0, 2, -1, 0, 2])  # scattered rows of one adapter
-    out = pool.delta("layer", x)
-    for row, slot in ((0, 0), (1, 2), (3, 0), (4, 2)):
-        np.testing.assert_allclose(out[row], x[row] @ a[slot].T @ b[slot].T, rtol=1e-5, atol=1e-5)
-    assert not out[2].any()

@@ -1,0 +1,54 @@
+"""The multi-LoRA product behind one interface, one implementation per platform (as vLLM's punica wrappers).
+
+Every kernel computes, for ``x [rows, ..., in]`` and the adapter pool of one layer::
+
+    out[row] = (x[row] @ a[s, :k]^T) @ bt[s, :k]      s = row_slots[row], k = ranks[s]
+    out[row] = 0                                       where s < 0 (a base row) or k = 0
+
+with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``), ``ranks [slots]`` int32
+and ``row_slots [>= rows]`` int32 (entries past ``rows`` are ignored). All are graph inputs (the pool's
+Parameters), so one compiled step serves any mix of adapters; the output is float32.
+
+- ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). Runs of rows with one adapter are one segment
+  whose factors are read once per few tokens; each adapter runs at its own rank; base rows cost nothing.
+- ``gather``: MindSpore ops for GPU/Ascend (and any CPU without a compiler): each row's factors gathered
+  from the pool, then two batched matmuls at ``max_rank`` (rank masking zeroes what lies beyond an adapter's
+  rank). It costs the same for base and adapter rows; tested on CPU against the host kernel and numpy.
+"""
+from typing import Callable, Dict
+
+import mindspore as ms
+from mindspore import ops
+
+from ..kernels import host
+
+
+def host_delta(x, a, bt, ranks, row_slots):
+    return host.lora_delta(x, a, bt, ranks, row_slots)
+
+
+def gather_delta(x, a, bt, ranks, row_slots):
+    rows, fan_in = x.shape[0], x.shape[-1]
+    slots = row_slots[:rows]
+    index = ops.maximum(slots, 0)
+    rank = ops.gather(ranks, index, 0) * (slots >= 0).astype(ms.int32)  # [rows]; 0 for base rows
+    keep = (ops.arange(a.shape[1], dtype=ms.int32).reshape(1, 1, -1) < rank.reshape(-1, 1, 1)).astype(ms.float32)
+    hidden = ops.bmm(x.reshape(rows, -1, fan_in), ops.gather(a, index, 0).swapaxes(1, 2)) * keep
+    out = ops.bmm(hidden, ops.gather(bt, index, 0))
+    return out.reshape(x.shape[:-1] + (bt.shape[-1],))
+
+
+KERNELS: Dict[str, Callable] = {"host": host_delta, "gather": gather_delta}
+
+
+def choose(name: str = "auto") -> str:
+    """The kernel for ``name``: ``auto`` is ``host`` where the host kernels run (CPU with the library built),
+    else ``gather``."""
+    if name == "auto":
+        return "host" if host.enabled() else "gather"
+    if name not in KERNELS:
+        raise ValueError(f"lora_kernel must be 'auto' or one of {sorted(KERNELS)}, found {name!r}")
+    if name == "host" and not host.enabled():
+        raise ValueError("lora_kernel='host' needs the host kernels (a CPU device and a C++ compiler; "
+                         f"{host.ENV_SWITCH} not 0); use 'gather' or 'auto'")
+    return name

@@ -1,0 +1,92 @@
+"""The multi-LoRA kernels (serving/lora_kernels.py) against numpy: each row its own adapter at its own rank,
+base rows and rank-0 slots untouched, in and out of a compiled graph; and the pool's writes reach them."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from mindformers.kernels import host
+from mindformers.serving import lora_kernels
+from mindformers.models.common.layers import Linear
+from mindformers.serving.lora import AdapterPool, MultiLoraLinear
+
+KERNELS = ["gather"] + (["host"] if host.enabled() else [])
+
+
+def pool_arrays(rng, slots=4, max_rank=8, fan_in=6, fan_out=5, ranks=(2, 0, 8, 3)):
+    """Slot factors with garbage beyond each slot's rank (it must never be read)."""
+    a = rng.normal(size=(slots, max_rank, fan_in)).astype(np.float32)
+    bt = rng.normal(size=(slots, max_rank, fan_out)).astype(np.float32)
+    for slot, r in enumerate(ranks):
+        a[slot, r:] = 1e6
+    return a, bt, np.array(ranks, np.int32)
+
+
+def expected(x, a, bt, ranks, row_slots):
+    out = np.zeros(x.shape[:-1] + (bt.shape[-1],), np.float64)
+    for row, slot in enumerate(row_slots[:x.shape[0]]):
+        if slot >= 0 and ranks[slot]:
+            r = ranks[slot]
+            out[row] = x[row].astype(np.float64) @ a[slot, :r].T.astype(np.float64) @ bt[slot, :r].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("row_slots", [[-1, 0, 0, 2, -1, 3, 3, 3],  # segments, base rows between them
+                                       [0, 2, -1, 0, 2, 1, 3, 0],  # scattered rows of one adapter; slot 1 has rank 0
+                                       [2, 2, 2, 2, 2, 2, 2, 2, -1, -1]])  # extra entries past the rows
+@pytest.mark.parametrize("seq", [1, 7])  # decode rows and prefill rows (several blocks of tokens)
+def test_kernel_matches_numpy(kernel, row_slots, seq):
+    rng = np.random.default_rng(seq)
+    a, bt, ranks = pool_arrays(rng)
+    x = rng.normal(size=(8, seq, 6)).astype(np.float32)
+    slots = np.array(row_slots, np.int32)
+    want = expected(x, a, bt, ranks, slots)
+    fn = lora_kernels.KERNELS[kernel]
+    for call in (fn, ms.jit(fn)):
+        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+        assert got.shape == (8, seq, 5) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        for row, slot in enumerate(slots[:8]):
+            if slot < 0 or ranks[slot] == 0:
+                assert not got[row].any()
+
+
+@pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+def test_host_kernel_threads_and_high_ranks():
+    """Enough work for the kernel's two threads, and a rank above its 256-wide block."""
+    rng = np.random.default_rng(5)
+    a, bt, ranks = pool_arrays(rng, slots=3, max_rank=300, fan_in=64, fan_out=48, ranks=(300, 17, 0))
+    a[a == 1e6] = 0
+    x = rng.normal(size=(6, 33, 64)).astype(np.float32)
+    slots = np.array([0, 0, 1, -1, 0, 1], np.int32)
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+    np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_pool_writes_reach_a_compiled_step(kernel):
+    """Loading, unloading and binding rows write the pool's Parameters in place: a step compiled before sees
+    them (no recompilation)."""
+    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=4, max_rows=4, kernel=kernel)
+    layer = MultiLoraLinear(Linear(6, 5, bias=False), pool, "layer")
+    layer.base.weight.set_data(Tensor(np.zeros((5, 6), np.float32)))  # the output is the adapters' delta alone
+    step = ms.jit(layer.construct)
+    x = np.random.default_rng(0).normal(size=(4, 1, 6)).astype(np.float32)
+    assert not step(Tensor(x)).asnumpy().any()  # nothing loaded, every row base
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), np.pad(b.T, ((0, 1), (0, 0))))}, {"layer": 3})
+    pool.bind_rows([-1, 1, 1])
+    got = step(Tensor(x)).asnumpy()
+    assert not got[0].any() and not got[3].any()
+    np.testing.assert_allclose(got[1:3], x[1:3] @ a.T @ b.T, rtol=1e-5, atol=1e-5)
+    pool._write(1, {}, {})  # unloaded: rank 0
+    assert not step(Tensor(x)).asnumpy().any()
+    with pytest.raises(ValueError, match="sized for 4"):
+        pool.bind_rows([0] * 5)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="lora_kernel must be"):
+        lora_kernels.choose("punica")
