@@ -66,6 +66,33 @@ def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
 
 
+def generation_settings(model, generation_config: Optional[GenerationConfig], kwargs) -> GenerationConfig:
+    """The settings of a run: ``generation_config`` (default the model's ``generation_config.json``, else its
+    config's token ids) updated with ``kwargs``, with the end-of-sequence and padding ids filled in from the
+    model config (padding: the model's pad, else the first eos, else 0).
+
+    Args:
+        model: the causal LM (its ``generation_config`` and ``config``).
+        generation_config: the base settings, or None.
+        kwargs: :class:`GenerationConfig` fields to override; unknown names are a ``ValueError``.
+    Returns:
+        The settings.
+    """
+    base = generation_config or model.generation_config or GenerationConfig.from_model_config(model.config)
+    config = base.update(**kwargs)
+    if config.eos_token_id is None:
+        config = config.update(eos_token_id=model.config.eos_token_id)
+    if config.pad_token_id is None:
+        pad = model.config.pad_token_id
+        if pad is None:
+            pad = config.eos_token_ids[0] if config.eos_token_ids else 0
+        config = config.update(pad_token_id=pad)
+    if config.num_beams == 1 and not config.do_sample and config.num_return_sequences > 1:
+        raise ValueError("greedy decoding returns one sequence per prompt; set do_sample=True or num_beams > 1 "
+                         "for num_return_sequences > 1")
+    return config
+
+
 def prompt_adapter_positions(model) -> int:
     """Positions an active prompt adapter takes before every prompt (virtual tokens, prefix positions)."""
     return getattr(model, "virtual_tokens", 0) + getattr(model, "prefix_positions", 0)
@@ -267,19 +294,7 @@ class GenerationMixin:
 
     # --------------------------------------------------------------- settings
     def _generation_settings(self, generation_config: Optional[GenerationConfig], kwargs) -> GenerationConfig:
-        base = generation_config or self.generation_config or GenerationConfig.from_model_config(self.config)
-        config = base.update(**kwargs)
-        if config.eos_token_id is None:
-            config = config.update(eos_token_id=self.config.eos_token_id)
-        if config.pad_token_id is None:
-            pad = self.config.pad_token_id
-            if pad is None:
-                pad = config.eos_token_ids[0] if config.eos_token_ids else 0
-            config = config.update(pad_token_id=pad)
-        if config.num_beams == 1 and not config.do_sample and config.num_return_sequences > 1:
-            raise ValueError("greedy decoding returns one sequence per prompt; set do_sample=True or num_beams > 1 "
-                             "for num_return_sequences > 1")
-        return config
+        return generation_settings(self, generation_config, kwargs)
 
     def _length_limit(self, config: GenerationConfig, prompt_len: int) -> int:
         return length_limit(config, prompt_len, self.config.max_position_embeddings, prompt_adapter_positions(self))

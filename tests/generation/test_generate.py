@@ -105,6 +105,8 @@ def test_bad_input_is_refused_clearly(llama):
             llama.generate([[1, 2]], top_p=bad)
     with pytest.raises(ValueError, match=r"unknown generation argument\(s\) \['max_tokens'\]; valid: max_length"):
         llama.generate([[1, 2]], max_tokens=5)
+    with pytest.raises(ValueError, match="stop_strings must be a non-empty string or a list of them, found \\[''\\]"):
+        llama.generate([[1, 2]], stop_strings=[""], tokenizer=DigitsTokenizer())
     with pytest.raises(ValueError, match="temperature must be > 0"):
         llama.generate([[1, 2]], do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="a streamer needs a single prompt"):
