@@ -86,6 +86,9 @@ class GenerationConfig:
             raise ValueError(f"max_length must be a positive integer, found {self.max_length!r}")
         if not (isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0):
             raise ValueError(f"min_new_tokens must be an integer >= 0, found {self.min_new_tokens!r}")
+        stop = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
+        if stop is not None and not (isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop)):
+            raise ValueError(f"stop_strings must be a non-empty string or a list of them, found {self.stop_strings!r}")
 
     @classmethod
     def field_names(cls) -> List[str]:

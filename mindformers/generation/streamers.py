@@ -13,7 +13,8 @@ Text is released only when it can no longer change as more tokens arrive (transf
   the bytes decoded so far form an incomplete UTF-8 sequence, shown as U+FFFD until the rest arrives.
 
 The ids are decoded from the start of the current line each time, not token by token, because decoding
-single tokens loses spaces (sentencepiece's leading "▁") and splits multi-byte characters.
+single tokens loses spaces (sentencepiece's leading "▁") and splits multi-byte characters. That part,
+:class:`IncrementalDecoder`, is also the serving server's (which releases words before their space).
 """
 import queue
 from typing import Any, List, Optional
@@ -71,6 +72,72 @@ def _is_cjk(char: str) -> bool:
     )
 
 
+class IncrementalDecoder:
+    """The text of a growing list of token ids, released piece by piece as it becomes final.
+
+    Each :meth:`add` decodes all the ids so far (not the new ones alone: single tokens lose spaces and split
+    multi-byte characters) and returns the text that is final and was not returned before: see the module
+    docstring for when text is final. With ``whole_words=False`` only the U+FFFD rule holds (text is
+    released up to the end otherwise), for servers that send each character as soon as it is known.
+
+    Subclasses may cut the text (:meth:`decode`) or hold more back (:meth:`final_length`).
+
+    Args:
+        tokenizer: anything with ``decode(ids, **decode_kwargs) -> str``.
+        whole_words: hold back the last word until its space (a word may still grow: "Bei" + "jing").
+        decode_kwargs: passed to ``tokenizer.decode``.
+
+    Attributes:
+        ids: the ids added since the last :meth:`reset`.
+        text: the text of ``ids`` at the last :meth:`add` or :meth:`flush`.
+        released: characters of ``text`` already returned.
+    """
+
+    def __init__(self, tokenizer: Any, whole_words: bool = True, **decode_kwargs: Any):
+        self.tokenizer = tokenizer
+        self.whole_words = whole_words
+        self.decode_kwargs = decode_kwargs
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over with no ids."""
+        self.ids: List[int] = []
+        self.text = ""
+        self.released = 0
+
+    def add(self, ids: List[int]) -> str:
+        """Take the next ids; return the newly final text (may be empty)."""
+        self.ids.extend(ids)
+        self.text = self.decode()
+        return self._release(self.final_length(self.text))
+
+    def flush(self) -> str:
+        """No more ids will come: return everything not returned yet (a lone U+FFFD included, its bytes never
+        completed)."""
+        if self.ids:
+            self.text = self.decode()
+        return self._release(len(self.text))
+
+    def decode(self) -> str:
+        """The text of all the ids so far."""
+        return self.tokenizer.decode(self.ids, **self.decode_kwargs)
+
+    def final_length(self, text: str) -> int:
+        """How many leading characters of ``text`` no further id can change."""
+        if text.endswith("\n") or (text and _is_cjk(text[-1])):
+            return len(text)
+        if self.whole_words:
+            # up to the last space: the last word may still grow, and a trailing "\ufffd" (U+FFFD, not CJK)
+            # stands for UTF-8 bytes whose continuation has not arrived yet
+            return text.rfind(" ") + 1
+        return len(text.rstrip("\ufffd"))
+
+    def _release(self, end: int) -> str:
+        piece = self.text[self.released:end]
+        self.released = max(self.released, end)
+        return piece
+
+
 class TextStreamer(BaseStreamer):
     """Print generated text to stdout as soon as it is final (see the module docstring for when).
 
@@ -93,8 +160,7 @@ class TextStreamer(BaseStreamer):
         self.tokenizer = tokenizer
         self.skip_prompt = skip_prompt
         self.decode_kwargs = decode_kwargs
-        self.token_cache: List[int] = []  # ids since the last newline
-        self.print_len = 0  # characters of decode(token_cache) already released
+        self.decoder = IncrementalDecoder(tokenizer, **decode_kwargs)  # the ids since the last newline
         self.next_tokens_are_prompt = True
 
     def put(self, value: Any) -> None:
@@ -108,28 +174,15 @@ class TextStreamer(BaseStreamer):
             self.next_tokens_are_prompt = False
             return
         self.next_tokens_are_prompt = False
-        self.token_cache.extend(ids)
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\n"):
-            printable = text[self.print_len:]
-            self.token_cache, self.print_len = [], 0
-        else:
-            if text and _is_cjk(text[-1]):
-                cut = len(text)
-            else:
-                # Up to the last space: the last word may still grow, and a trailing "\ufffd" (U+FFFD, not
-                # CJK) stands for UTF-8 bytes whose continuation has not arrived yet.
-                cut = text.rfind(" ") + 1
-            printable = text[self.print_len:cut]
-            self.print_len = max(self.print_len, cut)
+        printable = self.decoder.add(ids)
+        if self.decoder.text.endswith("\n"):  # a line is complete: the next one is decoded on its own
+            self.decoder.reset()
         self.on_finalized_text(printable)
 
     def end(self) -> None:
         """Release whatever text is left and get ready for the next generation."""
-        printable = ""
-        if self.token_cache:
-            printable = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)[self.print_len:]
-        self.token_cache, self.print_len = [], 0
+        printable = self.decoder.flush()
+        self.decoder.reset()
         self.next_tokens_are_prompt = True
         self.on_finalized_text(printable, stream_end=True)
 

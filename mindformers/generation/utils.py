@@ -22,7 +22,8 @@ from mindspore import Tensor, nn, ops
 from ..models.common.attention import KVCache
 from ..utils import EXECUTION_LOCK, graphs_compiled, release_graphs
 from .config import GenerationConfig
-from .logits_process import LogitsProcessor, log_softmax, sample, stop_string_hit
+from .decoding import DecodingState
+from .logits_process import LogitsProcessor, log_softmax
 
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (one prefill graph per bucket)
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this
@@ -63,6 +64,80 @@ def _rows(input_ids: Any, attention_mask: Any) -> List[List[int]]:
 
 def _bucket(n: int, size: int) -> int:
     return -(-n // size) * size
+
+
+def generation_settings(model, generation_config: Optional[GenerationConfig], kwargs) -> GenerationConfig:
+    """The settings of a run: ``generation_config`` (default the model's ``generation_config.json``, else its
+    config's token ids) updated with ``kwargs``, with the end-of-sequence and padding ids filled in from the
+    model config (padding: the model's pad, else the first eos, else 0).
+
+    Args:
+        model: the causal LM (its ``generation_config`` and ``config``).
+        generation_config: the base settings, or None.
+        kwargs: :class:`GenerationConfig` fields to override; unknown names are a ``ValueError``.
+    Returns:
+        The settings.
+    """
+    base = generation_config or model.generation_config or GenerationConfig.from_model_config(model.config)
+    config = base.update(**kwargs)
+    if config.eos_token_id is None:
+        config = config.update(eos_token_id=model.config.eos_token_id)
+    if config.pad_token_id is None:
+        pad = model.config.pad_token_id
+        if pad is None:
+            pad = config.eos_token_ids[0] if config.eos_token_ids else 0
+        config = config.update(pad_token_id=pad)
+    if config.num_beams == 1 and not config.do_sample and config.num_return_sequences > 1:
+        raise ValueError("greedy decoding returns one sequence per prompt; set do_sample=True or num_beams > 1 "
+                         "for num_return_sequences > 1")
+    return config
+
+
+def prompt_adapter_positions(model) -> int:
+    """Positions an active prompt adapter takes before every prompt (virtual tokens, prefix positions)."""
+    return getattr(model, "virtual_tokens", 0) + getattr(model, "prefix_positions", 0)
+
+
+def length_limit(config: GenerationConfig, prompt_len: int, context: int, prompted: int = 0,
+                 cap: Optional[int] = None) -> int:
+    """The total length (prompt + new tokens) a sequence may reach: ``max_new_tokens`` after the prompt, else
+    ``max_length``, within the model's context less a prompt adapter's positions and within ``cap``.
+
+    Args:
+        config: the generation settings.
+        prompt_len: tokens of the (longest) prompt.
+        context: the model's context (``max_position_embeddings``).
+        prompted: positions a prompt adapter takes before the prompt (:func:`prompt_adapter_positions`).
+        cap: the caller's own limit on the total length (the serving engine's ``max_length``); None: the
+            context alone.
+    Returns:
+        The total length, larger than ``prompt_len``.
+    Raises:
+        ValueError: the prompt leaves no room for a new token, or the requested length does not fit.
+    """
+    if prompted >= context:
+        raise ValueError(f"the active prompt adapter takes {prompted} positions, but the model's context is "
+                         f"{context} (max_position_embeddings); use fewer virtual tokens")
+    context -= prompted
+    if cap is not None and cap < context:
+        limit, name, source = cap, "the serving limit", "max_length of the served model"
+    else:
+        limit, name = context, "the model's context"
+        source = f"max_position_embeddings{f' less the {prompted} positions of the prompt adapter' if prompted else ''}"
+    if prompt_len >= limit:
+        raise ValueError(f"the prompt has {prompt_len} tokens but {name} is {limit} tokens ({source}) and must "
+                         "hold at least one new token; shorten the prompt")
+    if config.max_new_tokens is not None:
+        total = prompt_len + config.max_new_tokens
+    else:
+        total = config.max_length
+        if total <= prompt_len:
+            raise ValueError(f"max_length={total} leaves no room for new tokens after a {prompt_len}-token prompt; "
+                             f"set max_new_tokens (or a larger max_length)")
+    if total > limit:
+        raise ValueError(f"prompt ({prompt_len} tokens) + new tokens would reach {total} tokens, beyond {name} of "
+                         f"{limit} ({source}); lower max_new_tokens/max_length")
+    return total
 
 
 # ------------------------------------------------------------------------------------------ runners
@@ -219,42 +294,10 @@ class GenerationMixin:
 
     # --------------------------------------------------------------- settings
     def _generation_settings(self, generation_config: Optional[GenerationConfig], kwargs) -> GenerationConfig:
-        base = generation_config or self.generation_config or GenerationConfig.from_model_config(self.config)
-        config = base.update(**kwargs)
-        if config.eos_token_id is None:
-            config = config.update(eos_token_id=self.config.eos_token_id)
-        if config.pad_token_id is None:
-            pad = self.config.pad_token_id
-            if pad is None:
-                pad = config.eos_token_ids[0] if config.eos_token_ids else 0
-            config = config.update(pad_token_id=pad)
-        if config.num_beams == 1 and not config.do_sample and config.num_return_sequences > 1:
-            raise ValueError("greedy decoding returns one sequence per prompt; set do_sample=True or num_beams > 1 "
-                             "for num_return_sequences > 1")
-        return config
+        return generation_settings(self, generation_config, kwargs)
 
     def _length_limit(self, config: GenerationConfig, prompt_len: int) -> int:
-        context = self.config.max_position_embeddings
-        prompted = getattr(self, "virtual_tokens", 0) + getattr(self, "prefix_positions", 0)  # a prompt tuner's
-        if prompted >= context:
-            raise ValueError(f"the active prompt adapter takes {prompted} positions, but the model's context is "
-                             f"{context} (max_position_embeddings); use fewer virtual tokens")
-        context -= prompted
-        if prompt_len >= context:
-            raise ValueError(f"the prompt has {prompt_len} tokens but the model's context is {context} tokens "
-                             f"(max_position_embeddings{f' less the {prompted} positions of the prompt adapter' if prompted else ''}); "
-                             "shorten the prompt")
-        if config.max_new_tokens is not None:
-            total = prompt_len + config.max_new_tokens
-        else:
-            total = config.max_length
-            if total <= prompt_len:
-                raise ValueError(f"max_length={total} leaves no room for new tokens after a {prompt_len}-token prompt; "
-                                 f"set max_new_tokens (or a larger max_length)")
-        if total > context:
-            raise ValueError(f"prompt ({prompt_len} tokens) + new tokens would reach {total} tokens, beyond the "
-                             f"model's context of {context}; lower max_new_tokens/max_length")
-        return total
+        return length_limit(config, prompt_len, self.config.max_position_embeddings, prompt_adapter_positions(self))
 
     # --------------------------------------------------------------- generate
     def generate(self, input_ids, attention_mask=None, generation_config: Optional[GenerationConfig] = None,
@@ -278,8 +321,7 @@ class GenerationMixin:
         rows = _rows(input_ids, attention_mask)
         prompt_len = max(len(r) for r in rows)
         max_len = self._length_limit(config, prompt_len)
-        stop_strings = [config.stop_strings] if isinstance(config.stop_strings, str) else list(config.stop_strings or [])
-        if stop_strings and tokenizer is None:
+        if config.stop_strings and tokenizer is None:
             raise ValueError("stop_strings need the tokenizer: pass tokenizer= to generate")
         if streamer is not None and (len(rows) > 1 or config.num_beams > 1 or config.num_return_sequences > 1):
             raise ValueError("a streamer needs a single prompt, num_beams=1 and num_return_sequences=1")
@@ -294,55 +336,31 @@ class GenerationMixin:
             return self._beam_search(ids, mask, max_len, config)
         if config.num_return_sequences > 1:
             ids, mask = np.repeat(ids, config.num_return_sequences, 0), np.repeat(mask, config.num_return_sequences, 0)
-        return self._sample(ids, mask, max_len, config, streamer, tokenizer, stop_strings)
+        return self._sample(ids, mask, max_len, config, streamer, tokenizer)
 
     def _runner(self, config: GenerationConfig, rows: int, prompt_len: int, max_len: int):
         if config.use_cache:
             return _CachedRunner(self, rows, prompt_len, max_len)
         return _UncachedRunner(self)
 
-    def _sample(self, ids, mask, max_len, config, streamer, tokenizer, stop_strings) -> np.ndarray:
+    def _sample(self, ids, mask, max_len, config, streamer, tokenizer) -> np.ndarray:
         rows, prompt_len = ids.shape
         runner = self._runner(config, rows, prompt_len, max_len)
         logits = runner.prefill(ids, mask)
-        processor = LogitsProcessor(config, logits.shape[-1])
-        rng = np.random.default_rng(config.seed)
-        seen = None
-        if config.repetition_penalty != 1.0:
-            seen = np.zeros(logits.shape, bool)
-            for r in range(rows):
-                seen[r, ids[r][mask[r] == 1]] = True
-        eos = np.array(config.eos_token_ids, np.int64)
-        tokens = np.full((rows, max_len), config.pad_token_id, np.int64)
-        tokens[:, :prompt_len] = ids
-        unfinished = np.ones(rows, bool)
-        length = prompt_len
-        window = 4 * max((len(s) for s in stop_strings), default=0) + 4
+        state = DecodingState(config, logits.shape[-1], [ids[r][mask[r] == 1] for r in range(rows)], prompt_len,
+                              max_len, tokenizer)
         try:
             while True:
-                scores = processor.process(logits, seen, length - prompt_len)
-                if config.do_sample:
-                    next_tokens = sample(processor.warp(scores), rng)
-                else:
-                    next_tokens = scores.argmax(-1).astype(np.int64)
-                next_tokens = np.where(unfinished, next_tokens, config.pad_token_id)
-                tokens[:, length] = next_tokens
-                length += 1
+                next_tokens, _ = state.step(logits)
                 if streamer is not None:
                     streamer.put(next_tokens[:1])
-                if seen is not None:
-                    seen[np.arange(rows), next_tokens] |= unfinished
-                unfinished &= ~np.isin(next_tokens, eos)
-                if stop_strings:
-                    texts = tokenizer.batch_decode(tokens[:, max(prompt_len, length - window):length])
-                    unfinished &= ~np.array(stop_string_hit(texts, stop_strings))
-                if not unfinished.any() or length >= max_len:
+                if not state.unfinished.any():
                     break
                 logits = runner.step(next_tokens)
         finally:
             if streamer is not None:
                 streamer.end()
-        return tokens[:, :length]
+        return np.concatenate([ids, state.tokens[:, :state.n_generated]], 1)
 
     # --------------------------------------------------------------- beam search
     def _beam_search(self, ids, mask, max_len, config) -> np.ndarray:

@@ -4,11 +4,14 @@ One scheduler thread per started model runs this loop::
 
     admit waiting requests into free rows (prefill each: its prompt's keys/values go into its cache row)
     decode one token for every running row in a single forward pass
-    hand each row its token (queue), finish rows at end-of-sequence or their length limit, free their rows
+    hand each row its token (queue), finish rows at end-of-sequence, a stop string or their length limit,
+    free their rows
 
 Requests join and leave between decode steps. Rows are ordered by adapter before each step, so each
 adapter's rows form one segment of the batch; the shared base weights are multiplied once and each
-segment adds its own low-rank update (``lora.py``).
+segment adds its own low-rank update (``lora.py``). Token choice and stopping are ``generate()``'s (a
+:class:`~mindformers.generation.decoding.DecodingState` per request), and so are the default settings and
+the length limit (capped at the runtime ``max_length``).
 
 Shapes: the KV cache is ``[max_batch, kv_heads, max_length + 1, head_dim]`` per layer (the extra slot
 takes the prompt padding's keys, always masked). A request's prompt is left-padded to a power of two
@@ -27,8 +30,8 @@ from mindspore import Tensor
 from threadpoolctl import threadpool_limits
 
 from ..generation.config import GenerationConfig
-from ..generation.logits_process import LogitsProcessor, sample
-from ..generation.utils import DecodeStep
+from ..generation.decoding import DecodingState
+from ..generation.utils import DecodeStep, generation_settings, length_limit, prompt_adapter_positions
 from ..models.common.attention import KVCache
 from ..utils import EXECUTION_LOCK, logger
 from .config import RuntimeConfig
@@ -38,7 +41,7 @@ from .status import GenerateStatus, ServingError, Status, StatusCode
 MIN_PROMPT_BUCKET = 16
 BASE = "base"  # the metrics key of requests without an adapter
 REQUEST_KEYS = ("max_new_tokens", "max_length", "min_new_tokens", "do_sample", "top_k", "top_p", "temperature",
-                "repetition_penalty", "eos_token_id", "seed", "lora_name")
+                "repetition_penalty", "eos_token_id", "stop_strings", "seed", "lora_name")
 _RUNNING = (GenerateStatus.Init, GenerateStatus.ContextFinished, GenerateStatus.Generating)
 
 
@@ -55,7 +58,8 @@ class ResultQueue:
     Attributes:
         prompt_tokens: length of the prompt.
         output_ids: every token generated so far.
-        finish_reason: "stop" (end-of-sequence), "length", "interrupted", or None while running.
+        finish_reason: "stop" (end-of-sequence or a stop string), "length", "interrupted", or None while
+            running.
     """
 
     def __init__(self, prompt_tokens: int):
@@ -102,32 +106,20 @@ class ResultQueue:
 
 
 class _Request:
-    """A request's settings and decoding state."""
+    """A request's settings and decoding state (its own sampler, seeded with its ``seed``)."""
 
     def __init__(self, handle: int, ids: List[int], config: GenerationConfig, lora: Optional[str], limit: int,
-                 vocab: int):
+                 vocab: int, tokenizer: Any):
         self.handle, self.ids, self.config, self.lora, self.limit = handle, ids, config, lora, limit
         self.queue = ResultQueue(len(ids))
-        self.processor = LogitsProcessor(config, vocab)
-        self.rng = np.random.default_rng(config.seed)
-        self.eos = set(config.eos_token_ids)
-        self.seen = None
-        if config.repetition_penalty != 1.0:
-            self.seen = np.zeros((1, vocab), bool)
-            self.seen[0, ids] = True
+        self.decoding = DecodingState(config, vocab, [ids], len(ids), limit, tokenizer)
         self.row: Optional[int] = None
         self.released = False
 
-    def choose(self, logits: np.ndarray) -> int:
-        """The next token from this request's logits [vocab]."""
-        scores = self.processor.process(logits[None], self.seen, len(self.queue.output_ids))
-        if self.config.do_sample:
-            token = int(sample(self.processor.warp(scores), self.rng)[0])
-        else:
-            token = int(scores[0].argmax())
-        if self.seen is not None:
-            self.seen[0, token] = True
-        return token
+    def choose(self, logits: np.ndarray) -> Tuple[int, Optional[str]]:
+        """The next token from this request's logits [vocab], and "stop"/"length" if it ends the request."""
+        tokens, reasons = self.decoding.step(logits[None])
+        return int(tokens[0]), reasons[0]
 
 
 class _ServedModel:
@@ -167,13 +159,8 @@ class _ServedModel:
         self.slot_mask = np.zeros((config.max_batch, self.cache_len), np.int32)
         self.lengths = np.zeros(config.max_batch, np.int32)  # slots used by each row's request
         self.last_tokens = np.zeros(config.max_batch, np.int64)
-        base = getattr(self.model, "generation_config", None) or GenerationConfig.from_model_config(model_config)
-        self.defaults = base.update(max_length=config.max_length, max_new_tokens=None, num_beams=1,
-                                    num_return_sequences=1)
-        if self.defaults.pad_token_id is None:
-            self.defaults = self.defaults.update(pad_token_id=(self.defaults.eos_token_ids or [0])[0])
-        if self.defaults.eos_token_id is None:
-            self.defaults = self.defaults.update(eos_token_id=model_config.eos_token_id)
+        self.defaults = generation_settings(self.model, None, dict(max_length=config.max_length, max_new_tokens=None,
+                                                                   num_beams=1, num_return_sequences=1))
 
         self.cond = threading.Condition()
         self.waiting: collections.deque = collections.deque()
@@ -199,23 +186,18 @@ class _ServedModel:
         if lora is not None and lora not in self.pool.slots:
             raise ServingError(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {lora!r} is loaded; loaded: "
                                                             f"{sorted(self.pool.slots)}")
+        if config.stop_strings and self.tokenizer is None:
+            raise ServingError(StatusCode.INVALID_REQUEST, f"model {self.config.model_name!r} has no tokenizer to "
+                                                            "find stop_strings in the generated text; leave them out")
         return config, lora
 
     def limit(self, config: GenerationConfig, prompt_len: int) -> int:
-        """Total length (prompt + new tokens) the request may reach."""
-        cap = self.config.max_length
-        if prompt_len >= cap:
-            raise ServingError(StatusCode.INVALID_REQUEST, f"the prompt has {prompt_len} tokens; this model serves "
-                                                            f"at most {cap} tokens per request (max_length) including "
-                                                            f"at least one new token")
-        total = prompt_len + config.max_new_tokens if config.max_new_tokens is not None else config.max_length
-        if total > cap:
-            raise ServingError(StatusCode.INVALID_REQUEST, f"prompt ({prompt_len} tokens) + max_new_tokens "
-                                                            f"({total - prompt_len}) = {total} exceeds max_length={cap}")
-        if total <= prompt_len:
-            raise ServingError(StatusCode.INVALID_REQUEST, f"max_length={total} leaves no room after a "
-                                                            f"{prompt_len}-token prompt; set max_new_tokens")
-        return total
+        """Total length (prompt + new tokens) the request may reach: generate()'s limit, capped at max_length."""
+        try:
+            return length_limit(config, prompt_len, self.model.config.max_position_embeddings,
+                                prompt_adapter_positions(self.model), cap=self.config.max_length)
+        except ValueError as err:
+            raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
 
     def submit(self, request: _Request) -> Status:
         with self.cond:
@@ -318,18 +300,16 @@ class _ServedModel:
         request = self.running.pop(row)
         self._end(request, reason)
 
-    def _deliver(self, request: _Request, token: int, first: bool) -> None:
-        """Give ``token`` to the request; end it at end-of-sequence or its length limit."""
+    def _deliver(self, request: _Request, token: int, reason: Optional[str], first: bool) -> None:
+        """Give ``token`` to the request; end it if ``reason`` says so ("stop" or "length")."""
         with self.cond:
             if request.row not in self.running or self.running[request.row] is not request:
                 return
             request.queue._push(token, GenerateStatus.ContextFinished if first else GenerateStatus.Generating)
             self.counters[request.lora or BASE]["completion_tokens"] += 1
             self.last_tokens[request.row] = token
-            if token in request.eos:
-                self._free(request.row, "stop")
-            elif len(request.ids) + len(request.queue.output_ids) >= request.limit:
-                self._free(request.row, "length")
+            if reason is not None:
+                self._free(request.row, reason)
 
     def _run(self, ids, mask, positions, slots, rows, row_slots) -> np.ndarray:
         with EXECUTION_LOCK:
@@ -352,7 +332,8 @@ class _ServedModel:
         self.lengths[row] = n
         lora_slot = self.pool.slots[request.lora] if request.lora is not None else -1
         logits = self._run(ids, self.slot_mask[row:row + 1], positions, slots, np.array([row]), [lora_slot])
-        self._deliver(request, request.choose(logits[0]), first=True)
+        token, reason = request.choose(logits[0])
+        self._deliver(request, token, reason, first=True)
 
     def _decode(self) -> None:
         """One token for every running row. Rows are the cache rows in order when the batch bucket is the
@@ -388,7 +369,8 @@ class _ServedModel:
         logits = self._run(ids, mask, positions, slots, rows, row_slots)
         for i, request in enumerate(batch):
             if request is not None:
-                self._deliver(request, request.choose(logits[i]), first=False)
+                token, reason = request.choose(logits[i])
+                self._deliver(request, token, reason, first=False)
 
     def warmup(self) -> None:
         """Compile every prefill and decode graph now (base rows on idle cache rows), so no request waits for
@@ -535,7 +517,9 @@ class Engine:
         Args:
             gen_cfg: generation settings named as in ``generate()`` (``max_new_tokens``, ``max_length``,
                 ``min_new_tokens``, ``do_sample``, ``top_k``, ``top_p``, ``temperature``,
-                ``repetition_penalty``, ``eos_token_id``, ``seed``) and ``lora_name`` (None: the base model).
+                ``repetition_penalty``, ``eos_token_id``, ``stop_strings``, ``seed``) and ``lora_name`` (None:
+                the base model). ``stop_strings`` end the request ("stop") once its generated text contains
+                one, as in ``generate``; the tokens up to the one completing it are returned.
         """
         try:
             served = self._served(model_name)
@@ -544,7 +528,7 @@ class Engine:
             limit = served.limit(config, len(ids))
         except ServingError as err:
             return err.status, None, None
-        request = _Request(next(self._handles), ids, config, lora, limit, served.vocab)
+        request = _Request(next(self._handles), ids, config, lora, limit, served.vocab, served.tokenizer)
         status = served.submit(request)
         if not status:
             return status, None, None

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..generation.streamers import IncrementalDecoder
 from .status import HTTP_STATUS, ServingError, Status, StatusCode
 
 OWNER = "mindformers"
@@ -156,57 +157,50 @@ class UnloadLoraRequest(BaseModel):
 # ------------------------------------------------------------------------------------------ generation
 
 
-class IncrementalText:
+class IncrementalText(IncrementalDecoder):
     """The text of generated ids, released piece by piece as it becomes final, cut at stop strings.
 
-    Each call decodes all the ids generated so far (not the new ones alone: single tokens lose spaces and
-    split multi-byte characters) and releases what is new, except (as :mod:`..generation.streamers`)
+    :class:`~mindformers.generation.streamers.IncrementalDecoder` decodes all the ids so far and holds back
+    a trailing "\\ufffd" (an incomplete UTF-8 character); words are not held back until their space. Then:
 
-    - a trailing "\\ufffd": byte-level BPE splits an emoji or a CJK character over several tokens, and the
-      bytes decoded so far show as U+FFFD until the rest arrives;
-    - a tail that may be the beginning of a stop string (``"\\n"`` when a stop string is ``"\\n\\n"``).
+    - the text ends at the first stop string (left out of the text, as OpenAI does; ``stopped`` is then set);
+    - a tail that may be the beginning of a stop string (``"\\n"`` when a stop string is ``"\\n\\n"``) is
+      held back.
+
+    The engine ends the request at a stop string too (``stop_strings``); the cut here is still needed, since
+    the engine returns the tokens up to the one that completes the stop string.
 
     Args:
         tokenizer: has ``decode(ids, skip_special_tokens=True)``.
-        stop: strings that end the text at their first occurrence (left out of the text, as OpenAI does).
+        stop: strings that end the text at their first occurrence.
     """
 
     def __init__(self, tokenizer: Any, stop: List[str]):
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer, whole_words=False, skip_special_tokens=True)
         self.stop = stop
-        self.ids: List[int] = []
-        self.released = 0  # characters of the decoded text already given out
         self.stopped = False  # a stop string was found
-
-    def add(self, new_ids: List[int]) -> str:
-        """Take the next ids; return the newly final text (may be empty). Check ``stopped`` afterwards."""
-        self.ids.extend(new_ids)
-        text = self._decode()
-        if self.stopped:
-            return self._release(text)
-        end = len(text.rstrip("\ufffd"))
-        return self._release(text[:end - self._stop_prefix_len(text[:end])])
 
     def finish(self) -> str:
         """Generation ended: release everything left (a lone U+FFFD stays, the bytes never completed)."""
-        return self._release(self._decode())
+        return self.flush()
 
-    def _decode(self) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+    def decode(self) -> str:
+        text = super().decode()
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.stopped = True
             return text[:min(hits)]
         return text
 
+    def final_length(self, text: str) -> int:
+        if self.stopped:
+            return len(text)
+        end = super().final_length(text)
+        return end - self._stop_prefix_len(text[:end])
+
     def _stop_prefix_len(self, text: str) -> int:
         """Length of the longest end of ``text`` that begins a stop string."""
         return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-
-    def _release(self, text: str) -> str:
-        piece = text[self.released:]
-        self.released = max(self.released, len(text))
-        return piece
 
 
 class _Generation:
@@ -365,6 +359,8 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
     def start(body: _GenerationRequest, prompt: Union[str, List[int]], max_tokens: Optional[int]) -> _Generation:
         """Admit the request (blocking: the engine's lock and the tokenizer; call it in a thread)."""
         cfg, stop = gen_config(body, max_tokens), stop_strings(body)
+        if stop:
+            cfg["stop_strings"] = stop  # the engine stops decoding there; IncrementalText cuts the text
         begin = engine.start_request_text if isinstance(prompt, str) else engine.start_request_ids
         status, handle, queue = begin(model_name, prompt, cfg)
         if not status:

@@ -10,7 +10,7 @@ import pytest
 from mindspore import Tensor
 
 from mindformers import AutoTokenizer
-from mindformers.generation.streamers import TextIteratorStreamer, TextStreamer
+from mindformers.generation.streamers import IncrementalDecoder, TextIteratorStreamer, TextStreamer
 
 TEXTS = [
     "Hello 😀 world, café au lait is très bon!",
@@ -145,3 +145,14 @@ def test_iterator_streamer_times_out(tokenizer):
     with pytest.raises(queue.Empty):
         next(iter(streamer))
     assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("whole_words", [True, False])
+def test_incremental_decoder_releases_words_or_characters(tokenizer, whole_words):
+    text = TEXTS[0]  # "Hello 😀 world, ..."
+    ids = tokenizer(text)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer, whole_words=whole_words)
+    pieces = [decoder.add([token]) for token in ids]
+    assert pieces[0] == ("" if whole_words else "Hello")  # a word waits for its space only with whole_words
+    assert "".join(pieces) + decoder.flush() == text and not any("\ufffd" in p for p in pieces)
+    assert decoder.ids == ids and decoder.flush() == ""

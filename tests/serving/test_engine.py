@@ -107,6 +107,22 @@ def test_mixed_batch_equals_each_request_alone(engine, reference, monkeypatch):
     assert metrics["running"] == 0 and metrics["waiting"] == 0
 
 
+def test_stop_strings_end_the_request_as_in_generate(engine, reference, tokenizer):
+    prompt, lora = "Tell me a joke about cats and dogs", "all-8"
+    settings = {"max_new_tokens": 24, "min_new_tokens": 24}  # no end-of-sequence: only the stop string ends it
+    status, free = engine.sync_request("tiny", prompt, {**settings, "lora_name": lora})
+    assert status.ok and len(free) == 24
+    stop = tokenizer.decode(free[:10])[-3:]  # ends with the 10th new token's text (or earlier, if it repeats)
+    status, handle, queue = engine.start_request_text("tiny", prompt, {**settings, "lora_name": lora,
+                                                                       "stop_strings": [stop, "never there"]})
+    assert status.ok
+    got = read_all(queue)
+    assert queue.finish_reason == "stop" and len(got) <= 10 and got == free[:len(got)]
+    assert stop in tokenizer.decode(got) and stop not in tokenizer.decode(got[:-1])
+    assert got == reference(prompt, lora, **settings, stop_strings=[stop, "never there"], tokenizer=tokenizer)
+    assert engine.release_request("tiny", handle).ok
+
+
 def test_adapters_change_outputs(engine):
     outputs = {}
     for lora in [None] + list(ADAPTERS):
@@ -146,7 +162,9 @@ def test_bad_requests_are_refused_with_a_reason(engine):
         (("tiny", [], {}), StatusCode.INVALID_REQUEST, "empty"),
         (("tiny", [1, 10 ** 6], {}), StatusCode.INVALID_REQUEST, "vocabulary"),
         (("tiny", [1] * 96, {}), StatusCode.INVALID_REQUEST, "max_length"),
-        (("tiny", [1] * 10, {"max_new_tokens": 90}), StatusCode.INVALID_REQUEST, "exceeds max_length=96"),
+        (("tiny", [1] * 10, {"max_new_tokens": 90}), StatusCode.INVALID_REQUEST,
+         "would reach 100 tokens, beyond the serving limit of 96 (max_length"),
+        (("tiny", [1] * 10, {"stop_strings": [""]}), StatusCode.INVALID_REQUEST, "stop_strings must be"),
         (("tiny", "text", {}), StatusCode.INVALID_REQUEST, "integers"),
     ]
     for args, code, words in cases:

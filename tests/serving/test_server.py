@@ -223,6 +223,25 @@ def test_client_disconnect_releases_the_request(client, engine):
     assert after["adapters"]["qv-4"]["completion_tokens"] - before["completion_tokens"] < MAX_LENGTH - 8
 
 
+def test_stop_ends_decoding_in_the_engine(client, engine, tok, expected):
+    full = expected["o-8"]
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    status, ids = engine.sync_request(MODEL, PROMPT, {"max_new_tokens": 40, "lora_name": "o-8", "stop_strings": [stop]})
+    assert status and stop in tok.decode(ids) and stop not in tok.decode(ids[:-1])  # ends at the stop string
+    deadline = time.time() + 60
+    while engine.metrics(MODEL)["running"] or engine.metrics(MODEL)["waiting"]:  # earlier releases settle
+        assert time.time() < deadline
+        time.sleep(0.01)
+    before = engine.metrics(MODEL)["adapters"]["o-8"]
+    answer = client.completions.create(model="o-8", prompt=PROMPT, max_tokens=40, stop=stop)
+    assert answer.choices[0].text == full[:full.find(stop)] and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens == len(ids) < 40
+    after = engine.metrics(MODEL)["adapters"]["o-8"]
+    # the engine ended the request at the stop string (finished, not interrupted by the server's release)
+    assert after["finished"] - before["finished"] == 1 and after["interrupted"] == before["interrupted"]
+    assert after["completion_tokens"] - before["completion_tokens"] == len(ids)
+
+
 def test_bad_requests_get_openai_errors(client, url):
     with pytest.raises(openai.NotFoundError) as err:
         client.completions.create(model="no-such-adapter", prompt=PROMPT, max_tokens=NEW)
