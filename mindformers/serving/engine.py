@@ -110,7 +110,7 @@ class _Request:
 
     def __init__(self, handle: int, ids: List[int], config: GenerationConfig, lora: Optional[str], limit: int,
                  vocab: int, tokenizer: Any):
-        self.handle, self.ids, self.config, self.lora, self.limit = handle, ids, config, lora, limit
+        self.handle, self.ids, self.config, self.lora = handle, ids, config, lora
         self.queue = ResultQueue(len(ids))
         self.decoding = DecodingState(config, vocab, [ids], len(ids), limit, tokenizer)
         self.row: Optional[int] = None
