@@ -175,3 +175,14 @@ def lora_delta(x, a, bt, ranks, row_slots):
         float32 [rows, ..., out].
     """
     return _primitive("lora_delta", out_shape=_lora_delta_shape)(x, a, bt, ranks, row_slots)
+
+
+def cache_write(cache, values, index):
+    """Write ``values`` [b, heads, s, dim] into the Parameter ``cache`` [rows, heads, slots, dim] in place at
+    ``index`` [b, heads, s, 3] int32 (row, head, slot), as ``ops.scatter_nd_update`` but touching only the
+    written slots. float32, float16 or bfloat16 (values of the cache's dtype).
+
+    Returns:
+        a [1] tensor (1.0) that depends on the write.
+    """
+    return _primitive("cache_write", side_effect=True)(cache, values, index)

@@ -196,6 +196,34 @@ int softmax_cross_entropy(int nparam, void **params, int *ndims, int64_t **shape
   return 0;
 }
 
+// KV-cache write in place: cache[row, head, slot, :] = values[b, h, s, :] for (row, head, slot) =
+// index[b, h, s]. MindSpore's CPU ScatterNdUpdate copies the whole cache on every call (measured: 0.26 ms
+// for a [32, 3, 128, 64] cache, 5 ms at 2048 slots), this touches only the written rows.
+// inputs: cache [rows, heads, slots, dim], values [b, heads, s, dim] (same dtype: float32, float16 or
+// bfloat16), index [b, heads, s, 3] int32; output: a [1] float32 tensor set to 1 (the side effect's handle).
+int cache_write(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  if (std::strcmp(dtypes[0], dtypes[1]) != 0 || std::strcmp(dtypes[2], "int32") != 0) return 3;
+  int64_t element;
+  if (std::strcmp(dtypes[0], "float32") == 0) element = 4;
+  else if (std::strcmp(dtypes[0], "float16") == 0 || std::strcmp(dtypes[0], "bfloat16") == 0) element = 2;
+  else return 3;
+  char *cache = static_cast<char *>(params[0]);
+  const char *values = static_cast<const char *>(params[1]);
+  const int32_t *index = static_cast<const int32_t *>(params[2]);
+  const int64_t rows = shapes[0][0], heads = shapes[0][1], slots = shapes[0][2], dim = shapes[0][3];
+  const int64_t writes = shapes[1][0] * shapes[1][1] * shapes[1][2];
+  if (shapes[1][3] != dim || shapes[2][0] * shapes[2][1] * shapes[2][2] != writes || shapes[2][3] != 3) return 2;
+  const int64_t bytes = dim * element;
+  for (int64_t i = 0; i < writes; ++i) {
+    const int32_t row = index[3 * i], head = index[3 * i + 1], slot = index[3 * i + 2];
+    if (row < 0 || row >= rows || head < 0 || head >= heads || slot < 0 || slot >= slots) return 4;
+    std::memcpy(cache + ((row * heads + head) * slots + slot) * bytes, values + i * bytes, bytes);
+  }
+  static_cast<float *>(params[3])[0] = 1.0f;
+  return 0;
+}
+
 // Multi-LoRA delta (Punica / S-LoRA's segmented product, SGMV) for the serving engine's adapter pool: each
 // row of the batch adds its own adapter's low-rank product,
 //   out[t] = (x[t] . A[s]^T)[:k] . BT[s][:k]      for every token t of a row with slot s >= 0, k = ranks[s]

@@ -8,6 +8,7 @@ import pytest
 from mindspore import Parameter, Tensor, nn
 
 from mindformers.kernels import host
+from mindformers.models.common.attention import cache_write_index, update_cache
 from mindformers.trainer.optim import AdamW, global_norm
 
 pytestmark = pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
@@ -172,3 +173,50 @@ def test_heads_that_are_not_the_plain_product_keep_the_logits_loss():
     model.set_train(True)
     loss, logits = model(ids, None, None, ids)[:2]
     assert logits is not None and logits.shape == (1, 8, 49152)
+
+
+class Cache(nn.Cell):
+    def __init__(self, dtype):
+        super().__init__()
+        self.k = Parameter(Tensor(np.zeros((3, 2, 9, 4), np.float32), dtype=dtype), name="k", requires_grad=False)
+        self.v = Parameter(Tensor(np.zeros((3, 2, 9, 4), np.float32), dtype=dtype), name="v", requires_grad=False)
+        self.host_write = host.enabled()
+
+    def construct(self, k, v, index, rows=None):
+        return update_cache(self.k, self.v, k, v, index, rows, self.host_write)
+
+
+@pytest.mark.parametrize("dtype", [ms.float32, ms.float16, ms.bfloat16])
+def test_cache_write_equals_scatter_nd_update(monkeypatch, dtype):
+    """The in-place KV-cache write against numpy and MindSpore's ScatterNdUpdate: two steps (a prefill of 3
+    slots, a decode of 1) on rows picked by cache_rows, the caches and the returned rows equal. bfloat16:
+    rows 0 and 1 and no generic path (MindSpore's CPU Gather and ScatterNdUpdate have no bfloat16; the
+    kernel gives such models a KV cache on CPU)."""
+    rng = np.random.default_rng(4)
+    bf16 = dtype == ms.bfloat16
+    steps = [(rng.normal(size=(2, 2, 3, 4)), np.array([[0, 1, 2], [5, 6, 8]]), np.array([0, 1] if bf16 else [2, 0])),
+             (rng.normal(size=(2, 2, 1, 4)), np.array([[3], [7]]), np.array([0, 1] if bf16 else [2, 0]))]
+    expected = np.zeros((2, 3, 2, 9, 4), np.float32)
+    results = []
+    for fused in (True,) if bf16 else (True, False):
+        monkeypatch.setenv(host.ENV_SWITCH, "1" if fused else "0")
+        cache = Cache(dtype)
+        step = ms.jit(cache.construct)
+        outs = []
+        for values, slots, rows in steps:
+            picked = None if bf16 else Tensor(rows.astype(np.int32))
+            index = cache_write_index(Tensor(slots.astype(np.int32)), 2, picked)
+            value = Tensor(values.astype(np.float32), dtype=dtype)
+            k, v = step(value, value * 2, index, picked)
+            outs += [k.astype(ms.float32).asnumpy(), v.astype(ms.float32).asnumpy()]
+            if fused:
+                rounded = value.astype(ms.float32).asnumpy()
+                for i, row in enumerate(rows):
+                    expected[0, row, :, slots[i]] = rounded[i].transpose(1, 0, 2)
+                    expected[1, row, :, slots[i]] = 2 * rounded[i].transpose(1, 0, 2)
+        caches = [cache.k.astype(ms.float32).asnumpy(), cache.v.astype(ms.float32).asnumpy()]
+        np.testing.assert_array_equal(np.stack(caches), expected)
+        results.append(outs)
+    if not bf16:
+        for fused_value, generic_value in zip(*results):
+            np.testing.assert_array_equal(fused_value, generic_value)
