@@ -1,9 +1,9 @@
 """Attention shared by the model families: masks, grouped-query attention and the static KV cache.
 
 The KV cache is preallocated with a fixed shape ``[batch, kv_heads, max_len, head_dim]`` per layer and held
-in Parameters that each forward pass updates in place (``ops.scatter_nd_update``). A decode step therefore
-costs the same at every length and a compiled step is reused for every token (a growing, concatenated
-cache would be recompiled each step; see docs/mindspore_cpu.md). Every row has its own write slots,
+in Parameters that each forward pass updates in place (``ops.scatter_nd_update``, or on CPU a host kernel
+that writes only the new slots). A compiled step is reused for every token (a growing, concatenated cache
+would be recompiled each step; see docs/mindspore_cpu.md). Every row has its own write slots,
 so rows of one batch may sit at different lengths.
 """
 from typing import Optional
@@ -12,6 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from ...kernels import host
 from ...registry import BLOCKS
 from .layers import MS_DTYPES, Linear, RMSNorm, apply_rotary, cast
 
@@ -112,11 +113,20 @@ def cache_write_index(cache_slots, kv_heads: int, cache_rows=None):
     return ops.stack((rows, heads, slots), -1)
 
 
-def update_cache(k_cache, v_cache, k, v, write_index, cache_rows=None):
+def update_cache(k_cache, v_cache, k, v, write_index, cache_rows=None, host_write=False):
     """Write this step's keys/values into the layer's cache in place; return the cache tensors of the
-    input rows (all rows, or the rows ``cache_rows`` [batch] picks)."""
-    k_cache = ops.depend(k_cache, ops.scatter_nd_update(k_cache, write_index, k))
-    v_cache = ops.depend(v_cache, ops.scatter_nd_update(v_cache, write_index, v))
+    input rows (all rows, or the rows ``cache_rows`` [batch] picks).
+
+    ``host_write`` (the attention's ``host_cache_write``, set at construction from ``host.enabled()``):
+    the host kernel writes only the new slots; MindSpore's CPU ScatterNdUpdate copies the whole cache per
+    call (with 60 cache tensors of 32 rows, a quarter of a decode step).
+    """
+    if host_write:
+        k_cache = ops.depend(k_cache, host.cache_write(k_cache, k, write_index))
+        v_cache = ops.depend(v_cache, host.cache_write(v_cache, v, write_index))
+    else:
+        k_cache = ops.depend(k_cache, ops.scatter_nd_update(k_cache, write_index, k))
+        v_cache = ops.depend(v_cache, ops.scatter_nd_update(v_cache, write_index, v))
     if cache_rows is not None:
         return ops.gather(k_cache, cache_rows, 0), ops.gather(v_cache, cache_rows, 0)
     return k_cache, v_cache
@@ -203,6 +213,7 @@ class Attention(nn.Cell):
         # a tuner's cell computing the attention (prefix tuning, adaption prompt, LongLoRA: mindformers.tuners),
         # called as tuner(q, k, v, bias) -> [batch, heads, q_len, head_dim] in place of grouped_attention
         self.tuner = None
+        self.host_cache_write = host.enabled()
 
     @staticmethod
     def cache_spec(config):
@@ -219,7 +230,7 @@ class Attention(nn.Cell):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
-            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         bias = window_mask if self.sliding else mask
         if self.tuner is None:
             out = grouped_attention(q, k, v, bias, self.scale, self.dropout)

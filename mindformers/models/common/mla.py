@@ -11,6 +11,7 @@ laid out in interleaved pairs (``rope_interleave``). With YaRN rope the softmax 
 """
 from mindspore import nn, ops
 
+from ...kernels import host
 from ...registry import BLOCKS
 from .attention import grouped_attention, merge_heads, split_heads, update_cache
 from .layers import MS_DTYPES, Linear, RMSNorm, _yarn_mscale, apply_rotary, apply_rotary_interleaved
@@ -53,6 +54,7 @@ class MultiLatentAttention(nn.Cell):
         self.rotate = apply_rotary_interleaved if config.rope_interleave else apply_rotary
         self.sliding = config.layer_type(layer_idx) == "sliding_attention"
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
+        self.host_cache_write = host.enabled()  # see update_cache
 
     @staticmethod
     def cache_spec(config):
@@ -73,7 +75,8 @@ class MultiLatentAttention(nn.Cell):
         q = ops.cat((q[..., :self.nope_dim], self.rotate(q[..., self.nope_dim:], cos, sin)), -1)
         k_rot = self.rotate(k_rot, cos, sin)
         if k_cache is not None:  # the cache holds latents [batch, 1, max_len, kv_rank] and k_rot [.., rope_dim]
-            latent, k_rot = update_cache(k_cache, v_cache, latent, k_rot, write_index, cache_rows)
+            latent, k_rot = update_cache(k_cache, v_cache, latent, k_rot, write_index, cache_rows,
+                                         self.host_cache_write)
         keys = latent.shape[2]
         kv = self.kv_b_proj(latent.reshape(batch, keys, self.kv_rank))
         kv = split_heads(kv, self.num_heads, self.nope_dim + self.v_dim)  # [batch, heads, keys, nope + v]

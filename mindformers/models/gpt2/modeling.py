@@ -9,6 +9,7 @@ Architecture choices:
 import mindspore as ms
 from mindspore import nn, ops
 
+from ...kernels import host
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
 from ..common.attention import grouped_attention, merge_heads, split_heads, update_cache
@@ -39,6 +40,7 @@ class GPT2Attention(nn.Cell):
         self.c_proj = Conv1D(config.hidden_size, config.hidden_size, dtype)
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
+        self.host_cache_write = host.enabled()  # see update_cache
 
     def construct(self, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         qkv = self.c_attn(x)
@@ -48,7 +50,7 @@ class GPT2Attention(nn.Cell):
         k = split_heads(k, self.num_heads, self.head_dim)
         v = split_heads(v, self.num_heads, self.head_dim)
         if k_cache is not None:
-            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout)
         return self.resid_dropout(self.c_proj(merge_heads(out)))
 

@@ -16,6 +16,7 @@ available offline, so no converter from MindFormers' ``.ckpt`` names is included
 """
 from mindspore import nn, ops
 
+from ...kernels import host
 from ...registry import MODELS
 from ..common.attention import grouped_attention, merge_heads, split_heads, update_cache
 from ..common.decoder import DecoderForCausalLM, DecoderStack
@@ -44,6 +45,7 @@ class PanguAlphaAttention(nn.Cell):
         self.dense3 = Linear(hidden, hidden, True, dtype)  # value
         self.projection = Linear(hidden, hidden, True, dtype)
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
+        self.host_cache_write = host.enabled()  # see update_cache
         self.dropout = nn.Dropout(p=config.resid_pdrop)
 
     def construct(self, query, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
@@ -51,7 +53,7 @@ class PanguAlphaAttention(nn.Cell):
         k = split_heads(self.dense2(x), self.num_heads, self.head_dim)
         v = split_heads(self.dense3(x), self.num_heads, self.head_dim)
         if k_cache is not None:
-            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows)
+            k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout)
         return self.dropout(self.projection(merge_heads(out)))
 
