@@ -36,8 +36,8 @@ class RuntimeConfig:
     """Requests waiting for a row; beyond this, requests are refused with QUEUE_FULL."""
     warmup: bool = True
     """Compile every prefill and decode graph in ``start_model`` (log2(max_length) prefill and
-    log2(max_batch) decode graphs, several seconds each for SmolLM2 on 2 cores), so no request waits for a
-    compilation; False compiles each on first use."""
+    2 x log2(max_batch) decode graphs, with and without the adapter kernel; several seconds each for SmolLM2
+    on 2 cores), so no request waits for a compilation; False compiles each on first use."""
 
     def __post_init__(self):
         for name in ("max_batch", "max_length", "lora_max_num", "lora_max_rank"):

@@ -9,7 +9,8 @@ One scheduler thread per started model runs this loop::
 
 Requests join and leave between decode steps. Rows are ordered by adapter before each step, so each
 adapter's rows form one segment of the batch; the shared base weights are multiplied once and each
-segment adds its own low-rank update (``lora.py``). Token choice and stopping are ``generate()``'s (a
+segment adds its own low-rank update (``lora.py``); a decode step with no adapter rows runs graphs
+compiled without the adapter kernel. Token choice and stopping are ``generate()``'s (a
 :class:`~mindformers.generation.decoding.DecodingState` per request), and so are the default settings and
 the length limit (capped at the runtime ``max_length``).
 
@@ -156,6 +157,8 @@ class _ServedModel:
         self.trash_slot = config.max_length  # prompt padding writes here; never attended
         cache = KVCache.for_model(self.model, config.max_batch, self.cache_len)
         self.step = DecodeStep(self.model, cache, "jit")
+        # decode steps of batches without adapter rows: the same cache, graphs without the adapter kernel
+        self.base_step = DecodeStep(self.model, cache, "jit")
         self.slot_mask = np.zeros((config.max_batch, self.cache_len), np.int32)
         self.lengths = np.zeros(config.max_batch, np.int32)  # slots used by each row's request
         self.last_tokens = np.zeros(config.max_batch, np.int64)
@@ -311,10 +314,13 @@ class _ServedModel:
             if reason is not None:
                 self._free(request.row, reason)
 
-    def _run(self, ids, mask, positions, slots, rows, row_slots) -> np.ndarray:
+    def _run(self, ids, mask, positions, slots, rows, row_slots, base_graph=False) -> np.ndarray:
+        """One forward pass; ``base_graph``: on ``base_step`` (only for rows without adapters)."""
         with EXECUTION_LOCK:
+            self.pool.apply(not base_graph)  # what a graph compiled now includes (see AdapterPool.apply)
             self.pool.bind_rows(row_slots)
-            logits = self.step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
+            step = self.base_step if base_graph else self.step
+            logits = step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
                                    Tensor(slots, ms.int32), None if rows is None else Tensor(rows, ms.int32))
             return logits.asnumpy()
 
@@ -366,7 +372,7 @@ class _ServedModel:
         mask[[i for i, r in enumerate(batch) if r is None]] = 0  # idle rows attend nothing
         ids = self.last_tokens[order].reshape(size, 1)
         row_slots = [self.pool.slots[r.lora] if r is not None and r.lora is not None else -1 for r in batch]
-        logits = self._run(ids, mask, positions, slots, rows, row_slots)
+        logits = self._run(ids, mask, positions, slots, rows, row_slots, base_graph=max(row_slots) < 0)
         for i, request in enumerate(batch):
             if request is not None:
                 token, reason = request.choose(logits[i])
@@ -374,7 +380,7 @@ class _ServedModel:
 
     def warmup(self) -> None:
         """Compile every prefill and decode graph now (base rows on idle cache rows), so no request waits for
-        a compilation later."""
+        a compilation later: prefills with the adapter kernel, decodes with and without it."""
         bucket = MIN_PROMPT_BUCKET
         while True:  # prompts of 1 .. max_length - 1 tokens
             self._run(np.zeros((1, bucket), np.int64), np.zeros((1, self.cache_len), np.int32),
@@ -387,9 +393,10 @@ class _ServedModel:
         while True:
             full = size >= self.config.max_batch
             size = min(size, self.config.max_batch)
-            self._run(np.zeros((size, 1), np.int64), np.zeros((size, self.cache_len), np.int32),
-                      np.zeros((size, 1), np.int32), np.full((size, 1), self.trash_slot, np.int32),
-                      None if full else np.arange(size, dtype=np.int32), [-1] * size)
+            for base_graph in (False, True):
+                self._run(np.zeros((size, 1), np.int64), np.zeros((size, self.cache_len), np.int32),
+                          np.zeros((size, 1), np.int32), np.full((size, 1), self.trash_slot, np.int32),
+                          None if full else np.arange(size, dtype=np.int32), [-1] * size, base_graph)
             if full:
                 break
             size *= 2

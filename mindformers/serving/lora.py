@@ -67,6 +67,15 @@ class AdapterPool:
         self.row_slots = Parameter(Tensor(np.full(max_rows, -1, np.int32)), requires_grad=False)
         self.slots: Dict[str, int] = {}  # adapter name -> slot
         self.info: Dict[str, dict] = {}
+        self.cells: List["MultiLoraLinear"] = []  # the layers carrying the pool (attach_pool fills it)
+
+    def apply(self, on: bool) -> None:
+        """Whether steps compiled from now on add the adapters' product (``MultiLoraLinear.apply``). A graph
+        keeps what it was compiled with, so a step compiled with ``apply(False)`` is the base model alone:
+        the engine keeps one such step for batches without adapter rows and calls each step under its own
+        setting."""
+        for cell in self.cells:
+            cell.apply = on
 
     @property
     def slot_bytes(self) -> int:
@@ -220,8 +229,12 @@ class MultiLoraLinear(nn.Cell):
         self.pool_a, self.pool_bt, self.pool_ranks = pool.a[path], pool.bt[path], pool.ranks[path]
         self.row_slots = pool.row_slots
         self.host = pool.kernel == "host"
+        self.apply = True  # False: the graph compiled now leaves the adapters out (AdapterPool.apply)
+        pool.cells.append(self)
 
     def construct(self, x):
+        if not self.apply:
+            return self.base(x)
         h = cast(x, ms.float32)
         if self.host:
             delta = lora_kernels.host_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots)

@@ -262,3 +262,30 @@ def test_runtime_config_builder_checks_values(model_dir):
                              .build())
     with pytest.raises(ServingError, match="cannot load model"):
         engine.install_model(RuntimeConfigBuilder("m", model=str(model_dir) + "-missing").build())
+
+
+def test_base_only_steps_run_graphs_without_the_adapter_kernel(engine, reference, monkeypatch):
+    """Decode steps with no adapter row use the base step (graphs compiled without the kernel); steps with
+    adapters after them still apply the adapters, and base rows give generate()'s ids either way."""
+    served = engine._models["tiny"]
+    used = []
+    for name in ("step", "base_step"):
+        step = getattr(served, name)
+        run = step.run
+        monkeypatch.setattr(step, "run", lambda *a, _run=run, _name=name: (used.append(_name), _run(*a))[1])
+    lora = next(iter(ADAPTERS))
+    for settings in ({}, {"lora_name": lora}, {}):  # base alone, adapter alone, base again
+        used.clear()
+        status, ids = engine.sync_request("tiny", "Tell me about robots", {"max_new_tokens": 8, **settings})
+        assert status.ok and ids == strip_pad(reference("Tell me about robots", settings.get("lora_name"),
+                                                        max_new_tokens=8))
+        assert used[0] == "step"  # the prefill
+        assert set(used[1:]) == {"step" if settings else "base_step"}, used
+    # the base graphs hold no adapter kernel: told that a row uses an adapter, they ignore it
+    slot = served.pool.slots[lora]
+    size, length = 1, served.cache_len
+    args = (np.full((size, 1), 5, np.int64), np.ones((size, length), np.int32), np.zeros((size, 1), np.int32),
+            np.full((size, 1), served.trash_slot, np.int32), np.arange(size, dtype=np.int32))
+    with_adapter = served._run(*args, [slot])
+    assert not np.allclose(with_adapter, served._run(*args, [-1]))
+    np.testing.assert_array_equal(served._run(*args, [slot], base_graph=True), served._run(*args, [-1]))
