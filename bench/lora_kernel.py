@@ -4,8 +4,8 @@ Usage:
     python bench/lora_kernel.py [--baseline REV] [--kernels host gather] [--repeats 10] [--calls 30]
 
 Cases (SmolLM2-135M's linear layers): 32 rows x 1 token (a decode step) with in 576 -> out 1536 and
-1536 -> 576, adapters of rank 8 and 64: one adapter for all rows, 8 adapters (4 rows each), 32 adapters
-(one row each), all rows base (slot -1); and a prefill of 1 row x 512 tokens at rank 64. The pool holds 32
+1536 -> 576, adapters of rank 8 and 64: one adapter for all rows, 8 adapters (4 rows each, adjacent or
+interleaved: row r has adapter r % 8), 32 adapters (one row each), all rows base (slot -1); and a prefill of 1 row x 512 tokens at rank 64. The pool holds 32
 slots of max_rank = the case's rank (as AdapterPool sizes it).
 
 Each case runs inside ONE compiled graph that calls the kernel --calls times in a chain
@@ -41,6 +41,7 @@ from mindformers.serving import lora_kernels  # noqa: E402
 ROWS, SLOTS = 32, 32
 MIXES = {"1 adapter": lambda: np.zeros(ROWS, np.int32),
          "8 adapters": lambda: np.repeat(np.arange(8, dtype=np.int32), ROWS // 8),
+         "8 interleaved": lambda: np.arange(ROWS, dtype=np.int32) % 8,  # the engine's rows are in request order
          "32 adapters": lambda: np.arange(ROWS, dtype=np.int32),
          "base": lambda: np.full(ROWS, -1, np.int32)}
 

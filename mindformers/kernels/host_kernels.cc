@@ -192,42 +192,42 @@ template <int TB> constexpr int rank_block() { return (VW == 16 ? 16 : 8) / TB >
 template <int TB> constexpr int out_block() { return TB == 1 ? 8 : (VW == 16 ? 4 : 2); }
 
 // h[t * ld + r] = x[t] . a[r] for t < TB, r < RB: one pass over `in` for the whole block, one horizontal
-// sum per accumulator at the end.  x [TB, in], a [RB, in] (rows `in` apart).
+// sum per accumulator at the end.  x: TB rows of `in`, a [RB, in].
 template <int TB, int RB>
-void lora_dots(const float *x, const float *a, int64_t in, float *h, int64_t ld) {
+void lora_dots(const float *const *x, const float *a, int64_t in, float *h, int64_t ld) {
   vfloat acc[TB][RB] = {};
   int64_t i = 0;
   for (; i + VW <= in; i += VW) {
     vfloat av[RB];
     for (int r = 0; r < RB; ++r) av[r] = vload(a + r * in + i);
     for (int t = 0; t < TB; ++t) {
-      const vfloat xv = vload(x + t * in + i);
+      const vfloat xv = vload(x[t] + i);
       for (int r = 0; r < RB; ++r) acc[t][r] += xv * av[r];
     }
   }
   for (int t = 0; t < TB; ++t)
     for (int r = 0; r < RB; ++r) {
       float sum = hsum(acc[t][r]);
-      for (int64_t k = i; k < in; ++k) sum += x[t * in + k] * a[r * in + k];
+      for (int64_t k = i; k < in; ++k) sum += x[t][k] * a[r * in + k];
       h[t * ld + r] = sum;
     }
 }
 
 // out[t, :NV * VW] = h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
-// ranks and is stored once.  h [TB, rank], bt [rank, out_n], out [TB, out_n] (rows out_n apart).
+// ranks and is stored once.  h [TB, rank], bt [rank, out_n], out: TB rows.
 template <int TB, int NV>
-void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, float *out) {
+void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, float *const *out, int64_t o) {
   vfloat acc[TB][NV] = {};
   for (int64_t j = 0; j < rank; ++j) {
     vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = vload(bt + j * out_n + v * VW);
+    for (int v = 0; v < NV; ++v) b[v] = vload(bt + j * out_n + o + v * VW);
     for (int t = 0; t < TB; ++t) {
       const float hj = h[t * rank + j];
       for (int v = 0; v < NV; ++v) acc[t][v] += hj * b[v];
     }
   }
   for (int t = 0; t < TB; ++t)
-    for (int v = 0; v < NV; ++v) vstore(out + t * out_n + v * VW, acc[t][v]);
+    for (int v = 0; v < NV; ++v) vstore(out[t] + o + v * VW, acc[t][v]);
 }
 
 // out [out_n] = h [rank] . bt [rank, out_n] for a block of one token, whose adapter is read once and from
@@ -253,26 +253,26 @@ void lora_row(const float *h, int64_t rank, const float *bt, int64_t out_n, floa
   }
 }
 
-// out [TB, out_n] = (x [TB, in] . a[:rank]^T) . bt[:rank]; h: room for [TB, rank].
+// out[t] = (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n); h: room for [TB, rank].
 template <int TB>
-void lora_tokens(const float *x, const float *a, const float *bt, int64_t rank, int64_t in, int64_t out_n,
-                 float *h, float *out) {
+void lora_tokens(const float *const *x, const float *a, const float *bt, int64_t rank, int64_t in, int64_t out_n,
+                 float *h, float *const *out) {
   constexpr int RB = rank_block<TB>(), NV = out_block<TB>();
   int64_t j = 0;
   for (; j + RB <= rank; j += RB) lora_dots<TB, RB>(x, a + j * in, in, h + j, rank);
   for (; j < rank; ++j) lora_dots<TB, 1>(x, a + j * in, in, h + j, rank);
   if (TB == 1) {
-    lora_row(h, rank, bt, out_n, out);
+    lora_row(h, rank, bt, out_n, out[0]);
     return;
   }
   int64_t o = 0;
-  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV>(h, rank, bt + o, out_n, out + o);
-  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1>(h, rank, bt + o, out_n, out + o);
+  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV>(h, rank, bt, out_n, out, o);
+  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1>(h, rank, bt, out_n, out, o);
   for (int t = 0; t < TB; ++t)
     for (int64_t k = o; k < out_n; ++k) {
       float sum = 0;
       for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * bt[r * out_n + k];
-      out[t * out_n + k] = sum;
+      out[t][k] = sum;
     }
 }
 
@@ -420,8 +420,8 @@ int cache_write(int nparam, void **params, int *ndims, int64_t **shapes, const c
 // Multi-LoRA delta (Punica / S-LoRA's segmented product, SGMV) for the serving engine's adapter pool: each
 // row of the batch adds its own adapter's low-rank product,
 //   out[t] = (x[t] . A[s]^T)[:k] . BT[s][:k]      for every token t of a row with slot s >= 0, k = ranks[s]
-// and 0 for base rows (slot < 0) and slots of rank 0. Runs of rows with one slot are one segment: the
-// adapter's factors are read once per block of BLOCK tokens, not once per token.
+// and 0 for base rows (slot < 0) and slots of rank 0. The tokens of one slot, adjacent in the batch or not,
+// go in blocks of TOKENS: the adapter's factors are read once per block, not once per token.
 // inputs: x [rows, ..., in] float32, a [slots, max_rank, in] float32, bt [slots, max_rank, out] float32,
 // ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are ignored);
 // output: [rows, ..., out] float32.
@@ -443,32 +443,47 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
       shapes[4][0] < rows)
     return 2;
-  // blocks of up to TOKENS tokens of one segment; cost counts multiply-adds. Rows without an adapter are
-  // zeroed here; every other output row is written (not accumulated) by its block.
-  struct Block { int64_t slot, rank, begin, end; };
+  // Blocks of up to TOKENS tokens of one slot, wherever its rows are in the batch (the engine's rows are in
+  // request order): the adapter's factors are read once per block. cost counts multiply-adds. Rows without
+  // an adapter are zeroed here; every other output row is written (not accumulated) by its block.
+  struct Block { int64_t slot, rank, count, token[TOKENS]; };
   std::vector<Block> blocks;
+  std::vector<int64_t> order;  // the rows with an adapter, by slot, in batch order within a slot
   int64_t cost = 0;
-  for (int64_t r = 0; r < rows;) {
-    const int64_t slot = row_slots[r];
-    int64_t next = r + 1;
-    while (next < rows && row_slots[next] == slot) ++next;
-    const int64_t rank = (slot >= 0 && slot < slots) ? std::min<int64_t>(ranks[slot], max_rank) : 0;
-    if (rank > 0) {
-      for (int64_t t = r * per_row; t < next * per_row; t += TOKENS)
-        blocks.push_back({slot, rank, t, std::min(t + TOKENS, next * per_row)});
-      cost += (next - r) * per_row * rank * (in + out_n);
-    } else {
-      std::memset(out + r * per_row * out_n, 0, sizeof(float) * (next - r) * per_row * out_n);
-    }
-    r = next;
+  auto rank_of = [&](int64_t slot) { return slot >= 0 && slot < slots ? std::min<int64_t>(ranks[slot], max_rank) : 0; };
+  for (int64_t r = 0; r < rows; ++r) {
+    if (rank_of(row_slots[r]) > 0) order.push_back(r);
+    else std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return row_slots[p] < row_slots[q]; });
+  for (size_t g = 0; g < order.size();) {
+    const int64_t slot = row_slots[order[g]], rank = rank_of(slot);
+    size_t next = g + 1;
+    while (next < order.size() && row_slots[order[next]] == slot) ++next;
+    Block blk{slot, rank, 0, {}};
+    for (size_t k = g; k < next; ++k)
+      for (int64_t t = order[k] * per_row; t < (order[k] + 1) * per_row; ++t) {
+        blk.token[blk.count++] = t;
+        if (blk.count == TOKENS) {
+          blocks.push_back(blk);
+          blk.count = 0;
+        }
+      }
+    if (blk.count > 0) blocks.push_back(blk);
+    cost += static_cast<int64_t>(next - g) * per_row * rank * (in + out_n);
+    g = next;
   }
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
       const Block &blk = blocks[b];
-      const float *xs = x + blk.begin * in, *as = a + blk.slot * max_rank * in, *bs = bt + blk.slot * max_rank * out_n;
-      float *os = out + blk.begin * out_n;
-      switch (blk.end - blk.begin) {
+      const float *xs[TOKENS], *as = a + blk.slot * max_rank * in, *bs = bt + blk.slot * max_rank * out_n;
+      float *os[TOKENS];
+      for (int64_t t = 0; t < blk.count; ++t) {
+        xs[t] = x + blk.token[t] * in;
+        os[t] = out + blk.token[t] * out_n;
+      }
+      switch (blk.count) {
         case 4: lora_tokens<4>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
         case 3: lora_tokens<3>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
         case 2: lora_tokens<2>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
