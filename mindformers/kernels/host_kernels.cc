@@ -8,6 +8,7 @@
 // Built by mindformers/kernels/host.py; the generic MindSpore-ops path stays beside it and the tests compare
 // the two.
 #include <math.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -111,10 +112,21 @@ class Helper {
     done_.wait(lock, [&] { return !busy_; });
   }
 
-  // The process's helper; never destroyed (its detached thread waits on it until the process exits).
+  // The process's helper; never destroyed (its detached thread waits on it until the process exits). A child
+  // process (fork) has no thread behind its copy, and maybe a copy of a locked mutex: it starts its own.
   static Helper &get() {
-    static Helper *helper = new Helper;
-    return *helper;
+    static std::atomic<Helper *> helper{nullptr};
+    static std::atomic<pid_t> owner{0};
+    static std::mutex creating;
+    const pid_t pid = getpid();
+    if (owner.load() != pid) {
+      std::lock_guard<std::mutex> lock(creating);
+      if (owner.load() != pid) {
+        helper.store(new Helper);
+        owner.store(pid);
+      }
+    }
+    return *helper.load();
   }
 
  private:
