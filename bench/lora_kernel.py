@@ -5,8 +5,9 @@ Usage:
 
 Cases (SmolLM2-135M's linear layers): 32 rows x 1 token (a decode step) with in 576 -> out 1536 and
 1536 -> 576, adapters of rank 8 and 64: one adapter for all rows, 8 adapters (4 rows each, adjacent or
-interleaved: row r has adapter r % 8), 32 adapters (one row each), all rows base (slot -1); and a prefill of 1 row x 512 tokens at rank 64. The pool holds 32
-slots of max_rank = the case's rank (as AdapterPool sizes it).
+interleaved: row r has adapter r % 8, as bench/serve.py binds them), 32 adapters (one row each), all rows
+base (slot -1); and a prefill of 1 row x 512 tokens at rank 64. The pool holds 32 slots of max_rank = the
+case's rank (as AdapterPool sizes it).
 
 Each case runs inside ONE compiled graph that calls the kernel --calls times in a chain
 (``x = x + delta(x)[..., :1]``, so no call can be folded or dropped): a graph launch costs ~100 us,
@@ -16,7 +17,8 @@ which would swamp a single call. Figures are the median over --repeats graph cal
 launch. GFLOP/s = 2 * multiply-adds / net, multiply-adds = adapter tokens * rank * (in + out).
 
 --baseline REV also builds host_kernels.cc as it is at git revision REV (e.g. the branch's first commit)
-and times it in the same process, interleaved with the current source: the before/after table.
+and times it in the same process, case by case beside the current source: the before/after table.
+On a shared 2-core machine the figures move by ~10% from run to run (more for the memory-bound cases).
 """
 import argparse
 import os
