@@ -9,8 +9,8 @@ with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T
 and ``row_slots [>= rows]`` int32 (entries past ``rows`` are ignored). All are graph inputs (the pool's
 Parameters), so one compiled step serves any mix of adapters; the output is float32.
 
-- ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). Runs of rows with one adapter are one segment
-  whose factors are read once per few tokens; each adapter runs at its own rank; base rows cost nothing.
+- ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). The rows of one adapter (adjacent or not) go in
+  blocks of 4 tokens whose factors are read once; each adapter runs at its own rank; base rows cost nothing.
 - ``gather``: MindSpore ops for GPU/Ascend (and any CPU without a compiler): each row's factors gathered
   from the pool, then two batched matmuls at ``max_rank`` (rank masking zeroes what lies beyond an adapter's
   rank). It costs the same for base and adapter rows; tested on CPU against the host kernel and numpy.

@@ -64,6 +64,23 @@ def test_host_kernel_threads_and_high_ranks():
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+@pytest.mark.parametrize("fan_in, fan_out, max_rank, seq", [(13, 7, 5, 3),  # all below one vector
+                                                           (37, 83, 13, 5),  # vectors, tiles and their tails
+                                                           (70, 150, 9, 1)])  # one-token blocks
+def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
+    """Sizes off the kernel's register blocks: tokens per block (4), ranks per block, vector width of `in`,
+    out tiles; rows of one token (their own path), segments and a base row between them."""
+    rng = np.random.default_rng(fan_in)
+    a, bt, ranks = pool_arrays(rng, slots=4, max_rank=max_rank, fan_in=fan_in, fan_out=fan_out,
+                               ranks=(max_rank, max_rank - 1, 1, 0))
+    x = rng.normal(size=(7, seq, fan_in)).astype(np.float32)
+    slots = np.array([0, 0, 1, -1, 2, 1, 1, 3, 0], np.int32)
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+    np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
+    assert not got[3].any()
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_pool_writes_reach_a_compiled_step(kernel):
     """Loading, unloading and binding rows write the pool's Parameters in place: a step compiled before sees
