@@ -11,9 +11,72 @@ import numpy as np
 
 logger = logging.getLogger("mindformers")
 
-# MindSpore 2.10's eager executor is not thread-safe: forward passes launched from several threads at once
-# crash the process. Model calls hold this lock, so threads may share a model (their passes take turns).
+class SharedExclusiveLock:
+    """A readers-writer lock: many holders of :meth:`shared`, or one of :meth:`exclusive`. A waiting
+    exclusive holder goes before shared holders that come after it (a thread that runs graphs in a loop does
+    not starve a compile)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive holders waiting
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, blocking: bool = True) -> Iterator[bool]:
+        """Yields True once held; with ``blocking=False``, False at once if it is not free (not held)."""
+        with self._cond:
+            free = not self._exclusive and not self._shared
+            if not free and not blocking:
+                held = False
+            else:
+                self._waiting += 1
+                self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+                self._waiting -= 1
+                self._exclusive = held = True
+        try:
+            yield held
+        finally:
+            if held:
+                with self._cond:
+                    self._exclusive = False
+                    self._cond.notify_all()
+
+
+# What MindSpore 2.10 allows threads to do at once (measured; tests/test_threads.py):
+# - eager (PyNative) ops from several threads at once crash the process: eager model calls and weight writes
+#   hold EXECUTION_LOCK (re-entrant), so threads may share a model (their eager passes take turns);
+# - compiling a graph while another thread runs one is refused ("Nested execution during JIT execution"),
+#   and so is freeing graphs: those hold EXECUTION_LOCK and GRAPHS.exclusive();
+# - compiled graphs run at the same time as each other and as eager ops: runs hold GRAPHS.shared() only, so
+#   two served models, or generate() in two threads, decode at the same time (see graph_run).
 EXECUTION_LOCK = threading.RLock()
+GRAPHS = SharedExclusiveLock()
+
+
+@contextlib.contextmanager
+def graph_run(compiling: bool) -> Iterator[None]:
+    """Hold what running a compiled function needs: ``compiling`` (its first call with these input shapes)
+    excludes every other MindSpore call; a run of a compiled graph only excludes compiles."""
+    if compiling:
+        with EXECUTION_LOCK, GRAPHS.exclusive():
+            _release_pending()
+            yield
+    else:
+        with GRAPHS.shared():
+            yield
 
 
 @contextlib.contextmanager
@@ -166,19 +229,40 @@ def graphs_compiled(into: set) -> Iterator[None]:
         into.update(set(api.ms_compile_cache) - before)
 
 
+_PENDING_RELEASE: set = set()  # graphs to free once no graph runs (see release_graphs)
+
+
 def release_graphs(phases) -> None:
-    """Free the compiled graphs ``phases`` (see :func:`graphs_compiled`) and their kernels' buffers."""
+    """Free the compiled graphs ``phases`` (see :func:`graphs_compiled`) and their kernels' buffers.
+
+    Never waits: it may run from a finalizer in a thread that is itself running a graph, so while any graph
+    runs (or another thread holds the locks) the phases wait for the next compile or release to free them.
+    """
+    _PENDING_RELEASE.update(phases)
+    if not EXECUTION_LOCK.acquire(blocking=False):
+        return
+    try:
+        with GRAPHS.exclusive(blocking=False) as held:
+            if held:
+                _release_pending()
+    finally:
+        EXECUTION_LOCK.release()
+
+
+def _release_pending() -> None:
+    """Free the graphs waiting in _PENDING_RELEASE (the caller holds EXECUTION_LOCK and GRAPHS.exclusive())."""
     try:
         from mindspore.graph import api
     except ImportError:
         return
-    phases = set(phases) & set(api.ms_compile_cache)
+    phases = set(_PENDING_RELEASE)
+    _PENDING_RELEASE.difference_update(phases)
+    phases &= set(api.ms_compile_cache)
     if phases:
-        with EXECUTION_LOCK:
-            api._cell_graph_executor.del_net_res(None, phases)  # pylint: disable=protected-access
-            if os.getenv("MS_DEV_JIT_PIPELINE") != "0":
-                api.JitExecutor_.get_instance().del_net_res(None, phases)
-            api.ms_compile_cache.difference_update(phases)
+        api._cell_graph_executor.del_net_res(None, phases)  # pylint: disable=protected-access
+        if os.getenv("MS_DEV_JIT_PIPELINE") != "0":
+            api.JitExecutor_.get_instance().del_net_res(None, phases)
+        api.ms_compile_cache.difference_update(phases)
 
 
 @contextlib.contextmanager
