@@ -11,6 +11,7 @@ Design:
 - Beam search follows transformers' vectorised implementation (same candidates, length penalty and
   early-stopping rules), so it returns the same sequences on the same weights.
 """
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Any, List, Optional
@@ -20,7 +21,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from ..models.common.attention import KVCache
-from ..utils import EXECUTION_LOCK, graphs_compiled, release_graphs
+from ..utils import EXECUTION_LOCK, graph_run, graphs_compiled, release_graphs
 from .config import GenerationConfig
 from .decoding import DecodingState
 from .logits_process import LogitsProcessor, log_softmax
@@ -29,6 +30,7 @@ PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (one prefill
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this
 GENERATION_MODES = ("jit", "pynative")
 KEPT_DECODE_STEPS = 3  # caches (with their compiled graphs) kept per model, one per batch size
+_STEPS_LOCK = threading.Lock()  # guards every model's kept steps
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -155,16 +157,28 @@ class DecodeStep(nn.Cell):
         object.__setattr__(self, "_model", model)
         self.cache = cache
         self.mode = mode
-        compiled = mode == "jit" or ms.get_context("mode") == ms.GRAPH_MODE  # GRAPH_MODE: compile regardless
-        self._step = ms.jit(self.construct) if compiled else self
+        self.jit = mode == "jit" or ms.get_context("mode") == ms.GRAPH_MODE  # GRAPH_MODE: compile regardless
+        self._step = ms.jit(self.construct) if self.jit else self
+        self._shapes: set = set()  # input shapes compiled so far
+        self.lock = threading.Lock()  # the cache is this step's: one pass (or generate() call) at a time
         # MindSpore keeps compiled graphs for the life of the process: this step's go when the step goes
         self._graphs: set = set()
         weakref.finalize(self, release_graphs, self._graphs)
 
     def run(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
-        """The step, compiled on first use (one graph per input shape)."""
-        with graphs_compiled(self._graphs):
-            return self._step(input_ids, attention_mask, position_ids, cache_slots, cache_rows)
+        """The step, compiled on first use (one graph per input shape). A compiled run holds only
+        ``GRAPHS.shared()``, so other threads' steps run at the same time (see ``mindformers.utils``); the
+        caller holds ``lock`` when other threads may use this step."""
+        args = (input_ids, attention_mask, position_ids, cache_slots, cache_rows)
+        if not self.jit:
+            with EXECUTION_LOCK:
+                return self._step(*args)
+        shapes = tuple(None if a is None else (a.shape, a.dtype) for a in args)
+        compiling = shapes not in self._shapes
+        with graph_run(compiling), graphs_compiled(self._graphs):
+            out = self._step(*args)
+        self._shapes.add(shapes)
+        return out
 
     def construct(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
         return self._model.decode_logits(input_ids, attention_mask, position_ids, self.cache.tensors, cache_slots,
@@ -229,10 +243,15 @@ class _CachedRunner:
         self.positions = self.positions[index]
 
     def _run(self, ids, positions, slots) -> np.ndarray:
-        with EXECUTION_LOCK:
-            logits = self.step_cell.run(Tensor(ids.astype(np.int32)), Tensor(self.slot_mask),
-                                        Tensor(positions.astype(np.int32)), Tensor(slots.astype(np.int32)))
-            return logits.asnumpy()
+        logits = self.step_cell.run(Tensor(ids.astype(np.int32)), Tensor(self.slot_mask),
+                                    Tensor(positions.astype(np.int32)), Tensor(slots.astype(np.int32)))
+        return logits.asnumpy()
+
+    def __enter__(self) -> "_CachedRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.step_cell.lock.release()  # taken by _decode_step_for
 
 
 class _UncachedRunner:
@@ -258,6 +277,12 @@ class _UncachedRunner:
             logits = self.model(Tensor(self.ids.astype(np.int32)), Tensor(self.mask.astype(np.int32)))
             return logits[:, -1].astype(ms.float32).asnumpy()
 
+    def __enter__(self) -> "_UncachedRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
 
 # ------------------------------------------------------------------------------------------ mixin
 class GenerationMixin:
@@ -272,24 +297,36 @@ class GenerationMixin:
 
     # --------------------------------------------------------------- cache and compiled step
     def _decode_step_for(self, rows: int, max_len: int) -> "DecodeStep":
-        """A zeroed cache of ``rows`` x at least ``max_len`` with its compiled step. The last few are kept
-        (one per batch size), so alternating batch sizes reuse their compiled graphs."""
+        """A cache of ``rows`` x at least ``max_len`` with its compiled step, its ``lock`` held for the caller
+        (who releases it when its generation ends). The last few are kept (one per batch size), so
+        alternating batch sizes reuse their compiled graphs; a step another thread's generation holds is not
+        shared: this call gets a new one of its own (compiled anew)."""
         if self.generation_mode not in GENERATION_MODES:
             raise ValueError(f"generation_mode must be one of {GENERATION_MODES}, found {self.generation_mode!r}")
-        steps = getattr(self, "_generation_steps", None)
-        if steps is None:
-            steps = OrderedDict()
-            object.__setattr__(self, "_generation_steps", steps)  # plain attribute, not a sub-cell
-        state = getattr(self, "_adapter_state", None)  # tuners: a graph bakes in the active adapters
-        key = (rows, self.generation_mode, state.key() if state is not None else None)
-        step = steps.pop(key, None)
-        if step is None or step.cache.max_len < max_len:
-            del step  # free the old cache before allocating the new one
-            while len(steps) >= KEPT_DECODE_STEPS:
-                steps.popitem(last=False)
-            cache = KVCache.for_model(self, rows, max_len)
-            step = DecodeStep(self, cache, self.generation_mode)
-        steps[key] = step
+        with _STEPS_LOCK:
+            steps = getattr(self, "_generation_steps", None)
+            if steps is None:
+                steps = OrderedDict()
+                object.__setattr__(self, "_generation_steps", steps)  # plain attribute, not a sub-cell
+            state = getattr(self, "_adapter_state", None)  # tuners: a graph bakes in the active adapters
+            key = (rows, self.generation_mode, state.key() if state is not None else None)
+            step = steps.pop(key, None)
+            if step is not None and not step.lock.acquire(blocking=False):  # in use by another thread
+                steps[key] = step
+                return self._new_decode_step(rows, max_len)
+            if step is None or step.cache.max_len < max_len:
+                if step is not None:
+                    step.lock.release()
+                del step  # free the old cache before allocating the new one
+                while len(steps) >= KEPT_DECODE_STEPS:
+                    steps.popitem(last=False)
+                step = self._new_decode_step(rows, max_len)
+            steps[key] = step
+            return step
+
+    def _new_decode_step(self, rows: int, max_len: int) -> "DecodeStep":
+        step = DecodeStep(self, KVCache.for_model(self, rows, max_len), self.generation_mode)
+        step.lock.acquire()
         return step
 
     # --------------------------------------------------------------- settings
@@ -345,18 +382,18 @@ class GenerationMixin:
 
     def _sample(self, ids, mask, max_len, config, streamer, tokenizer) -> np.ndarray:
         rows, prompt_len = ids.shape
-        runner = self._runner(config, rows, prompt_len, max_len)
-        logits = runner.prefill(ids, mask)
-        state = DecodingState(config, logits.shape[-1], [ids[r][mask[r] == 1] for r in range(rows)], prompt_len,
-                              max_len, tokenizer)
         try:
-            while True:
-                next_tokens, _ = state.step(logits)
-                if streamer is not None:
-                    streamer.put(next_tokens[:1])
-                if not state.unfinished.any():
-                    break
-                logits = runner.step(next_tokens)
+            with self._runner(config, rows, prompt_len, max_len) as runner:
+                logits = runner.prefill(ids, mask)
+                state = DecodingState(config, logits.shape[-1], [ids[r][mask[r] == 1] for r in range(rows)],
+                                      prompt_len, max_len, tokenizer)
+                while True:
+                    next_tokens, _ = state.step(logits)
+                    if streamer is not None:
+                        streamer.put(next_tokens[:1])
+                    if not state.unfinished.any():
+                        break
+                    logits = runner.step(next_tokens)
         finally:
             if streamer is not None:
                 streamer.end()
@@ -385,69 +422,69 @@ class GenerationMixin:
         may_improve = np.ones((batch, 1), bool)
 
         flat_ids, flat_mask = np.repeat(ids, beams, 0), np.repeat(mask, beams, 0)
-        runner = self._runner(config, batch * beams, prompt_len, max_len)
-        logits = runner.prefill(flat_ids, flat_mask)
-        processor = LogitsProcessor(config, logits.shape[-1])
-        vocab = logits.shape[-1]
-        seen = None
-        cur = prompt_len
-        while True:
-            if config.repetition_penalty != 1.0:
-                seen = np.zeros((batch * beams, vocab), bool)
-                flat_running = running.reshape(batch * beams, max_len)
-                for r in range(batch * beams):
-                    prompt = flat_running[r, :prompt_len][flat_mask[r] == 1]
-                    seen[r, np.concatenate([prompt, flat_running[r, prompt_len:cur]])] = True
-            log_probs = processor.process(log_softmax(logits.astype(np.float32)), seen, cur - prompt_len)
-            if config.do_sample:
-                log_probs = processor.warp(log_probs)
-            log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
-            if config.do_sample:
-                probs = np.exp(log_probs - log_probs.max(-1, keepdims=True))
-                probs /= probs.sum(-1, keepdims=True)
-                top = np.stack([rng.choice(log_probs.shape[1], keep, replace=False, p=p) for p in probs])
-            else:
-                top = np.argsort(-log_probs, axis=-1, kind="stable")[:, :keep]
-            top_scores = np.take_along_axis(log_probs, top, -1)
-            source_beam, token = top // vocab, top % vocab
-            candidates = np.take_along_axis(running, source_beam[:, :, None], 1)
-            candidates[:, :, cur] = token
-            hits = np.isin(token, eos) | (cur + 1 >= max_len)
+        with self._runner(config, batch * beams, prompt_len, max_len) as runner:
+            logits = runner.prefill(flat_ids, flat_mask)
+            processor = LogitsProcessor(config, logits.shape[-1])
+            vocab = logits.shape[-1]
+            seen = None
+            cur = prompt_len
+            while True:
+                if config.repetition_penalty != 1.0:
+                    seen = np.zeros((batch * beams, vocab), bool)
+                    flat_running = running.reshape(batch * beams, max_len)
+                    for r in range(batch * beams):
+                        prompt = flat_running[r, :prompt_len][flat_mask[r] == 1]
+                        seen[r, np.concatenate([prompt, flat_running[r, prompt_len:cur]])] = True
+                log_probs = processor.process(log_softmax(logits.astype(np.float32)), seen, cur - prompt_len)
+                if config.do_sample:
+                    log_probs = processor.warp(log_probs)
+                log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
+                if config.do_sample:
+                    probs = np.exp(log_probs - log_probs.max(-1, keepdims=True))
+                    probs /= probs.sum(-1, keepdims=True)
+                    top = np.stack([rng.choice(log_probs.shape[1], keep, replace=False, p=p) for p in probs])
+                else:
+                    top = np.argsort(-log_probs, axis=-1, kind="stable")[:, :keep]
+                top_scores = np.take_along_axis(log_probs, top, -1)
+                source_beam, token = top // vocab, top % vocab
+                candidates = np.take_along_axis(running, source_beam[:, :, None], 1)
+                candidates[:, :, cur] = token
+                hits = np.isin(token, eos) | (cur + 1 >= max_len)
 
-            # beams that go on: the best `beams` candidates that did not just finish
-            running_candidate_scores = top_scores + hits * np.float32(-1e9)
-            order = np.argsort(-running_candidate_scores, axis=-1, kind="stable")[:, :beams]
-            running = np.take_along_axis(candidates, order[:, :, None], 1)
-            running_scores = np.take_along_axis(running_candidate_scores, order, -1)
-            parent = np.take_along_axis(source_beam, order, -1)
+                # beams that go on: the best `beams` candidates that did not just finish
+                running_candidate_scores = top_scores + hits * np.float32(-1e9)
+                order = np.argsort(-running_candidate_scores, axis=-1, kind="stable")[:, :beams]
+                running = np.take_along_axis(candidates, order[:, :, None], 1)
+                running_scores = np.take_along_axis(running_candidate_scores, order, -1)
+                parent = np.take_along_axis(source_beam, order, -1)
 
-            # finished hypotheses: merge the newly finished top-`beams` candidates, keep the best `beams`
-            just_finished = hits & top_mask[None, :]
-            scored = top_scores / np.float32((cur + 1 - prompt_len) ** penalty)
-            scored = scored + (finished_flags.all(-1, keepdims=True) & (early is True)) * np.float32(-1e9)
-            scored = scored + (~may_improve) * np.float32(-1e9)
-            scored = scored + (~just_finished) * np.float32(-1e9)
-            merged_scores = np.concatenate([finished_scores, scored], 1)
-            best = np.argsort(-merged_scores, axis=-1, kind="stable")[:, :beams]
-            finished = np.take_along_axis(np.concatenate([finished, candidates], 1), best[:, :, None], 1)
-            finished_scores = np.take_along_axis(merged_scores, best, -1)
-            finished_flags = np.take_along_axis(np.concatenate([finished_flags, just_finished], 1), best, -1)
-            new_lengths = np.full((batch, keep), cur + 1 - prompt_len, np.int64)
-            finished_lengths = np.take_along_axis(np.concatenate([finished_lengths, new_lengths], 1), best, -1)
+                # finished hypotheses: merge the newly finished top-`beams` candidates, keep the best `beams`
+                just_finished = hits & top_mask[None, :]
+                scored = top_scores / np.float32((cur + 1 - prompt_len) ** penalty)
+                scored = scored + (finished_flags.all(-1, keepdims=True) & (early is True)) * np.float32(-1e9)
+                scored = scored + (~may_improve) * np.float32(-1e9)
+                scored = scored + (~just_finished) * np.float32(-1e9)
+                merged_scores = np.concatenate([finished_scores, scored], 1)
+                best = np.argsort(-merged_scores, axis=-1, kind="stable")[:, :beams]
+                finished = np.take_along_axis(np.concatenate([finished, candidates], 1), best[:, :, None], 1)
+                finished_scores = np.take_along_axis(merged_scores, best, -1)
+                finished_flags = np.take_along_axis(np.concatenate([finished_flags, just_finished], 1), best, -1)
+                new_lengths = np.full((batch, keep), cur + 1 - prompt_len, np.int64)
+                finished_lengths = np.take_along_axis(np.concatenate([finished_lengths, new_lengths], 1), best, -1)
 
-            cur += 1
-            # can a running beam still beat the worst finished one? (transformers' _check_early_stop_heuristic)
-            hypothetical = (max_len - prompt_len) if (early == "never" and penalty > 0) else (cur - prompt_len)
-            best_running = running_scores[:, :1] / np.float32(hypothetical ** penalty)
-            worst_finished = np.where(finished_flags, finished_scores.min(-1, keepdims=True), np.float32(-1e9))
-            may_improve = may_improve & (best_running > worst_finished).any(-1, keepdims=True)
-            open_beams = not (finished_flags.all() and early is True)
-            if not (may_improve.any() and open_beams and not hits.all()):
-                break
-            flat_parent = (parent + np.arange(batch)[:, None] * beams).reshape(-1)
-            runner.reorder(flat_parent)
-            flat_mask = flat_mask[flat_parent]
-            logits = runner.step(running[:, :, cur - 1].reshape(-1))
+                cur += 1
+                # can a running beam still beat the worst finished one? (transformers' _check_early_stop_heuristic)
+                hypothetical = (max_len - prompt_len) if (early == "never" and penalty > 0) else (cur - prompt_len)
+                best_running = running_scores[:, :1] / np.float32(hypothetical ** penalty)
+                worst_finished = np.where(finished_flags, finished_scores.min(-1, keepdims=True), np.float32(-1e9))
+                may_improve = may_improve & (best_running > worst_finished).any(-1, keepdims=True)
+                open_beams = not (finished_flags.all() and early is True)
+                if not (may_improve.any() and open_beams and not hits.all()):
+                    break
+                flat_parent = (parent + np.arange(batch)[:, None] * beams).reshape(-1)
+                runner.reorder(flat_parent)
+                flat_mask = flat_mask[flat_parent]
+                logits = runner.step(running[:, :, cur - 1].reshape(-1))
 
         keep_n = config.num_return_sequences
         out = finished[:, :keep_n].reshape(batch * keep_n, max_len)

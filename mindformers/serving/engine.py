@@ -316,13 +316,14 @@ class _ServedModel:
 
     def _run(self, ids, mask, positions, slots, rows, row_slots, base_graph=False) -> np.ndarray:
         """One forward pass; ``base_graph``: on ``base_step`` (only for rows without adapters)."""
-        with EXECUTION_LOCK:
+        with EXECUTION_LOCK:  # eager writes of the pool's Parameters
             self.pool.apply(not base_graph)  # what a graph compiled now includes (see AdapterPool.apply)
             self.pool.bind_rows(row_slots)
-            step = self.base_step if base_graph else self.step
-            logits = step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
-                                   Tensor(slots, ms.int32), None if rows is None else Tensor(rows, ms.int32))
-            return logits.asnumpy()
+        # the compiled step runs beside other models' steps (only this scheduler thread runs this model's)
+        step = self.base_step if base_graph else self.step
+        logits = step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
+                          Tensor(slots, ms.int32), None if rows is None else Tensor(rows, ms.int32))
+        return logits.asnumpy()
 
     def _prefill(self, request: _Request) -> None:
         n, row = len(request.ids), request.row

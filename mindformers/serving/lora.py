@@ -85,7 +85,7 @@ class AdapterPool:
     def bind_rows(self, row_slots: Sequence[int]) -> None:
         """Set the slot of each row of the next step (-1: base model). Rows of one adapter should be
         contiguous (one segment of the batch; the host kernel reads its factors once per segment), scattered
-        rows work too. The caller holds ``EXECUTION_LOCK``."""
+        rows work too. An eager write: the caller holds ``EXECUTION_LOCK``."""
         if len(row_slots) > self.max_rows:
             raise ValueError(f"{len(row_slots)} rows, but the pool was sized for {self.max_rows} (max_batch)")
         slots = np.full(self.max_rows, -1, np.int32)
