@@ -121,7 +121,7 @@ def _cross_entropy_types(logits, labels, scale):
     return ms.float32, ms.float32
 
 
-def _lora_delta_shape(x, a, bt, ranks, row_slots):
+def _lora_delta_shape(x, a, bt, ranks, row_slots, base=None):
     return x[:-1] + [bt[-1]]
 
 
@@ -165,16 +165,20 @@ def softmax_cross_entropy(logits, labels, scale):
                       out_dtype=_cross_entropy_types)(logits, labels, scale)
 
 
-def lora_delta(x, a, bt, ranks, row_slots):
+def lora_delta(x, a, bt, ranks, row_slots, base=None):
     """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
 
     Args:
         x: float32 [rows, ..., in]; a: float32 [slots, max_rank, in]; bt: float32 [slots, max_rank, out];
-        ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none.
+        ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none;
+        base: float32 [rows, ..., out] or None: added to the product (in the kernel, not as a graph op).
     Returns:
         float32 [rows, ..., out].
     """
-    return _primitive("lora_delta", out_shape=_lora_delta_shape)(x, a, bt, ranks, row_slots)
+    op = _primitive("lora_delta", out_shape=_lora_delta_shape)
+    if base is None:
+        return op(x, a, bt, ranks, row_slots)
+    return op(x, a, bt, ranks, row_slots, base)
 
 
 def cache_write(cache, values, index):

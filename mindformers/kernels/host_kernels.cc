@@ -225,11 +225,14 @@ void lora_dots(const float *const *x, const float *a, int64_t in, float *h, int6
     }
 }
 
-// out[t, :NV * VW] = h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
-// ranks and is stored once.  h [TB, rank], bt [rank, out_n], out: TB rows.
+// out[t, :NV * VW] (+)= h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
+// ranks and is stored once (added to what out holds if `add`).  h [TB, rank], bt [rank, out_n], out: TB rows.
 template <int TB, int NV>
-void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, float *const *out, int64_t o) {
+void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, float *const *out, int64_t o, bool add) {
   vfloat acc[TB][NV] = {};
+  if (add)
+    for (int t = 0; t < TB; ++t)
+      for (int v = 0; v < NV; ++v) acc[t][v] = vload(out[t] + o + v * VW);
   for (int64_t j = 0; j < rank; ++j) {
     vfloat b[NV];
     for (int v = 0; v < NV; ++v) b[v] = vload(bt + j * out_n + o + v * VW);
@@ -245,8 +248,8 @@ void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, flo
 // out [out_n] = h [rank] . bt [rank, out_n] for a block of one token, whose adapter is read once and from
 // memory when each row has its own: bt is streamed 4 rows at a time, front to back (tiles across its rows, as
 // lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher).
-void lora_row(const float *h, int64_t rank, const float *bt, int64_t out_n, float *out) {
-  std::memset(out, 0, sizeof(float) * out_n);
+void lora_row(const float *h, int64_t rank, const float *bt, int64_t out_n, float *out, bool add) {
+  if (!add) std::memset(out, 0, sizeof(float) * out_n);
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const float h0 = h[j], h1 = h[j + 1], h2 = h[j + 2], h3 = h[j + 3];
@@ -265,26 +268,27 @@ void lora_row(const float *h, int64_t rank, const float *bt, int64_t out_n, floa
   }
 }
 
-// out[t] = (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n); h: room for [TB, rank].
+// out[t] (+)= (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n; added to what out
+// holds if `add`); h: room for [TB, rank].
 template <int TB>
 void lora_tokens(const float *const *x, const float *a, const float *bt, int64_t rank, int64_t in, int64_t out_n,
-                 float *h, float *const *out) {
+                 float *h, float *const *out, bool add) {
   constexpr int RB = rank_block<TB>(), NV = out_block<TB>();
   int64_t j = 0;
   for (; j + RB <= rank; j += RB) lora_dots<TB, RB>(x, a + j * in, in, h + j, rank);
   for (; j < rank; ++j) lora_dots<TB, 1>(x, a + j * in, in, h + j, rank);
   if (TB == 1) {
-    lora_row(h, rank, bt, out_n, out[0]);
+    lora_row(h, rank, bt, out_n, out[0], add);
     return;
   }
   int64_t o = 0;
-  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV>(h, rank, bt, out_n, out, o);
-  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1>(h, rank, bt, out_n, out, o);
+  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV>(h, rank, bt, out_n, out, o, add);
+  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1>(h, rank, bt, out_n, out, o, add);
   for (int t = 0; t < TB; ++t)
     for (int64_t k = o; k < out_n; ++k) {
       float sum = 0;
       for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * bt[r * out_n + k];
-      out[t][k] = sum;
+      out[t][k] = add ? out[t][k] + sum : sum;
     }
 }
 
@@ -434,26 +438,32 @@ int cache_write(int nparam, void **params, int *ndims, int64_t **shapes, const c
 //   out[t] = (x[t] . A[s]^T)[:k] . BT[s][:k]      for every token t of a row with slot s >= 0, k = ranks[s]
 // and 0 for base rows (slot < 0) and slots of rank 0. The tokens of one slot, adjacent in the batch or not,
 // go in blocks of TOKENS: the adapter's factors are read once per block, not once per token.
+// With a sixth input `base` [rows, ..., out] the output is base + that (the layer's own product; one op less
+// per layer than adding it in the graph).
 // inputs: x [rows, ..., in] float32, a [slots, max_rank, in] float32, bt [slots, max_rank, out] float32,
-// ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are ignored);
+// ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are ignored), optional base;
 // output: [rows, ..., out] float32.
 int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 6 || ndims[0] < 2 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 || ndims[4] != 1) return 1;
+  if ((nparam != 6 && nparam != 7) || ndims[0] < 2 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 ||
+      ndims[4] != 1)
+    return 1;
   if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0 ||
       std::strcmp(dtypes[2], "float32") != 0 || std::strcmp(dtypes[3], "int32") != 0 ||
-      std::strcmp(dtypes[4], "int32") != 0 || std::strcmp(dtypes[5], "float32") != 0)
+      std::strcmp(dtypes[4], "int32") != 0 || std::strcmp(dtypes[5], "float32") != 0 ||
+      (nparam == 7 && std::strcmp(dtypes[6], "float32") != 0))
     return 3;
   const float *x = static_cast<const float *>(params[0]);
   const float *a = static_cast<const float *>(params[1]);
   const float *bt = static_cast<const float *>(params[2]);
   const int32_t *ranks = static_cast<const int32_t *>(params[3]);
   const int32_t *row_slots = static_cast<const int32_t *>(params[4]);
-  float *out = static_cast<float *>(params[5]);
+  const float *base = nparam == 7 ? static_cast<const float *>(params[5]) : nullptr;  // out = base + delta
+  float *out = static_cast<float *>(params[nparam - 1]);
   const int64_t rows = shapes[0][0], in = shapes[0][ndims[0] - 1];
   const int64_t tokens = numel(ndims[0], shapes[0]) / in, per_row = tokens / rows;
   const int64_t slots = shapes[1][0], max_rank = shapes[1][1], out_n = shapes[2][2];
   if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
-      shapes[4][0] < rows)
+      shapes[4][0] < rows || (base != nullptr && numel(ndims[5], shapes[5]) != tokens * out_n))
     return 2;
   // Blocks of up to TOKENS tokens of one slot, wherever its rows are in the batch (the engine's rows are in
   // request order): the adapter's factors are read once per block. cost counts multiply-adds. Rows without
@@ -464,8 +474,10 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   int64_t cost = 0;
   auto rank_of = [&](int64_t slot) { return slot >= 0 && slot < slots ? std::min<int64_t>(ranks[slot], max_rank) : 0; };
   for (int64_t r = 0; r < rows; ++r) {
+    if (base != nullptr) std::memcpy(out + r * per_row * out_n, base + r * per_row * out_n,
+                                     sizeof(float) * per_row * out_n);
     if (rank_of(row_slots[r]) > 0) order.push_back(r);
-    else std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
+    else if (base == nullptr) std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
   }
   std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return row_slots[p] < row_slots[q]; });
   for (size_t g = 0; g < order.size();) {
@@ -485,6 +497,7 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     cost += static_cast<int64_t>(next - g) * per_row * rank * (in + out_n);
     g = next;
   }
+  const bool add = base != nullptr;
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
@@ -496,10 +509,10 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
         os[t] = out + blk.token[t] * out_n;
       }
       switch (blk.count) {
-        case 4: lora_tokens<4>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
-        case 3: lora_tokens<3>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
-        case 2: lora_tokens<2>(xs, as, bs, blk.rank, in, out_n, h.data(), os); break;
-        default: lora_tokens<1>(xs, as, bs, blk.rank, in, out_n, h.data(), os);
+        case 4: lora_tokens<4>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
+        case 3: lora_tokens<3>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
+        case 2: lora_tokens<2>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
+        default: lora_tokens<1>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add);
       }
     }
   };

@@ -50,6 +50,9 @@ def test_kernel_matches_numpy(kernel, row_slots, seq):
         for row, slot in enumerate(slots[:8]):
             if slot < 0 or ranks[slot] == 0:
                 assert not got[row].any()
+        base = rng.normal(size=(8, seq, 5)).astype(np.float32)  # the layer's own output, added by the kernel
+        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        np.testing.assert_allclose(got, base + want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
@@ -79,6 +82,9 @@ def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
     got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
     assert not got[3].any()
+    base = rng.normal(size=(7, seq, fan_out)).astype(np.float32)  # added in every path: tiles, tails, one token
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+    np.testing.assert_allclose(got, base + expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
