@@ -235,12 +235,12 @@ class MultiLoraLinear(nn.Cell):
     def construct(self, x):
         if not self.apply:
             return self.base(x)
-        h = cast(x, ms.float32)
+        h, y = cast(x, ms.float32), cast(self.base(x), ms.float32)
         if self.host:
-            delta = lora_kernels.host_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots)
+            y = lora_kernels.host_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots, y)
         else:
-            delta = lora_kernels.gather_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots)
-        return self.base(x) + cast(delta, x.dtype)
+            y = lora_kernels.gather_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots, y)
+        return cast(y, x.dtype)
 
 
 def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int, max_rows: int,

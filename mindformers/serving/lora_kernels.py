@@ -7,7 +7,8 @@ Every kernel computes, for ``x [rows, ..., in]`` and the adapter pool of one lay
 
 with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``), ``ranks [slots]`` int32
 and ``row_slots [>= rows]`` int32 (entries past ``rows`` are ignored). All are graph inputs (the pool's
-Parameters), so one compiled step serves any mix of adapters; the output is float32.
+Parameters), so one compiled step serves any mix of adapters; the output is float32. Given ``base`` (the
+layer's own output, float32), a kernel returns ``base + out`` (the host kernel adds it as it writes).
 
 - ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). The rows of one adapter (adjacent or not) go in
   blocks of 4 tokens whose factors are read once; each adapter runs at its own rank; base rows cost nothing.
@@ -23,19 +24,19 @@ from mindspore import ops
 from ..kernels import host
 
 
-def host_delta(x, a, bt, ranks, row_slots):
-    return host.lora_delta(x, a, bt, ranks, row_slots)
+def host_delta(x, a, bt, ranks, row_slots, base=None):
+    return host.lora_delta(x, a, bt, ranks, row_slots, base)
 
 
-def gather_delta(x, a, bt, ranks, row_slots):
+def gather_delta(x, a, bt, ranks, row_slots, base=None):
     rows, fan_in = x.shape[0], x.shape[-1]
     slots = row_slots[:rows]
     index = ops.maximum(slots, 0)
     rank = ops.gather(ranks, index, 0) * (slots >= 0).astype(ms.int32)  # [rows]; 0 for base rows
     keep = (ops.arange(a.shape[1], dtype=ms.int32).reshape(1, 1, -1) < rank.reshape(-1, 1, 1)).astype(ms.float32)
     hidden = ops.bmm(x.reshape(rows, -1, fan_in), ops.gather(a, index, 0).swapaxes(1, 2)) * keep
-    out = ops.bmm(hidden, ops.gather(bt, index, 0))
-    return out.reshape(x.shape[:-1] + (bt.shape[-1],))
+    out = ops.bmm(hidden, ops.gather(bt, index, 0)).reshape(x.shape[:-1] + (bt.shape[-1],))
+    return out if base is None else base + out
 
 
 KERNELS: Dict[str, Callable] = {"host": host_delta, "gather": gather_delta}
