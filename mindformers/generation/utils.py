@@ -174,8 +174,10 @@ class DecodeStep(nn.Cell):
             with EXECUTION_LOCK:
                 return self._step(*args)
         shapes = tuple(None if a is None else (a.shape, a.dtype) for a in args)
-        compiling = shapes not in self._shapes
-        with graph_run(compiling), graphs_compiled(self._graphs):
+        if shapes in self._shapes:  # the hot path: a compiled graph, nothing new to track
+            with graph_run(compiling=False):
+                return self._step(*args)
+        with graph_run(compiling=True), graphs_compiled(self._graphs):
             out = self._step(*args)
         self._shapes.add(shapes)
         return out

@@ -318,7 +318,8 @@ class _ServedModel:
         """One forward pass; ``base_graph``: on ``base_step`` (only for rows without adapters)."""
         with EXECUTION_LOCK:  # eager writes of the pool's Parameters
             self.pool.apply(not base_graph)  # what a graph compiled now includes (see AdapterPool.apply)
-            self.pool.bind_rows(row_slots)
+            if not base_graph:  # the base graphs do not read the row slots
+                self.pool.bind_rows(row_slots)
         # the compiled step runs beside other models' steps (only this scheduler thread runs this model's)
         step = self.base_step if base_graph else self.step
         logits = step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
