@@ -26,9 +26,10 @@ setup(
         "fastapi>=0.110",  # the OpenAI-compatible server (mindformers/serving/server.py)
         "uvicorn>=0.29",
         "threadpoolctl>=3.1",  # the serving engine's host kernel runs BLAS on one thread
+        "prometheus_client>=0.20",  # the server's /metrics in Prometheus' text format
     ],
     extras_require={
-        "test": ["pytest>=8", "openai>=1.0"],
+        "test": ["pytest>=8", "openai>=1.0", "schemathesis>=4.32,<5"],  # schemathesis 4's pytest API
         # the peers the benchmarks compare against (torch 2.13.0 is the CPU build this machine provides)
         "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0", "peft==0.21.2"],
     },
