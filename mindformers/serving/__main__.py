@@ -10,8 +10,15 @@ Usage::
         -d '{"model": "lora-1", "prompt": "Once upon a time", "max_tokens": 32}'
 
 ``--model`` is a preset name or a model directory; requests name the base model by ``--served-model-name``
-(default: the ``--model`` value, or the directory's name) and an adapter by its ``--lora`` name. Adapters
-can also be loaded and unloaded while serving (``POST /v1/load_lora_adapter``, ``/v1/unload_lora_adapter``).
+(default: the ``--model`` value, or the directory's name) and an adapter by its ``--lora`` name, or by the
+name of its directory under ``--lora-root`` (adapters beyond ``--lora-max-num`` are swapped into the pool on
+demand, least recently used out). Facing a network::
+
+    MINDFORMERS_API_KEY=sk-... python -m mindformers.serving --model smollm2_135m_instruct \
+        --lora-root /srv/adapters --allow-runtime-lora --host 0.0.0.0
+
+then every ``/v1`` request needs ``Authorization: Bearer sk-...``, and adapters may be loaded while serving
+(``POST /v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) from inside ``--lora-root`` only.
 See ``server.py`` for the endpoints.
 """
 import argparse
@@ -44,6 +51,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--lora-max-num", type=int, default=8, help="adapters loaded at once")
     parser.add_argument("--lora-max-rank", type=int, default=64, help="highest adapter rank")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a free row; more get 429")
+    security = parser.add_argument_group("security and limits")
+    security.add_argument("--api-key", default=os.environ.get("MINDFORMERS_API_KEY"),
+                          help="clients must send 'Authorization: Bearer KEY' on /v1 endpoints (default: "
+                               "$MINDFORMERS_API_KEY; unset: no key)")
+    security.add_argument("--lora-root", help="serve every adapter directory under this one by its name; runtime "
+                                              "loads resolve paths inside it")
+    security.add_argument("--allow-runtime-lora", action="store_true",
+                          help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --lora-root)")
+    security.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    security.add_argument("--max-prompt-tokens", type=int, help="longest prompt (default: what --max-length allows)")
+    security.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask (default: --max-length)")
+    security.add_argument("--request-timeout", type=float, default=600.0,
+                          help="seconds a request may take, waiting included (0: no limit); then it stops with 408")
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     return parser.parse_args(argv)
 
@@ -51,8 +71,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     from . import Engine, RuntimeConfigBuilder, ServingError
-    from .server import serve
+    from .server import ServerConfig, serve
 
+    try:
+        server_config = ServerConfig(api_key=args.api_key, lora_root=args.lora_root,
+                                     allow_runtime_lora=args.allow_runtime_lora, max_body_bytes=args.max_body_bytes,
+                                     max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+                                     request_timeout=args.request_timeout)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     config = (RuntimeConfigBuilder(name, model=args.model).max_batch(args.max_batch).max_length(args.max_length)
               .lora_max_num(args.lora_max_num).lora_max_rank(args.lora_max_rank).max_queue(args.max_queue).build())
@@ -68,9 +95,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             engine.load_lora(name, lora_name, path)
     except ServingError as err:
         sys.exit(f"error: {err.message}")
-    print(f"serving {name} with adapters {sorted(engine.loras(name))} at http://{args.host}:{args.port}/v1", flush=True)
+    key = "with an API key" if server_config.api_key else "WITHOUT an API key (--api-key)"
+    print(f"serving {name} {key} at http://{args.host}:{args.port}/v1", flush=True)
     try:
-        serve(engine, name, args.host, args.port, args.log_level)
+        serve(engine, name, args.host, args.port, args.log_level, server_config)
     finally:
         engine.uninstall_model(name)
 

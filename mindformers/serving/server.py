@@ -9,9 +9,16 @@ Endpoints (request and response bodies are OpenAI's, https://platform.openai.com
 ``GET  /v1/models``            the base model and every loaded adapter (``parent`` = the base model)
 ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` (vLLM's endpoint names)
 ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``
-``GET  /metrics``              per-adapter request and token counters (JSON)
+``GET  /metrics``              Prometheus text: counters, queue depth, latency histograms (``metrics.py``)
+``GET  /metrics/json``         the engine's counters per adapter (JSON)
 ``GET  /health``               200 ``{"status": "ok"}`` while the model runs, else 503
 =============================  ===========================================================================
+
+Facing a network (:class:`ServerConfig`, ``security.py``): with an ``api_key`` every ``/v1`` request needs
+``Authorization: Bearer <key>`` (401 otherwise; ``/health`` and ``/metrics`` stay open); adapters load at
+run time only with ``allow_runtime_lora``, and only from inside ``lora_root`` (a request may also name any
+adapter directory under the root as its ``model``: it is registered and swapped into the pool on demand);
+bodies, prompts, ``max_tokens`` and each request's time are limited, each refusal a 4xx with a message.
 
 A request's ``model`` picks the adapter: the base model's name means no adapter, an adapter's name means
 that adapter, anything else is a 404. Every error body has OpenAI's shape
@@ -27,7 +34,9 @@ Example::
 """
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +45,58 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Union
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..generation.streamers import IncrementalDecoder
+from ..utils import logger
+from .metrics import CONTENT_TYPE, RequestTimer, ServerMetrics
+from .security import ADAPTER_CONFIG, ADAPTER_NAME, ApiKeyMiddleware, BodyLimitMiddleware, adapter_path, adapters_under
 from .status import HTTP_STATUS, ServingError, Status, StatusCode
 
 OWNER = "mindformers"
+MAX_STOP_STRINGS, MAX_STOP_LENGTH = 4, 256  # OpenAI allows up to 4 stop sequences
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """What the HTTP server allows (the engine's own limits are in :class:`RuntimeConfig`)."""
+
+    api_key: Optional[str] = None
+    """Clients must send ``Authorization: Bearer <api_key>`` on ``/v1`` endpoints; None: no key needed."""
+    lora_root: Optional[str] = None
+    """The directory adapters are served from: every ``<root>/<name>/adapter_config.json`` is served as model
+    ``<name>`` (loaded into a pool slot on first use), and runtime loads resolve their paths inside it."""
+    allow_runtime_lora: bool = False
+    """Allow ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (needs ``lora_root``)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body (413 beyond it)."""
+    max_prompt_tokens: Optional[int] = None
+    """Longest prompt in tokens; None: whatever the model's ``max_length`` leaves room for."""
+    max_tokens: Optional[int] = None
+    """Largest ``max_tokens`` a request may ask for; None: the model's ``max_length``."""
+    request_timeout: Optional[float] = 600.0
+    """Seconds a request may take from arrival to its last token (waiting included); then it is stopped and
+    answered 408 (a stream ends with an error event). None or 0: no limit."""
+
+    def __post_init__(self):
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            raise ValueError(f"api_key must be a non-empty string, found {self.api_key!r}")
+        if self.lora_root is not None and not os.path.isdir(self.lora_root):
+            raise ValueError(f"lora_root must be an existing directory, found {self.lora_root!r}")
+        if self.allow_runtime_lora and self.lora_root is None:
+            raise ValueError("allow_runtime_lora needs lora_root: the directory adapters may be loaded from "
+                             "(--lora-root)")
+        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer, found {value!r}")
+        if self.request_timeout is not None and not (isinstance(self.request_timeout, (int, float))
+                                                     and self.request_timeout >= 0):
+            raise ValueError(f"request_timeout must be a number of seconds >= 0, found {self.request_timeout!r}")
+        self.request_timeout = self.request_timeout or None
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -72,14 +124,16 @@ class APIError(Exception):
         headers = {"Retry-After": "1"} if status.code is StatusCode.QUEUE_FULL else None
         return cls(HTTP_STATUS[status.code], status.message, param, status.code.value, headers)
 
-    def response(self) -> JSONResponse:
+    def body(self) -> Dict[str, Any]:
         kind = "invalid_request_error"
         if self.status == 429:
             kind = "rate_limit_error"
         elif self.status >= 500:
             kind = "server_error"
-        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -147,7 +201,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
 class LoadLoraRequest(BaseModel):
     lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
+    lora_path: Optional[str] = Field(None, min_length=1)
+    """A directory inside the adapter root (relative to it, or absolute); absent: ``<root>/<lora_name>``."""
 
 
 class UnloadLoraRequest(BaseModel):
@@ -207,14 +262,18 @@ class _Generation:
     """One admitted request: reads its token queue off the event loop and turns it into text pieces.
 
     Iterate :meth:`pieces` once; afterwards ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``
-    are set. The request is released when iteration ends, also when it is abandoned (client gone); a
-    stream that never started iterating is released by :class:`_ReleasingStream`.
+    are set, and ``timed_out`` if the request passed its ``deadline`` (it is then stopped). The request is
+    released when iteration ends, also when it is abandoned (client gone); a stream that never started
+    iterating is released by :class:`_ReleasingStream`.
     """
 
-    def __init__(self, engine: Any, model: str, handle: Any, queue: Any, stop: List[str], reader: ThreadPoolExecutor):
+    def __init__(self, engine: Any, model: str, handle: Any, queue: Any, stop: List[str], reader: ThreadPoolExecutor,
+                 timer: RequestTimer, deadline: Optional[float]):
         self.engine, self.model, self.handle, self.queue, self.reader = engine, model, handle, queue, reader
         self.text = IncrementalText(engine.tokenizer(model), stop)
         self.finish_reason: Optional[str] = None
+        self.timer, self.deadline = timer, deadline
+        self.timed_out = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -228,22 +287,35 @@ class _Generation:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
+    def timeout_error(self) -> "APIError":
+        return APIError(408, f"the request took longer than the server's limit (--request-timeout) and was stopped "
+                             f"after {self.completion_tokens} generated token(s); ask for fewer tokens or retry later",
+                        code="request_timeout", headers={"x-should-retry": "false"})  # the openai client retries 408s
+
     async def pieces(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                ids = await loop.run_in_executor(self.reader, self.queue.Get)
+                wait = None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+                ids = await loop.run_in_executor(self.reader, self.queue.Get, wait)
                 if ids is None:
                     break
+                if not ids:  # past the deadline and nothing new (Get(0) still hands over what is there)
+                    self.timed_out = True
+                    break
+                self.timer.tokens(len(ids))
                 piece = self.text.add(list(ids))
                 if piece:
                     yield piece
                 if self.text.stopped:
                     break
+            if self.timed_out:
+                return
             piece = self.text.finish()
             if piece:
                 yield piece
             self.finish_reason = "stop" if self.text.stopped else (self.queue.finish_reason or "stop")
+            self.timer.done()
         finally:
             self.release()
 
@@ -277,17 +349,28 @@ def _sse(data: Any) -> str:
 # ------------------------------------------------------------------------------------------------- app
 
 
-def create_app(engine: Any, model_name: str) -> FastAPI:
+def create_app(engine: Any, model_name: str, config: Optional[ServerConfig] = None) -> FastAPI:
     """The FastAPI app serving ``model_name`` (installed and started in ``engine``) and its adapters.
 
     Args:
         engine: a :class:`mindformers.serving.Engine`.
         model_name: the installed model's name; it is also the ``model`` requests use for the base model.
+        config: what the server allows (key, adapter root, limits); None: ``ServerConfig()``, i.e. no key,
+            no runtime adapter loading, the default limits.
 
     Returns:
         The app (run it with uvicorn, or :func:`serve`).
     """
+    config = config or ServerConfig()
     limits = engine.runtime_config(model_name)
+    max_tokens_limit = config.max_tokens or limits.max_length
+    if config.lora_root is not None:  # every adapter directory under the root is served by its name
+        for name, path in adapters_under(config.lora_root).items():
+            try:
+                engine.register_lora(model_name, name, path)
+            except ServingError as err:
+                logger.warning("adapter %s under %s not served: %s", name, config.lora_root, err.message)
+    metrics = ServerMetrics(engine, model_name)
     # Every admitted request waits in queue.Get in a thread while its tokens come. The shared thread pool of
     # starlette (40 threads) would make concurrent streams wait for one another, so queue reads get their
     # own pool, as large as the number of requests the engine admits (running + waiting), plus some slack
@@ -300,39 +383,60 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
         reader.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=f"mindformers serving: {model_name}", lifespan=lifespan)
+    # the outermost runs first: the key is checked before the body is read
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+
+    def answer(error: APIError) -> JSONResponse:
+        metrics.error(error.status, error.code)
+        return error.response()
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError):
-        return exc.response()
+        return answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
-        return _validation_error(exc).response()
+        return answer(_validation_error(exc))
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException):
-        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        return answer(APIError(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(ServingError)
     async def _refused(_request: Request, exc: ServingError):
-        return APIError.refused(exc.status).response()
+        return answer(APIError.refused(exc.status))
 
     @app.exception_handler(Exception)
     async def _crashed(_request: Request, exc: Exception):  # logged by starlette, answered in OpenAI's shape
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error").response()
+        return answer(APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
 
     def adapter_of(model: str) -> Optional[str]:
-        """The ``lora_name`` a request's ``model`` selects (None: the base model)."""
+        """The ``lora_name`` a request's ``model`` selects (None: the base model); an adapter directory
+        under the adapter root that appeared since start is registered here."""
         if model == model_name:
             return None
-        if model in engine.loras(model_name):
+        known = engine.loras(model_name)
+        if model in known:
             return model
-        raise APIError(404, f"model {model!r} does not exist; served: {[model_name, *engine.loras(model_name)]} "
+        if (config.lora_root is not None and ADAPTER_NAME.fullmatch(model)
+                and os.path.isfile(os.path.join(config.lora_root, model, ADAPTER_CONFIG))):
+            try:
+                engine.register_lora(model_name, model, adapter_path(config.lora_root, model))
+            except ServingError as exc:
+                raise APIError.refused(exc.status, "model") from exc
+            return model
+        raise APIError(404, f"model {model!r} does not exist; served: {[model_name, *known]} "
                             "(GET /v1/models lists them)", "model", "model_not_found")
 
     def gen_config(body: _GenerationRequest, max_tokens: Optional[int]) -> Dict[str, Any]:
         if body.n != 1:
             raise APIError(400, f"n must be 1 (one choice per request), found {body.n}", "n")
+        if max_tokens is not None and max_tokens > max_tokens_limit:
+            raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {max_tokens_limit}",
+                           "max_tokens", "max_tokens_too_large")
         cfg: Dict[str, Any] = {"lora_name": adapter_of(body.model)}
         if max_tokens is None:
             cfg["max_length"] = limits.max_length  # as many new tokens as the prompt leaves room for
@@ -354,18 +458,29 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if any(not s for s in stop):
             raise APIError(400, "stop strings must not be empty", "stop")
+        if len(stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_LENGTH for s in stop):
+            raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_LENGTH} characters, "
+                                f"found {len(stop)} of up to {max(map(len, stop))}", "stop")
         return stop
 
-    def start(body: _GenerationRequest, prompt: Union[str, List[int]], max_tokens: Optional[int]) -> _Generation:
+    def start(body: _GenerationRequest, prompt: Union[str, List[int]], max_tokens: Optional[int],
+              arrived: float) -> _Generation:
         """Admit the request (blocking: the engine's lock and the tokenizer; call it in a thread)."""
         cfg, stop = gen_config(body, max_tokens), stop_strings(body)
         if stop:
             cfg["stop_strings"] = stop  # the engine stops decoding there; IncrementalText cuts the text
+        tokenizer = engine.tokenizer(model_name)
+        if isinstance(prompt, str) and tokenizer is not None:
+            prompt = tokenizer.encode_prompts([prompt])[0]
+        if config.max_prompt_tokens is not None and not isinstance(prompt, str) and len(prompt) > config.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {len(prompt)} tokens; this server allows at most "
+                                f"{config.max_prompt_tokens} (--max-prompt-tokens)", "prompt", "prompt_too_long")
         begin = engine.start_request_text if isinstance(prompt, str) else engine.start_request_ids
         status, handle, queue = begin(model_name, prompt, cfg)
         if not status:
             raise APIError.refused(status, "model" if status.code is StatusCode.UNKNOWN_ADAPTER else None)
-        return _Generation(engine, model_name, handle, queue, stop, reader)
+        deadline = None if config.request_timeout is None else arrived + config.request_timeout
+        return _Generation(engine, model_name, handle, queue, stop, reader, metrics.timer(cfg["lora_name"]), deadline)
 
     def stream(gen: _Generation, chunk, body: _GenerationRequest, first: Optional[Dict] = None) -> StreamingResponse:
         """Server-sent events: ``first`` (if any), a chunk per text piece, the finish, usage, ``[DONE]``."""
@@ -375,6 +490,12 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
                 yield _sse(first)
             async for piece in gen.pieces():
                 yield _sse(chunk(piece, None))
+            if gen.timed_out:  # the status line is sent: the error goes in the stream, as vLLM sends them
+                error = gen.timeout_error()
+                metrics.error(error.status, error.code)
+                yield _sse(error.body())
+                yield _sse("[DONE]")
+                return
             yield _sse(chunk(None, gen.finish_reason))
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({**chunk(None, None), "choices": [], "usage": gen.usage()})
@@ -382,9 +503,15 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
 
         return _ReleasingStream(events(), gen)
 
+    async def complete_text(gen: _Generation) -> str:
+        text = "".join([piece async for piece in gen.pieces()])
+        if gen.timed_out:
+            raise gen.timeout_error()
+        return text
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        gen = await run_in_threadpool(start, body, body.prompt, body.max_tokens)
+        gen = await run_in_threadpool(start, body, body.prompt, body.max_tokens, time.monotonic())
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": body.model}
 
@@ -394,11 +521,12 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
 
         if body.stream:
             return stream(gen, chunk, body)
-        text = "".join([piece async for piece in gen.pieces()])
+        text = await complete_text(gen)
         return {**chunk(text, gen.finish_reason), "usage": gen.usage()}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
+        arrived = time.monotonic()
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         messages = [_message_dict(m) for m in body.messages]
         try:
@@ -406,7 +534,7 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
                                                                       add_generation_prompt=True)
         except Exception as exc:  # the template raises on conversations it does not support (roles, order)
             raise APIError(400, f"the chat template cannot render these messages: {exc}", "messages") from exc
-        gen = await run_in_threadpool(start, body, prompt, max_tokens)
+        gen = await run_in_threadpool(start, body, prompt, max_tokens, arrived)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.model}
 
@@ -416,7 +544,7 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
 
         if body.stream:
             return stream(gen, chunk, body, first=chunk(None, None, {"role": "assistant", "content": ""}))
-        text = "".join([piece async for piece in gen.pieces()])
+        text = await complete_text(gen)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                   "finish_reason": gen.finish_reason}
         return {**head, "object": "chat.completion", "choices": [choice], "usage": gen.usage()}
@@ -433,10 +561,20 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
                     for name, info in engine.loras(model_name).items()]
         return {"object": "list", "data": [base, *adapters]}
 
+    def runtime_lora_allowed() -> None:
+        if not config.allow_runtime_lora:
+            raise APIError(403, "loading and unloading adapters at run time is off on this server (start it with "
+                                "--allow-runtime-lora and --lora-root)", code="runtime_lora_disabled")
+
     @app.post("/v1/load_lora_adapter")
     def load_lora_adapter(body: LoadLoraRequest):
+        runtime_lora_allowed()
+        if body.lora_path is None and not ADAPTER_NAME.fullmatch(body.lora_name):
+            raise APIError(400, f"lora_name {body.lora_name!r} is not a directory name under the adapter root; give "
+                                "lora_path", "lora_path")
         try:
-            engine.load_lora(model_name, body.lora_name, body.lora_path)
+            path = adapter_path(config.lora_root, body.lora_path or body.lora_name)
+            engine.load_lora(model_name, body.lora_name, path)
         except ServingError as exc:
             param = "lora_path" if exc.code is StatusCode.INVALID_REQUEST else "lora_name"
             raise APIError.refused(exc.status, param) from exc
@@ -444,6 +582,7 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
 
     @app.post("/v1/unload_lora_adapter")
     def unload_lora_adapter(body: UnloadLoraRequest):
+        runtime_lora_allowed()
         try:
             engine.unload_lora(model_name, body.lora_name)
         except ServingError as exc:
@@ -451,7 +590,11 @@ def create_app(engine: Any, model_name: str) -> FastAPI:
         return {"lora_name": body.lora_name, "unloaded": True}
 
     @app.get("/metrics")
-    def metrics():
+    def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/metrics/json")
+    def json_metrics():
         return engine.metrics(model_name)
 
     @app.get("/health")
@@ -476,7 +619,8 @@ def _message_dict(message: ChatMessage) -> Dict[str, Any]:
     return data
 
 
-def serve(engine: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(engine: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          config: Optional[ServerConfig] = None) -> None:
     """Serve ``model_name`` of ``engine`` over HTTP until interrupted (Ctrl-C).
 
     Args:
@@ -485,5 +629,6 @@ def serve(engine: Any, model_name: str, host: str = "127.0.0.1", port: int = 800
         host: the interface to listen on.
         port: the TCP port.
         log_level: uvicorn's log level.
+        config: the key, adapter root and limits (:class:`ServerConfig`).
     """
-    uvicorn.run(create_app(engine, model_name), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(engine, model_name, config), host=host, port=port, log_level=log_level)

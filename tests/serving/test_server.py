@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from mindformers.serving import Engine, RuntimeConfigBuilder
-from mindformers.serving.server import IncrementalText, create_app
+from mindformers.serving.server import IncrementalText, ServerConfig, create_app
 from tests.serving.conftest import ADAPTERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,9 +30,9 @@ MAX_LENGTH = 128
 
 
 @contextlib.contextmanager
-def http_server(engine, model_name):
+def http_server(engine, model_name, config=None):
     """A real uvicorn server for ``model_name`` on a free port, in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name), host="127.0.0.1", port=0,
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name, config), host="127.0.0.1", port=0,
                                           log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -48,10 +48,10 @@ def http_server(engine, model_name):
         thread.join(timeout=30)
 
 
-def http(url, body=None, raw=None):
+def http(url, body=None, raw=None, headers=None):
     """GET (no body) or POST JSON to ``url``; returns (status, decoded JSON body, headers)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read()), response.headers
@@ -204,7 +204,7 @@ def test_32_concurrent_clients_across_8_adapters(client, url, engine, expected):
         assert grew == {"requests": 4, "finished": 4, "completion_tokens": 4 * NEW}, name
     assert (after["running"], after["waiting"]) == (0, 0)
     assert http(f"{url}/health")[:2] == (200, {"status": "ok"})
-    status, served, _ = http(f"{url}/metrics")
+    status, served, _ = http(f"{url}/metrics/json")
     assert status == 200 and served["adapters"]["o-8"] == after["adapters"]["o-8"]
 
 
@@ -356,3 +356,128 @@ def test_cli_help_and_bad_lora_argument():
     (help_out, _), (_, bad_err) = [run.communicate(timeout=120) for run in runs]
     assert runs[0].returncode == 0 and "--lora NAME=PATH" in help_out and "--served-model-name" in help_out
     assert runs[1].returncode == 2 and "expected name=path" in bad_err and "'lora-1'" in bad_err
+
+
+# ------------------------------------------------------------------------------ security, limits, metrics
+
+
+def test_api_key_guards_v1_but_not_health_or_metrics(engine, expected):
+    with http_server(engine, MODEL, ServerConfig(api_key="sk-test")) as url:
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+        text = good.completions.create(model="qv-4", prompt=PROMPT, max_tokens=NEW).choices[0].text
+        assert text == expected["qv-4"]
+        with pytest.raises(openai.AuthenticationError) as err:
+            openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0).models.list()
+        assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+        status, answer, headers = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT})
+        assert status == 401 and "Authorization: Bearer" in answer["error"]["message"]
+        assert headers["www-authenticate"] == "Bearer"
+        assert_openai_error(answer)
+        status, _, _ = http(f"{url}/v1/models", headers={"Authorization": "Bearer sk-test-but-longer"})
+        assert status == 401
+        assert http(f"{url}/health")[0] == 200
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            assert response.status == 200
+    with pytest.raises(ValueError, match="api_key must be a non-empty string"):
+        ServerConfig(api_key=" ")
+
+
+def test_runtime_adapter_loading_is_off_unless_allowed(url, adapter_dirs):
+    for path, body in (("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": adapter_dirs["o-8"]}),
+                       ("/v1/unload_lora_adapter", {"lora_name": "qv-4"})):
+        status, answer, _ = http(url + path, body)
+        assert status == 403 and answer["error"]["code"] == "runtime_lora_disabled", answer
+        assert "--allow-runtime-lora" in answer["error"]["message"]
+    assert "x" not in http(f"{url}/v1/models")[1]["data"]
+    with pytest.raises(ValueError, match="allow_runtime_lora needs lora_root"):
+        ServerConfig(allow_runtime_lora=True)
+
+
+def test_limits_answer_4xx_with_a_message(engine, tok):
+    config = ServerConfig(max_body_bytes=2000, max_prompt_tokens=8, max_tokens=20)
+    with http_server(engine, MODEL, config) as url:
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": "x" * 3000})
+        assert status == 413 and answer["error"]["code"] == "request_too_large" and "2000" in answer["error"]["message"]
+        assert_openai_error(answer)
+
+        def chunks():  # no Content-Length: refused once 2000 bytes have arrived
+            yield b'{"model": "tiny", "prompt": "'
+            for _ in range(30):
+                yield b"y" * 100
+            yield b'"}'
+
+        request = urllib.request.Request(f"{url}/v1/completions", data=chunks(), method="POST",
+                                         headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 413
+        assert_openai_error(json.loads(err.value.read()))
+
+        long_prompt = "one two three four five six seven eight nine ten"
+        assert len(tok(long_prompt)["input_ids"]) > 8
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": long_prompt})
+        assert status == 400 and answer["error"]["code"] == "prompt_too_long", answer
+        assert "at most 8" in answer["error"]["message"]
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": list(range(9))})
+        assert status == 400 and answer["error"]["param"] == "prompt"
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 21})
+        assert status == 400 and answer["error"]["param"] == "max_tokens" and "at most 20" in answer["error"]["message"]
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT, "stop": ["a"] * 5})
+        assert status == 400 and answer["error"]["param"] == "stop"
+        status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 20})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 20
+
+
+def test_request_timeout_stops_the_request(engine):
+    before = engine.metrics(MODEL)["adapters"]["base"]
+    with http_server(engine, MODEL, ServerConfig(request_timeout=1e-6)) as url:
+        status, answer, headers = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 100})
+        assert status == 408 and answer["error"]["code"] == "request_timeout", answer
+        assert headers["x-should-retry"] == "false"  # the openai client would retry a 408 otherwise
+        assert_openai_error(answer)
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 100, "stream": True}
+        request = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            events = [line[len("data: "):] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "request_timeout"
+    deadline = time.time() + 30  # both requests were released (interrupted), none still decodes
+    while engine.metrics(MODEL)["running"] and time.time() < deadline:
+        time.sleep(0.05)
+    after = engine.metrics(MODEL)["adapters"]["base"]
+    assert after["interrupted"] - before["interrupted"] == 2 and engine.metrics(MODEL)["running"] == 0
+
+
+def test_prometheus_metrics_count_requests_and_latencies(engine):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with http_server(engine, MODEL) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for model in (MODEL, MODEL, "o-8"):
+            client.completions.create(model=model, prompt=PROMPT, max_tokens=NEW)
+        list(client.completions.create(model="o-8", prompt=PROMPT, max_tokens=NEW, stream=True))
+        http(f"{url}/v1/completions", {"model": "nope", "prompt": PROMPT})
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            assert response.headers["content-type"].startswith("text/plain")
+            text = response.read().decode()
+        json_metrics = http(f"{url}/metrics/json")[1]
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted({"model": MODEL, **labels}.items())))]
+
+    for adapter in ("base", "o-8"):  # the engine's counters, per adapter, as the JSON has them
+        counts = json_metrics["adapters"][adapter]
+        assert value("mindformers_requests_total", adapter=adapter) == counts["requests"]
+        assert value("mindformers_generation_tokens_total", adapter=adapter) == counts["completion_tokens"]
+        assert value("mindformers_prompt_tokens_total", adapter=adapter) == counts["prompt_tokens"]
+        # this server's histograms saw two requests of each
+        assert value("mindformers_time_to_first_token_seconds_count", adapter=adapter) == 2
+        assert value("mindformers_e2e_request_latency_seconds_count", adapter=adapter) == 2
+        assert 0 < value("mindformers_time_per_output_token_seconds_count", adapter=adapter) <= 2 * (NEW - 1)
+        assert value("mindformers_time_to_first_token_seconds_sum", adapter=adapter) > 0
+    assert value("mindformers_requests_running") == 0 and value("mindformers_requests_waiting") == 0
+    assert value("mindformers_request_errors_total", status="404", code="model_not_found") == 1
