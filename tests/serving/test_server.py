@@ -2,6 +2,7 @@
 malformed requests) against a real server (uvicorn in a thread) on the tiny random Llama with SmolLM2's
 tokenizer and the eight random LoRA adapters of ``conftest.py``. Answers are checked against the ids of
 ``engine.sync_request`` for the same settings."""
+import collections
 import contextlib
 import json
 import os
@@ -12,8 +13,10 @@ import time
 import urllib.error
 import urllib.request
 
+import hypothesis
 import openai
 import pytest
+import schemathesis
 import uvicorn
 
 from mindformers.serving import Engine, RuntimeConfigBuilder
@@ -481,3 +484,67 @@ def test_prometheus_metrics_count_requests_and_latencies(engine):
         assert value("mindformers_time_to_first_token_seconds_sum", adapter=adapter) > 0
     assert value("mindformers_requests_running") == 0 and value("mindformers_requests_waiting") == 0
     assert value("mindformers_request_errors_total", status="404", code="model_not_found") == 1
+
+
+# ------------------------------------------------------------------------------------------- fuzzing
+
+FUZZ_KEY = "sk-fuzz"
+FUZZ_EXAMPLES = 25  # per operation
+
+
+@pytest.fixture(scope="module")
+def fuzz_url(engine):
+    config = ServerConfig(api_key=FUZZ_KEY, max_tokens=8, max_body_bytes=64 * 1024)
+    with http_server(engine, MODEL, config) as base_url:
+        yield base_url
+
+
+def openai_error_shape(ctx, response, case):  # pylint: disable=unused-argument
+    """A schemathesis check: every 4xx has OpenAI's error body."""
+    if 400 <= response.status_code < 500:
+        body = response.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+
+
+def test_fuzzed_requests_never_crash_the_server(fuzz_url):
+    """Requests generated from the server's OpenAPI schema (valid and invalid ones), with and without the
+    key: never a 5xx, every 4xx in OpenAI's shape. (schemathesis' pytest plugin does not run on pytest 9,
+    so each operation's strategy runs under hypothesis here.)"""
+    schema = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/completions", "POST /v1/chat/completions",
+                                                "POST /v1/load_lora_adapter", "GET /v1/models"}
+    calls, statuses = collections.Counter(), collections.Counter()
+    for operation in operations:
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def call(case):
+            n = calls[operation.label]
+            calls[operation.label] += 1
+            keyed = n % 4 != 3  # one call in four without the key
+            if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and n % 2 == 0:
+                case.body["model"] = [MODEL, *ADAPTER_NAMES][n // 2 % 9]  # a served model: reach generation
+            statuses[response_class(case.call_and_validate(
+                base_url=fuzz_url, timeout=60, headers={"Authorization": f"Bearer {FUZZ_KEY}"} if keyed else None,
+                checks=[schemathesis.checks.not_a_server_error, openai_error_shape]).status_code)] += 1
+
+        call()  # pylint: disable=no-value-for-parameter
+    assert all(calls[op.label] > 0 for op in operations), calls
+    assert statuses["2xx"] and statuses["4xx"] and set(statuses) <= {"2xx", "4xx"}, statuses  # both kinds reached
+
+
+def response_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def test_server_healthy_after_fuzzing(fuzz_url, engine, expected):
+    assert http(f"{fuzz_url}/health")[:2] == (200, {"status": "ok"})
+    deadline = time.time() + 60  # every fuzzed request was released
+    while (engine.metrics(MODEL)["running"] or engine.metrics(MODEL)["waiting"]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.metrics(MODEL)["running"] == 0 and engine.metrics(MODEL)["waiting"] == 0
+    client = openai.OpenAI(base_url=f"{fuzz_url}/v1", api_key=FUZZ_KEY, max_retries=0)
+    assert client.completions.create(model="all-8", prompt=PROMPT, max_tokens=8).choices[0].text \
+        == client.completions.create(model="all-8", prompt=PROMPT, max_tokens=8).choices[0].text
