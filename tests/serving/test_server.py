@@ -19,7 +19,8 @@ import pytest
 import schemathesis
 import uvicorn
 
-from mindformers.serving import Engine, RuntimeConfigBuilder
+from mindformers.serving import Engine, RuntimeConfigBuilder, ServingError
+from mindformers.serving.status import StatusCode
 from mindformers.serving.server import IncrementalText, ServerConfig, create_app
 from tests.serving.conftest import ADAPTERS
 
@@ -548,3 +549,28 @@ def test_server_healthy_after_fuzzing(fuzz_url, engine, expected):
     client = openai.OpenAI(base_url=f"{fuzz_url}/v1", api_key=FUZZ_KEY, max_retries=0)
     assert client.completions.create(model="all-8", prompt=PROMPT, max_tokens=8).choices[0].text \
         == client.completions.create(model="all-8", prompt=PROMPT, max_tokens=8).choices[0].text
+
+
+def test_adapter_paths_stay_inside_the_root(tmp_path):
+    from mindformers.serving.security import adapter_path, adapters_under
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for folder in (root / "a1", root / "team" / "a2", outside / "secret", root / "no-config"):
+        folder.mkdir(parents=True)
+    for folder in (root / "a1", root / "team" / "a2", outside / "secret"):
+        (folder / "adapter_config.json").write_text("{}")
+    (root / "escape").symlink_to(outside / "secret")
+    (root / "inner").symlink_to(root / "a1")
+    real_root = os.path.realpath(root)
+    assert adapter_path(str(root), "a1") == os.path.join(real_root, "a1")
+    assert adapter_path(str(root), "team/a2") == os.path.join(real_root, "team", "a2")
+    assert adapter_path(str(root), str(root / "a1")) == os.path.join(real_root, "a1")  # absolute, inside
+    assert adapter_path(str(root), "inner") == os.path.join(real_root, "a1")  # a link that stays inside
+    for bad, why in (("../outside/secret", "'..'"), ("a1/../../outside", "'..'"), ("../../etc", "'..'"),
+                     (str(outside / "secret"), "outside the adapter root"), ("/etc", "outside the adapter root"),
+                     ("escape", "outside the adapter root"), ("", "non-empty")):
+        with pytest.raises(ServingError, match=why) as err:
+            adapter_path(str(root), bad)
+        assert err.value.code is StatusCode.INVALID_REQUEST
+    # served by name: directories right under the root with an adapter_config.json, links out skipped
+    assert adapters_under(str(root)) == {"a1": os.path.join(real_root, "a1"), "inner": os.path.join(real_root, "a1")}
