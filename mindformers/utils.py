@@ -1,11 +1,13 @@
 """Small helpers shared across the package: atomic file writes and the package logger."""
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -79,12 +81,36 @@ def graph_run(compiling: bool) -> Iterator[None]:
             yield
 
 
+class FileWriteError(OSError):
+    """Writing a file failed for lack of room or a storage fault (disk full, file size limit, quota, read-only
+    or failing disk). ``errno`` and ``strerror`` are the OS error's; ``filename`` is the file being written."""
+
+
+# the errors that say the storage refused the bytes, whatever the writer was: full, over a limit, broken
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _storage_error(error: BaseException, path: str) -> Optional[FileWriteError]:
+    """``error`` as a :class:`FileWriteError` of ``path`` when it is the storage refusing a write, else None.
+    safetensors' writer (Rust) reports OS errors as ``SafetensorError("... I/O error: File too large (os
+    error 27)")``: its errno is read from that text."""
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None and type(error).__name__ == "SafetensorError":
+        found = _RUST_OS_ERROR.search(str(error))
+        code = int(found.group(1)) if found else None
+    if code not in _STORAGE_ERRORS:
+        return None
+    return FileWriteError(code, os.strerror(code), path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.
 
     A reader never sees a half-written file, and an existing file at ``path`` survives any failure
-    (or a kill) while the new one is being written.
+    (or a kill) while the new one is being written. A write the storage refuses (disk full, file size limit,
+    ...) raises :class:`FileWriteError` naming ``path``, whichever library was writing.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -95,6 +121,11 @@ def atomic_path(path: str) -> Iterator[str]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as error:  # pylint: disable=broad-except
+        failure = None if isinstance(error, FileWriteError) else _storage_error(error, path)
+        if failure is None:
+            raise
+        raise failure from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

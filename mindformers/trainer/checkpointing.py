@@ -4,7 +4,12 @@ A checkpoint holds the trained weights (only the adapters when tuning, in PEFT's
 otherwise, in Hugging Face's), ``optimizer.safetensors`` (moments and step counters),
 ``trainer_state.json`` (step, epoch, logs) and ``training_args.yaml``. It is written into a hidden
 temporary folder that is renamed into place when complete, so a killed run never leaves a half-written
-checkpoint and an older checkpoint of the same step is replaced only by a complete one.
+checkpoint and an older checkpoint of the same step is replaced only by a complete one. Checkpoints are
+deleted the same way round (renamed to a hidden name, then deleted), so none is ever seen half-deleted.
+Hidden folders a killed run leaves are ignored by resume and deleted by the next run.
+
+A save the storage refuses (disk full, file size limit) raises :class:`CheckpointWriteError`, which says which
+file failed, why, and which checkpoint is still intact to resume from (tests/trainer/test_faults.py).
 """
 import contextlib
 import json
@@ -18,7 +23,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ..checkpoint import load_state_dict
-from ..utils import atomic_path, atomic_write_text, read_json_object, write_parameter
+from ..utils import FileWriteError, atomic_path, atomic_write_text, read_json_object, write_parameter
 from .state import TrainerState
 
 PREFIX = "checkpoint-"
@@ -40,6 +45,34 @@ def list_checkpoints(output_dir: str) -> List[str]:
     return [os.path.join(output_dir, name) for _, name in sorted(found)]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file size limit, ...). ``errno`` is the OS error's; the
+    message names the checkpoint, the file, the OS error and the checkpoint that is still intact."""
+
+
+def _hide(path: str) -> str:
+    """Move the folder ``path`` into a new hidden ``.old-checkpoint-*`` folder in one rename; return that
+    folder, for the caller to delete. A kill before the deletion ends leaves only the hidden folder."""
+    trash = tempfile.mkdtemp(prefix=f".old-{PREFIX}", dir=os.path.dirname(path))
+    os.replace(path, os.path.join(trash, "old"))
+    return trash
+
+
+def _write_failed(output_dir: str, final: str, error: FileWriteError) -> CheckpointWriteError:
+    """The error a user sees when the storage refused a checkpoint's file: what, why, and what is left."""
+    name = os.path.basename(final)
+    if os.path.isdir(final):
+        intact = f"the {name} saved earlier is intact"
+    else:
+        earlier = list_checkpoints(output_dir)
+        intact = (f"the previous checkpoint {earlier[-1]} is intact" if earlier
+                  else f"there is no earlier checkpoint in {output_dir}")
+    return CheckpointWriteError(
+        error.errno, f"could not save {final}: writing its {os.path.basename(error.filename or '?')} failed: "
+        f"{error.strerror}. The partial {name} was deleted and {intact}; free space on "
+        f"the disk of {output_dir} (or raise the file size limit) and resume with resume_from_checkpoint=True")
+
+
 def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args,
                     weights: Optional[Dict[str, np.ndarray]] = None,
                     moments: Optional[Dict[str, np.ndarray]] = None) -> str:
@@ -48,6 +81,10 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
     Args:
         weights, moments: the model's and optimizer's tensors to write instead of the live ones (whole tensors
             gathered from a tensor-parallel run).
+
+    Raises:
+        CheckpointWriteError: the storage refused a file (disk full, file size limit); nothing of the new
+            checkpoint is left and the earlier ones are untouched.
     """
     os.makedirs(output_dir, exist_ok=True)
     final = os.path.join(output_dir, f"{PREFIX}{state.global_step}")
@@ -67,12 +104,13 @@ def save_checkpoint(output_dir: str, model, optimizer, state: TrainerState, args
         atomic_write_text(os.path.join(tmp, "trainer_state.json"), json.dumps(state.to_dict(), indent=1) + "\n")
         args.to_yaml(os.path.join(tmp, "training_args.yaml"))
         if os.path.exists(final):  # same step saved again: swap in the complete new one
-            trash = tempfile.mkdtemp(prefix=f".old-{PREFIX}", dir=output_dir)
-            os.replace(final, os.path.join(trash, "old"))
+            trash = _hide(final)
             os.replace(tmp, final)
             shutil.rmtree(trash)
         else:
             os.replace(tmp, final)
+    except FileWriteError as error:
+        raise _write_failed(output_dir, final, error) from error
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -105,7 +143,7 @@ def rotate_checkpoints(output_dir: str, limit: Optional[int], keep: Optional[str
     checkpoints = list_checkpoints(output_dir)
     doomed = [c for c in checkpoints[: max(0, len(checkpoints) - limit)] if c != keep]
     for path in doomed:
-        shutil.rmtree(path)
+        shutil.rmtree(_hide(path))  # never a visible checkpoint with files missing, even if killed meanwhile
     return doomed
 
 

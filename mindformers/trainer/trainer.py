@@ -7,6 +7,9 @@ A run reads top to bottom as setup -> train -> cleanup:
   data-parallel ranks -> clip -> optimizer step, with the learning rate set from the step; logging,
   evaluation and checkpoints every N steps;
 - cleanup: a final checkpoint, the loss curve and closed logs.
+
+With several ranks, a rank that dies or fails during training stops the others, which would wait for it in
+their next collective forever (mindformers/parallel/watchdog.py).
 """
 import math
 import os
@@ -21,6 +24,7 @@ from mindspore import Tensor, ops
 from ..kernels import host
 from ..registry import TASKS
 from ..parallel.config import ParallelConfig, RecomputeConfig
+from ..parallel.watchdog import WATCHDOG_DIR, watch_ranks
 from ..utils import graphs_compiled, graphs_released_after, logger, release_graphs
 from .args import TrainingArguments
 from .callbacks import CallbackList, default_callbacks
@@ -480,7 +484,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _train(self, model, resume) -> TrainerState:
         # the compiled training step goes with the run (the evaluation step stays: evaluate() reuses it)
-        with graphs_released_after(keep="evaluate_batch"):
+        with graphs_released_after(keep="evaluate_batch"), \
+                watch_ranks(os.path.join(self.args.output_dir, WATCHDOG_DIR), self.rank, self.world_size):
             return self._run_training(model, resume)
 
     def _run_training(self, model, resume) -> TrainerState:
