@@ -406,8 +406,9 @@ class TunerModel(nn.Cell):
                              + "; ".join(parts) + ". Was it trained for another base model or config?")
         bad = non_float_tensors(weights) + nonfinite_tensors(weights)
         if bad:
-            raise ValueError(f"{source}: adapter weights must be finite floating-point numbers; found {'; '.join(bad[:5])}"
-                             f"{' ...' if len(bad) > 5 else ''} (was the adapter saved after training diverged?)")
+            raise ValueError(f"{source}: adapter weights must be finite floating-point numbers; found "
+                             f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (was the adapter saved after "
+                             "training diverged?)")
         for key, param in by_key.items():
             write_parameter(param, weights[key].astype(np.float32))
 
