@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-import yaml
-
 
 def apply_override(config: dict, assignment: str) -> None:
     """Set ``a.b.c=value`` in the nested ``config``; unknown sections are created (and then validated)."""
+    from mindformers.presets import parse_yaml  # 1e-4 is a number, as the usage above says
+
     if "=" not in assignment:
         raise SystemExit(f"override {assignment!r} is not of the form section.key=value")
     path, value = assignment.split("=", 1)
@@ -26,7 +26,7 @@ def apply_override(config: dict, assignment: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise SystemExit(f"override {assignment!r}: {key!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(value)
+    node[keys[-1]] = parse_yaml(value)
 
 
 def main(argv=None):

@@ -17,7 +17,7 @@ from .auto import (
 from .configuration_utils import PretrainedConfig
 from .dataset import TokenizedDataset, build_dataset
 from .generation import BaseStreamer, GenerationConfig, TextIteratorStreamer, TextStreamer
-from .modeling_utils import CheckpointMismatchError, PreTrainedModel
+from .modeling_utils import CheckpointMismatchError, NonFiniteWeightsError, PreTrainedModel
 from .models.gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from .models.llama import (
     LlamaConfig,

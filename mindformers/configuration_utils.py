@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
+from .fields import check_field_types
 from .utils import atomic_write_text
 
 # Keys a Hugging Face ``config.json`` carries that describe the file or the torch runtime, not the model.
@@ -96,6 +97,7 @@ class PretrainedConfig:
                 setattr(self, f.name, f.default)
             elif f.default_factory is not dataclasses.MISSING:
                 setattr(self, f.name, f.default_factory())
+        check_field_types(type(self), values, type(self).__name__)  # before __post_init__ compares or derives from them
         self.__post_init__()
 
     def __post_init__(self):
@@ -104,7 +106,7 @@ class PretrainedConfig:
         if self.id2label is not None:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
             self.num_labels = len(self.id2label)
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, found {value!r}")

@@ -1,9 +1,10 @@
 """Base class of every model: building from a config, loading and saving Hugging Face checkpoints.
 
 Parameter names equal Hugging Face's tensor names, so loading is a checked name-by-name copy. A missing,
-unexpected or wrongly shaped tensor is an error listing all of them; the only exception is a task head
-that a checkpoint cannot have (``score.weight`` when a causal-LM checkpoint seeds a classifier), which is
-initialised and reported, as transformers does.
+unexpected, wrongly shaped or non-float tensor is an error listing all of them; the only exception is a task
+head that a checkpoint cannot have (``score.weight`` when a causal-LM checkpoint seeds a classifier), which is
+initialised and reported, as transformers does. Weights holding NaN or infinity are refused too (a diverged
+run's checkpoint); ``load_state_dict(state, check_finite=False)`` loads them anyway.
 """
 import functools
 import threading
@@ -14,13 +15,18 @@ import mindspore as ms
 from mindspore import nn
 
 from .checkpoint import save_state_dict
+from .checkpoint.checks import non_float_tensors, nonfinite_tensors
 from .configuration_utils import PretrainedConfig
 from .models.common.layers import Conv1D, Embedding, LayerNorm, Linear, RMSNorm
 from .utils import EXECUTION_LOCK, building_shapes_only, logger, thread_flag, write_parameter
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's tensors do not fit the model (names or shapes)."""
+    """A checkpoint's tensors do not fit the model (names, shapes or dtypes)."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint's weights hold NaN or infinity."""
 
 
 _CONSTRUCTION = threading.local()  # depth of nested model __init__ calls, and whether weights are filled after
@@ -145,11 +151,14 @@ class PreTrainedModel(nn.Cell):
         return load_model(cls, config, checkpoint, source)
 
     @classmethod
-    def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray]) -> "PreTrainedModel":
-        """Build a model from ``config`` and copy ``state`` (numpy arrays by HF name) into it."""
+    def from_state_dict(cls, config: PretrainedConfig, state: Dict[str, np.ndarray],
+                        check_finite: bool = True) -> "PreTrainedModel":
+        """Build a model from ``config`` and copy ``state`` (numpy arrays by HF name) into it
+        (``check_finite``: see :meth:`load_state_dict`)."""
         with _weights_filled_by_caller():
             model = cls(config)
-        missing = model._copy_state(state, strict=True, in_place=False)  # no compiled graph holds its buffers yet
+        # in_place=False: no compiled graph holds the new model's buffers yet
+        missing = model._copy_state(state, strict=True, in_place=False, check_finite=check_finite)
         if missing:
             rng = np.random.default_rng()
             params = dict(model.parameters_and_names())
@@ -198,19 +207,22 @@ class PreTrainedModel(nn.Cell):
         state = self.state_dict() if state is None else {k: v for k, v in state.items() if not is_adapter_path(k)}
         return state if layout is None else layout.split(state)
 
-    def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True) -> list:
+    def load_state_dict(self, state: Dict[str, np.ndarray], strict: bool = True, check_finite: bool = True) -> list:
         """Copy arrays into the parameters of the same name (in place: compiled steps see the new values).
 
         Args:
             state: ``{name: array}``; names are Hugging Face's.
             strict: raise :class:`CheckpointMismatchError` on missing, unexpected or mis-shaped tensors.
-                Task-head tensors of ``_head_keys`` may be missing either way.
+                Task-head tensors of ``_head_keys`` may be missing either way. Integer or boolean tensors
+                are refused either way (they are not weights).
+            check_finite: raise :class:`NonFiniteWeightsError` when a tensor holds NaN or +-infinity;
+                False loads them as they are (to inspect a diverged run, say).
         Returns:
             The names of head parameters the checkpoint lacked (left for the caller to initialise).
         """
-        return self._copy_state(state, strict, in_place=True)
+        return self._copy_state(state, strict, in_place=True, check_finite=check_finite)
 
-    def _copy_state(self, state: Dict[str, np.ndarray], strict: bool, in_place: bool) -> list:
+    def _copy_state(self, state: Dict[str, np.ndarray], strict: bool, in_place: bool, check_finite: bool = True) -> list:
         params = dict(self.parameters_and_names())
         layout = self._expert_layout()
         if layout is not None:  # experts stored one by one -> the model's 3-D expert Parameters
@@ -249,6 +261,20 @@ class PreTrainedModel(nn.Cell):
                 f"checkpoint does not fit {type(self).__name__} ({self.config.model_type}, "
                 f"{self.config.num_hidden_layers} layers, hidden {self.config.hidden_size}): " + "; ".join(parts)
                 + ". Is the checkpoint for this model and config?"
+            )
+        loaded = {k: v for k, v in renamed.items() if k in params}
+        not_float = non_float_tensors(loaded)
+        if not_float:
+            raise CheckpointMismatchError(
+                f"checkpoint tensors must be floating point (the model's weights are {self.config.dtype}); found "
+                f"{len(not_float)} that are not: {_short(not_float)}. Is this file a model checkpoint?"
+            )
+        nonfinite = nonfinite_tensors(loaded) if check_finite else []
+        if nonfinite:
+            raise NonFiniteWeightsError(
+                f"checkpoint weights hold NaN or infinite values in {len(nonfinite)} tensor(s): {_short(nonfinite)}; "
+                "a model with them gives NaN outputs (was the checkpoint saved after training diverged?). To load "
+                "it anyway: model.load_state_dict(mindformers.checkpoint.load_state_dict(path), check_finite=False)"
             )
         for key, value in renamed.items():
             if key in params and tuple(value.shape) == tuple(params[key].shape):

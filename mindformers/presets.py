@@ -15,6 +15,7 @@ The YAML's ``model`` section follows MindFormers::
 """
 import glob
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -49,13 +50,32 @@ def preset_path(name: str) -> str:
     return files[name]
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a number. PyYAML follows YAML 1.1, where a float needs a dot
+    (``1.0e-4``) and ``1e-4`` is the string "1e-4"; YAML 1.2 (and most other parsers) read it as a float, and
+    so does this loader, so ``learning_rate: 1e-4`` and ``training.learning_rate=1e-4`` mean a number."""
+
+
+# add_implicit_resolver appends to lists the subclass shares with SafeLoader: copy them first
+YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """The value of a YAML document (``1e-4`` is a float, see :class:`YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
     """Read a YAML file into a dict, with a clear error for malformed files."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=YamlLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        raise ValueError(f"{path} is empty; expected a mapping such as `model:` / `training:` sections")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
     return data

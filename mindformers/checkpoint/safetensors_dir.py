@@ -24,9 +24,27 @@ def _read_file(path: str) -> Dict[str, np.ndarray]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
+        with open(path, "rb") as f:
+            start = f.read(64)
+        if start.startswith(b"version https://git-lfs"):  # a clone without `git lfs pull`
+            raise ValueError(f"cannot read {path}: it is a Git LFS pointer, not the weights; fetch them with "
+                             "`git lfs pull` in the checkpoint's repository") from None
         raise ValueError(
             f"cannot read {path}: it is not a valid safetensors file (corrupt or truncated?): {err}"
         ) from None
+    except (TypeError, AttributeError):  # a dtype numpy has no type for (F8_*): safetensors.numpy fails on it
+        raise ValueError(f"cannot read {path}: tensor(s) of a dtype numpy cannot hold: {_exotic_tensors(path)}; "
+                         "expected float tensors (F32, F16, BF16 or F64): convert the checkpoint to one") from None
+
+
+def _exotic_tensors(path: str) -> List[str]:
+    """``"name: dtype"`` of the tensors in ``path`` (a valid safetensors file) whose dtype numpy has no type for.
+    bfloat16 has one once MindSpore is imported (it registers it; safetensors then returns bfloat16 arrays)."""
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    header.pop("__metadata__", None)
+    readable = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"}
+    return [f"{name}: {info['dtype']}" for name, info in header.items() if info["dtype"] not in readable]
 
 
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:
@@ -46,9 +64,14 @@ def load_state_dict(path: str) -> Dict[str, np.ndarray]:
     if os.path.isfile(index):
         try:
             with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{index} is not a valid safetensors index (expected a 'weight_map'): {err}") from None
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{index} is not valid JSON: {err}") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            found = f"keys {sorted(data)}" if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{index} is not a valid safetensors index: expected a 'weight_map' object "
+                             f"(tensor name -> shard file), found {found}")
         state: Dict[str, np.ndarray] = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = os.path.join(path, shard)
@@ -83,8 +106,11 @@ def save_state_dict(state: Dict[str, np.ndarray], directory: str, max_shard_size
     Returns:
         The paths written.
     """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"cannot save into {directory}: it is a file; weights are saved into a directory "
+                                 "(model.safetensors, config.json); pass a directory path")
+    limit = _parse_size(max_shard_size)  # before anything is written: a bad size leaves the directory as it was
     os.makedirs(directory, exist_ok=True)
-    limit = _parse_size(max_shard_size)
     shards: List[Dict[str, np.ndarray]] = [{}]
     size = 0
     for name in state:  # keep the caller's (module) order, as transformers does

@@ -45,9 +45,9 @@ def read_records(source: Source) -> List[Record]:
         The records in file order, each with its location.
 
     Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: unsupported suffix, invalid JSON (the message names file and line), a ``.json`` file
-            that is not an array, or no records at all.
+        FileNotFoundError: the path does not exist; IsADirectoryError: it is a directory.
+        ValueError: unsupported suffix, text that is not UTF-8 or invalid JSON (the message names file and
+            line), a ``.json`` file that is not an array, or no records at all.
     """
     if isinstance(source, (list, tuple)):
         records = [Record(item, f"record {i + 1} of the given list") for i, item in enumerate(source)]
@@ -59,6 +59,9 @@ def read_records(source: Source) -> List[Record]:
             f"source must be a path to a {'/'.join(SUFFIXES)} file or a list of dicts, found {type(source).__name__}"
         )
     path = os.fspath(source)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; pass one {'/'.join(SUFFIXES)} file (the directory holds "
+                                f"{sorted(os.listdir(path))[:10]})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no dataset file at {path}; pass an existing {'/'.join(SUFFIXES)} file")
     suffix = os.path.splitext(path)[1].lower()
@@ -67,8 +70,16 @@ def read_records(source: Source) -> List[Record]:
             f"cannot read {path}: unsupported file type {suffix or '(no suffix)'!r}; expected one of {SUFFIXES} "
             "(.jsonl: one JSON object per line, .json: an array of objects, .txt: plain text)"
         )
-    with open(path, encoding="utf-8-sig") as f:  # -sig: drop the byte-order mark some editors write
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: drop the byte-order mark some editors write
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); expected a "
+            f"{suffix} file of UTF-8 text, found binary data or another encoding"
+        ) from None
     if not text.strip():
         raise ValueError(f"{path} is empty; a dataset file needs at least one record")
     records = {".jsonl": _read_jsonl, ".json": _read_json_array, ".txt": _read_text}[suffix](path, text)

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
+from ..fields import check_field_types
 from ..utils import atomic_write_text, logger, read_json_object
 
 _BOOKKEEPING = {"_from_model_config", "transformers_version", "_commit_hash", "return_dict_in_generate",
@@ -61,7 +62,8 @@ class GenerationConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for settings outside their range."""
+        """Raise ``ValueError`` for settings of the wrong type or outside their range."""
+        check_field_types(type(self), self.__dict__, "GenerationConfig")
         if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], found {self.top_p!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):

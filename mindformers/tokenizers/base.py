@@ -31,7 +31,7 @@ from tokenizers import AddedToken, Tokenizer, processors
 from ..registry import TOKENIZERS
 from ..utils import atomic_path, atomic_write_text, logger
 from .backends import Backend, add_tokens_at_ids, build_backend
-from .chat_template import render_chat_template
+from .chat_template import compile_chat_template, render_chat_template
 from .sentencepiece import SentencePieceTokenizer
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
@@ -197,6 +197,7 @@ class PreTrainedTokenizer:
         add_prefix_space: Optional[bool] = None,
         legacy: Optional[bool] = None,
         added_tokens_decoder: Optional[Dict[str, Any]] = None,
+        added_tokens_source: Optional[str] = None,
         **kwargs: Any,
     ) -> "PreTrainedTokenizer":
         """Build a tokenizer from tokenizer files (the form a YAML ``tokenizer:`` section uses).
@@ -209,6 +210,7 @@ class PreTrainedTokenizer:
             legacy: sentencepiece: ``False`` puts no dummy prefix on text after a special token
                 (transformers' ``legacy=False``); default: as sentencepiece and llama.cpp (see :mod:`.sentencepiece`).
             added_tokens_decoder: extra added tokens at fixed ids (tokenizer_config.json's field).
+            added_tokens_source: the file ``added_tokens_decoder`` was read from, for error messages.
             kwargs: constructor arguments (special tokens, ``model_max_length``, ...); they override what
                 the file states (a GGUF's special tokens and chat template, a .model's BOS/EOS pieces).
 
@@ -228,7 +230,9 @@ class PreTrainedTokenizer:
             legacy=legacy,
         )
         if added_tokens_decoder:
-            add_tokens_at_ids(backend, added_tokens_decoder, where=tokenizer_file or vocab_file)
+            where = f"added_tokens_decoder of {added_tokens_source or 'the tokenizer options'} (vocabulary: " \
+                    f"{tokenizer_file or vocab_file})"
+            add_tokens_at_ids(backend, added_tokens_decoder, where=where)
         kwargs.setdefault("name_or_path", tokenizer_file or vocab_file)
         return cls(backend, **{**file_config, **kwargs})
 
@@ -944,6 +948,28 @@ def _to_tensor(rows: List[List[int]], kind: str, key: str):
     return mindspore.Tensor(array.astype(np.int32))
 
 
+def _checked_chat_template(template: Any, where: str) -> Union[str, Dict[str, str]]:
+    """A chat template read from ``where``: a string, or named templates (a ``{name: template}`` dict or
+    tokenizer_config.json's list of ``{"name", "template"}``); each must compile, so a broken one is reported
+    with its file when the tokenizer loads rather than at the first ``apply_chat_template``."""
+    if isinstance(template, list):
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and "template" in t for t in template):
+            raise ValueError(f"{where}: chat_template as a list must hold {{'name': ..., 'template': ...}} objects, "
+                             f"found {str(template)[:120]}")
+        template = {t["name"]: t["template"] for t in template}
+    named = template if isinstance(template, dict) else {None: template}
+    for name, text in named.items():
+        label = "chat_template" if name is None else f"chat template {name!r}"
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: {label} must be a string (a Jinja2 template), found {type(text).__name__} "
+                             f"{text!r:.60}")
+        try:
+            compile_chat_template(text)
+        except ValueError as err:
+            raise ValueError(f"{where}: {label}: {err}; fix the template or remove it") from None
+    return template
+
+
 def read_pretrained_dir(
     path: str, gguf_file: Optional[str] = None
 ) -> Tuple[Dict[str, str], Dict[str, Any], Optional[str]]:
@@ -982,6 +1008,7 @@ def read_pretrained_dir(
         )
 
     raw: Dict[str, Any] = {}
+    source: Dict[str, str] = {}  # key -> the file that set it, for error messages
     for name in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE):  # the second wins, as in transformers v4
         if name in names:
             try:
@@ -991,29 +1018,37 @@ def read_pretrained_dir(
                 raise ValueError(f"{join(name)} is not valid JSON: {exc}") from None
             if not isinstance(data, dict):
                 raise ValueError(f"{join(name)}: expected a JSON object, found {type(data).__name__}")
-            raw.update({k: v for k, v in data.items() if not (name == SPECIAL_TOKENS_MAP_FILE and v is None)})
+            data = {k: v for k, v in data.items() if not (name == SPECIAL_TOKENS_MAP_FILE and v is None)}
+            raw.update(data)
+            source.update(dict.fromkeys(data, join(name)))
     if CHAT_TEMPLATE_FILE in names:
         with open(join(CHAT_TEMPLATE_FILE), encoding="utf-8") as f:
             raw["chat_template"] = f.read()
+        source["chat_template"] = join(CHAT_TEMPLATE_FILE)
 
     tokenizer_class = raw.pop("tokenizer_class", None)
     # transformers 5 calls additional special tokens "extra_special_tokens" (a list, or a name -> token dict).
     extra = raw.pop("extra_special_tokens", None)
     if extra and not raw.get("additional_special_tokens"):
         raw["additional_special_tokens"] = list(extra.values()) if isinstance(extra, dict) else list(extra)
-    if isinstance(raw.get("chat_template"), list):  # [{"name": ..., "template": ...}, ...]
-        raw["chat_template"] = {t["name"]: t["template"] for t in raw["chat_template"]}
+    if raw.get("chat_template") is not None:
+        raw["chat_template"] = _checked_chat_template(raw["chat_template"], source["chat_template"])
     for key in (*SPECIAL_TOKEN_NAMES, "additional_special_tokens"):
         if key in raw and raw[key] is not None:
-            raw[key] = (
-                [_token_text(t) for t in raw[key]] if key == "additional_special_tokens" else _token_text(raw[key])
-            )
+            try:
+                raw[key] = (
+                    [_token_text(t) for t in raw[key]] if key == "additional_special_tokens" else _token_text(raw[key])
+                )
+            except TypeError as err:
+                raise ValueError(f"{source.get(key, path)}: {key}: {err}") from None
     if isinstance(raw.get("model_input_names"), list) and "return_token_type_ids" not in raw:
         raw["return_token_type_ids"] = "token_type_ids" in raw["model_input_names"]
     config = {k: v for k, v in raw.items() if k in CONFIG_KEYS and k not in FILE_KEYS and k != "name_or_path"}
     ignored = sorted(set(raw) - set(config))
     if ignored:
         logger.debug("tokenizer config keys not used by mindformers in %s: %s", path, ignored)
+    if config.get("added_tokens_decoder"):
+        config["added_tokens_source"] = source["added_tokens_decoder"]
     if "tokenizer_file" in files and files["tokenizer_file"].endswith(".json"):
         config.pop("legacy", None)  # tokenizer.json is used as it is; legacy only shapes a .model conversion
         config.pop("add_prefix_space", None)

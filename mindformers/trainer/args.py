@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from ..fields import as_path, check_field_types
 from ..utils import atomic_write_text
 
 ALIASES = {
@@ -100,7 +101,7 @@ class TrainingArguments:
     """Recompute each decoder layer's activations in the backward pass (less memory, more time)."""
     dataloader_drop_last: bool = False
     """Drop the last incomplete batch of each epoch."""
-    report_to: List[str] = field(default_factory=lambda: ["jsonl", "tensorboard", "png"])
+    report_to: Union[List[str], str] = field(default_factory=lambda: ["jsonl", "tensorboard", "png"])
     """Run records to write: "jsonl" (metrics.jsonl), "tensorboard", "png" (loss_curve.png); "all" or "none"."""
     disable_tqdm: bool = False
     """No progress bar."""
@@ -110,6 +111,8 @@ class TrainingArguments:
             if not ok:
                 raise ValueError(f"TrainingArguments: {message}")
 
+        self.output_dir, self.resume_from_checkpoint = as_path(self.output_dir), as_path(self.resume_from_checkpoint)
+        check_field_types(type(self), self.__dict__, "TrainingArguments")
         check(isinstance(self.batch_size, int) and self.batch_size > 0, f"batch_size must be a positive integer, found {self.batch_size!r}")
         check(self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1, found {self.gradient_accumulation_steps}")
         check(self.learning_rate >= 0, f"learning_rate must be >= 0, found {self.learning_rate}")

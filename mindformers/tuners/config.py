@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
+from ..fields import check_field_types
 from ..utils import atomic_write_text, logger, read_json_object
 
 CONFIG_NAME = "adapter_config.json"
@@ -68,7 +69,16 @@ class TunerConfig:
         ignored = sorted(set(data) - known - set(cls.inert_fields) - {"peft_version", "auto_mapping"})
         if ignored:
             logger.warning("%s: ignoring fields this version does not know: %s", source, ignored)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls._checked({k: v for k, v in data.items() if k in known}, source)
+
+    @classmethod
+    def _checked(cls, values: Dict[str, Any], source: str) -> "TunerConfig":
+        """``cls(**values)`` with each value's type checked first, and any error naming ``source``."""
+        check_field_types(cls, values, source)
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
 
     @classmethod
     def from_pet_config(cls, pet_config: Dict[str, Any]) -> "TunerConfig":
@@ -80,7 +90,7 @@ class TunerConfig:
         if unknown:
             raise ValueError(f"unknown pet_config key(s) {unknown} for {cls.peft_type}; valid: "
                              f"{', '.join(sorted(valid | set(cls.pet_aliases)))}")
-        return cls(**data)
+        return cls._checked(data, "pet_config")
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "TunerConfig":

@@ -151,26 +151,31 @@ class Swift:
 
     @staticmethod
     def save_to_peft_format(ckpt_dir: str, output_dir: str) -> None:
-        """Rewrite a SWIFT folder in PEFT's layout (``default`` at the top, other adapters in sub-folders)."""
+        """Rewrite a SWIFT folder in PEFT's layout (``default`` at the top, other adapters in sub-folders).
+
+        Every adapter is read and converted before anything is written, so a broken or unconvertible adapter
+        leaves ``output_dir`` as it was."""
         adapters = dict(iter_adapter_dirs(ckpt_dir))
         if not adapters:
             raise ValueError(f"{ckpt_dir} holds no SWIFT adapter folders")
+        converted = []
         for name, directory in adapters.items():
             config = config_from_dir(directory)
-            target = output_dir if name == DEFAULT_ADAPTER else os.path.join(output_dir, name)
-            os.makedirs(target, exist_ok=True)
-            weights = _read_file(os.path.join(directory, WEIGHTS_NAME))
-            keys = peft_key_map(weights, name, adapted_modules_in(weights, name))
-            weights = {keys[k]: v for k, v in weights.items()}
-            with atomic_path(os.path.join(target, WEIGHTS_NAME)) as tmp:
-                save_file(weights, tmp, metadata={"format": "pt"})
             method = TUNERS.get(config.peft_type)
             if not method.peft_format:
                 raise ValueError(f"{directory}: adapter {name!r} is a {config.peft_type} tuner, which PEFT does not "
                                  "have; it stays in SWIFT's layout")
+            weights = _read_file(os.path.join(directory, WEIGHTS_NAME))
+            keys = peft_key_map(weights, name, adapted_modules_in(weights, name))
             peft_class = method.config_class  # PEFT's config: SWIFT-only fields dropped
             fields = {f.name for f in dataclasses.fields(peft_class)}
             peft_config = peft_class.from_dict({k: v for k, v in config.to_dict().items() if k in fields})
+            target = output_dir if name == DEFAULT_ADAPTER else os.path.join(output_dir, name)
+            converted.append((target, {keys[k]: v for k, v in weights.items()}, peft_config))
+        for target, weights, peft_config in converted:
+            os.makedirs(target, exist_ok=True)
+            with atomic_path(os.path.join(target, WEIGHTS_NAME)) as tmp:
+                save_file(weights, tmp, metadata={"format": "pt"})
             peft_config.save_pretrained(target)
 
 

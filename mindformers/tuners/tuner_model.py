@@ -18,6 +18,7 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from safetensors.numpy import save_file
 
+from ..checkpoint.checks import non_float_tensors, nonfinite_tensors
 from ..checkpoint.safetensors_dir import _read_file
 from ..registry import TUNERS
 from ..utils import EXECUTION_LOCK, atomic_path, logger, write_parameter
@@ -403,6 +404,11 @@ class TunerModel(nn.Cell):
                      for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
             raise ValueError(f"{source} does not fit adapter {name!r} of {type(self.base_model).__name__}: "
                              + "; ".join(parts) + ". Was it trained for another base model or config?")
+        bad = non_float_tensors(weights) + nonfinite_tensors(weights)
+        if bad:
+            raise ValueError(f"{source}: adapter weights must be finite floating-point numbers; found "
+                             f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (was the adapter saved after "
+                             "training diverged?)")
         for key, param in by_key.items():
             write_parameter(param, weights[key].astype(np.float32))
 

@@ -169,9 +169,11 @@ def test_bad_configs_name_the_field():
         MixtralConfig(num_local_experts=4, num_experts_per_tok=5)
     with pytest.raises(ValueError, match=r"num_experts_per_tok \(9\) must be between 1 and num_experts \(8\)"):
         Qwen3MoeConfig(num_experts=8, num_experts_per_tok=9)
-    for window in (0, -4, 2.5):
+    for window in (0, -4):
         with pytest.raises(ValueError, match="sliding_window must be a positive number of tokens"):
             MistralConfig(sliding_window=window)
+    with pytest.raises(ValueError, match="sliding_window must be an integer or null, found float 2.5"):
+        MistralConfig(sliding_window=2.5)
     with pytest.raises(ValueError, match="sliding_window must be a positive"):
         Qwen3Config(use_sliding_window=True, sliding_window=0)
     small = dict(hidden_size=32, num_heads=4, num_layers=2, n_routed_experts=8, n_group=4, topk_group=2,

@@ -67,9 +67,25 @@ class LlamaConfig(PretrainedConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        name = type(self).__name__
+        for field_name in ("intermediate_size", "num_key_value_heads", "head_dim"):
+            value = getattr(self, field_name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}.{field_name} must be a positive integer, found {value!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
         if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"{name}: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                    f"({self.num_attention_heads}) to derive head_dim; change one of them, or set head_dim "
+                    f"explicitly (the attention width is then num_attention_heads * head_dim)"
+                )
             self.head_dim = self.hidden_size // self.num_attention_heads
         # values equal to what would be derived count as derived (config.json files write them out), so
         # replace(num_heads=..., hidden_size=...) derives them again
@@ -77,13 +93,8 @@ class LlamaConfig(PretrainedConfig):
         derived = {f.name for f in fields(self) if f.default is None}
         if self.num_key_value_heads == self.num_attention_heads and "num_key_value_heads" in derived:
             self._given.discard("num_key_value_heads")
-        if self.head_dim == self.hidden_size // self.num_attention_heads and "head_dim" in derived:
+        if self.head_dim * self.num_attention_heads == self.hidden_size and "head_dim" in derived:
             self._given.discard("head_dim")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' for {type(self).__name__}, found {self.hidden_act!r}")
         if self.pretraining_tp != 1:
