@@ -45,6 +45,7 @@ on the running rows padded to a power of two (one graph per bucket, rows picked 
 """
 import collections
 import concurrent.futures
+import gc
 import itertools
 import os
 import threading
@@ -648,6 +649,11 @@ class Engine:
         self.stop_model(model_name)
         with self._lock:
             del self._models[model_name]
+        # The decode steps sit in reference cycles (a Cell holds its own jit-compiled method), so only the
+        # cycle collector frees them and, through their finalizers, their compiled graphs. Collect now: left
+        # until interpreter exit, MindSpore 2.10 freed the graphs after Python had finalized and aborted
+        # ("PyThreadState_Get: ... the GIL is released", seen at the exit of bench/serve.py --lru).
+        gc.collect()
 
     def model_names(self) -> List[str]:
         return sorted(self._models)
