@@ -5,6 +5,7 @@ Usage:
     python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
                           [--sides mindformers transformers] [--out serve.json] [--quick]
+    python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
 
 The adapters are random LoRA weights of the real shapes (A and B ~ normal * --init-std, seeded; lora_alpha =
@@ -36,11 +37,24 @@ then rounds alternate between the two processes; figures are medians over --roun
 Each measurement also returns the generated ids: the table says how many rows both sides decoded alike and
 how many LoRA rows differ from the base output (a check that the adapters are applied at all).
 
+--lru runs the adapter cache instead (mindformers only, no PyTorch): --lru-adapters adapters of rank
+--ranks[0] are registered (``register_lora``: known, not resident) with a pool of --lru-slots slots, and
+--lru-requests requests (request i: prompt i % --batch, adapter i % --lru-adapters) come from --batch
+clients that each send their next request when their last one ended (so about --batch rows run and
+requests keep arriving); the engine loads adapters on demand, evicting the least recently used idle one.
+A hit is a request whose adapter was resident when it arrived. Printed:
+end-to-end tokens/s (new tokens / wall time from the first submit to the last token, prefills and loads
+included), hits, misses, evictions and the mean / max adapter load time (read + write) from
+``Engine.metrics``, next to the same requests cycling over only --lru-slots adapters (all resident after
+their first load), which is what the swapping costs. Its time is mostly the graph compilation for
+--batch rows (as the mindformers side's warm-up) plus two runs of --lru-requests requests.
+
 Time on 2 cores: about 40 minutes with the defaults, most of it PEFT decoding with 32 adapters (~2.5 min
 per rank per round); `--rounds 1` about 20; `--quick` (batch 8, adapters 1 8, rank 8, one round) about 5.
 The adapter files take ~2.8 GB (32 rank-64 adapters of 78 MB), loaded ~2.5 GB more per side.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -306,6 +320,10 @@ def main():
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--out", help="write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adapters 1 8, rank 8, one round")
+    parser.add_argument("--lru", action="store_true", help="run the adapter cache (more adapters than pool slots)")
+    parser.add_argument("--lru-adapters", type=int, default=16, help="--lru: adapters registered")
+    parser.add_argument("--lru-slots", type=int, default=4, help="--lru: pool slots (lora_max_num)")
+    parser.add_argument("--lru-requests", type=int, default=128, help="--lru: requests in all")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--adapter-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -313,6 +331,8 @@ def main():
         args.batch, args.adapters, args.ranks, args.rounds = 8, [1, 8], [8], 1
     if args.side:
         return run_side(args.side, args)
+    if args.lru:
+        return run_lru(args)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TQDM_DISABLE="1")  # the GGUF conversion's progress bars
@@ -409,6 +429,91 @@ def report(args, sides, ready, runs, file_bytes):
         for target in results["targets"]:
             print(f"  {target['name']:<46} {target['value']:6.2f} >= {target['goal']:.2f}: "
                   f"{'met' if target['met'] else 'NOT met'}")
+
+
+# ---------------------------------------------------------------- the adapter cache (--lru)
+
+def lru_requests(engine, prompts, names, args):
+    """``--lru-requests`` requests from ``--batch`` clients, each sending its next request when its last one
+    ended (request i: prompt i % batch, adapter names[i % len(names)]); returns (seconds, new tokens,
+    metrics at the end)."""
+    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+
+    def one(i):
+        settings = {**gen, "lora_name": names[i % len(names)]}
+        status, ids = engine.sync_request(MODEL_NAME, prompts[i % len(prompts)], settings)
+        if not status:
+            raise RuntimeError(f"request {i} refused: {status.code} {status.message}")
+        return len(ids)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(args.batch) as clients:
+        tokens = list(clients.map(one, range(args.lru_requests)))
+    seconds = time.perf_counter() - start
+    if any(n != args.new_tokens for n in tokens):
+        raise RuntimeError(f"requests decoded {sorted(set(tokens))} tokens, expected exactly {args.new_tokens}")
+    return seconds, sum(tokens), engine.metrics(MODEL_NAME)
+
+
+def lru_figures(seconds, tokens, metrics, names):
+    """tok/s and the cache counters of one run (its adapters' names are used by no other run)."""
+    def total(key):
+        return sum(metrics["adapters"][n][key] for n in names)
+
+    loads = total("loads")
+    return {"adapters": len(names), "seconds": seconds, "tokens_per_second": tokens / seconds,
+            "hits": total("hits"), "misses": total("misses"), "evictions": total("evictions"), "loads": loads,
+            "load_seconds_mean": total("load_seconds") / loads if loads else 0.0,
+            "load_seconds_max": max(metrics["adapters"][n]["load_seconds_max"] for n in names)}
+
+
+def run_lru(args):
+    """The adapter cache run (module docstring, --lru): one engine, in this process."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before MindSpore is imported, as the sides' env
+        os.environ[name] = str(args.threads)
+    rank = args.ranks[0]
+    with tempfile.TemporaryDirectory(prefix="serve-lru-") as root:
+        file_bytes = write_adapters(root, [rank], args.lru_adapters, args.targets, args.init_std)[rank]
+        sys.path.insert(0, ROOT)
+        from mindformers.serving import Engine, RuntimeConfigBuilder
+
+        engine = Engine()
+        engine.install_model(
+            RuntimeConfigBuilder(MODEL_NAME, model=PRESET).max_batch(args.batch)
+            .max_length(args.prompt_tokens + args.new_tokens + 8).max_queue(args.lru_requests)
+            .lora_max_num(args.lru_slots).lora_max_rank(rank).lora_target_modules(args.targets).build())
+        start = time.perf_counter()
+        engine.start_model(MODEL_NAME)  # compiles every prefill and decode graph
+        print(f"graphs compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        prompts = batch_prompts(engine.tokenizer(MODEL_NAME), args.batch, args.prompt_tokens)
+        # First the requests cycle over only as many adapters as there are slots (loaded once, then hits),
+        # then over every adapter, more than the pool holds. Each run registers its own names (its counters
+        # start at 0) on an empty pool.
+        runs = []
+        for run, count in (("fit", args.lru_slots), ("lru", args.lru_adapters)):
+            names = [f"{run}_a{index}" for index in range(count)]
+            for index, name in enumerate(names):
+                engine.register_lora(MODEL_NAME, name, adapter_dir(root, rank, index))
+            runs.append(lru_figures(*lru_requests(engine, prompts, names, args), names))
+            for name in names:
+                engine.unload_lora(MODEL_NAME, name)
+        engine.uninstall_model(MODEL_NAME)
+    results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
+               "file_bytes": file_bytes, "runs": runs}
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    print(f"\nAdapter cache: SmolLM2-135M-Instruct float32, {args.threads} threads, {args.batch} rows, pool of "
+          f"{args.lru_slots} slots, rank {rank} adapters ({file_bytes / 2**20:.1f} MB files) on "
+          f"{' '.join(args.targets)}; {args.lru_requests} requests from {args.batch} clients (request i uses "
+          f"adapter i % adapters), prompt {args.prompt_tokens} tokens, {args.new_tokens} greedy tokens, one run each.\n"
+          f"tok/s = new tokens / wall time (prefills and adapter loads included); load s = read + write")
+    print(f"{'adapters':>8} {'tok/s':>8} {'hits':>6} {'misses':>6} {'evictions':>9} {'loads':>6} "
+          f"{'load s mean':>11} {'load s max':>10}")
+    for run in runs:
+        print(f"{run['adapters']:>8} {run['tokens_per_second']:>8.1f} {run['hits']:>6} {run['misses']:>6} "
+              f"{run['evictions']:>9} {run['loads']:>6} {run['load_seconds_mean']:>11.3f} "
+              f"{run['load_seconds_max']:>10.3f}")
 
 
 def targets(results, names):

@@ -14,16 +14,43 @@ compiled without the adapter kernel. Token choice and stopping are ``generate()`
 :class:`~mindformers.generation.decoding.DecodingState` per request), and so are the default settings and
 the length limit (capped at the runtime ``max_length``).
 
+Adapters beyond the pool (S-LoRA / LoRAX style): the engine knows every registered or loaded adapter and
+keeps ``lora_max_num`` of them resident in pool slots. A request for a known adapter is never refused for a
+full pool; it waits in the queue while its adapter is brought in:
+
+- reading: the loader thread reads the adapter's files into host memory (``AdapterPool.prepare``: disk,
+  checks, numpy), while the scheduler goes on decoding. Reads start in queue order, at most
+  ``lora_max_num`` at a time (held host copies stay within one pool's size). Nothing is cached after an
+  eviction: a later request reads the files again (the OS page cache keeps them warm).
+- writing: between two steps the scheduler writes a read adapter into a slot (``AdapterPool.install``,
+  under ``EXECUTION_LOCK``, no recompilation). Slots go to adapters in the order of their oldest waiting
+  request: a free slot; else the least recently used adapter that no running or waiting request uses
+  (evicted); else the least recently used adapter that no request queued *before* it needs is reserved:
+  requests queued after it for that adapter are held, and it is evicted when its running rows end. If
+  every resident adapter serves requests queued before it, it waits for them.
+- admission: in queue order, skipping requests whose adapter is not resident or is reserved. So base and
+  resident-adapter requests never wait behind one whose adapter is loading, and a request waiting for a
+  slot waits for the requests queued before it and the running rows of its victim, never for later
+  requests (they cannot keep its victim busy).
+
+"Used" (for the least recently used order) means: loaded, or a request for it arrived or ended.
+``Engine.metrics`` counts per adapter hits (resident when the request arrived and until it ran), misses,
+evictions, loads and load time; ``load_lora`` takes a slot at once (evicting an idle adapter), and
+``register_lora`` only checks the files.
+
 Shapes: the KV cache is ``[max_batch, kv_heads, max_length + 1, head_dim]`` per layer (the extra slot
 takes the prompt padding's keys, always masked). A request's prompt is left-padded to a power of two
 (one prefill graph per bucket) and its real tokens go to slots ``0..n-1`` of its row; a decode step runs
 on the running rows padded to a power of two (one graph per bucket, rows picked by ``cache_rows``).
 """
 import collections
+import concurrent.futures
+import gc
 import itertools
+import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import mindspore as ms
@@ -36,7 +63,7 @@ from ..generation.utils import DecodeStep, generation_settings, length_limit, pr
 from ..models.common.attention import KVCache
 from ..utils import EXECUTION_LOCK, logger
 from .config import RuntimeConfig
-from .lora import AdapterPool, attach_pool
+from .lora import AdapterPool, PreparedAdapter, attach_pool
 from .status import GenerateStatus, ServingError, Status, StatusCode
 
 MIN_PROMPT_BUCKET = 16
@@ -116,6 +143,7 @@ class _Request:
         self.decoding = DecodingState(config, vocab, [ids], len(ids), limit, tokenizer)
         self.row: Optional[int] = None
         self.released = False
+        self.missed = False  # its adapter was not resident when it arrived, or was evicted before it ran
 
     def choose(self, logits: np.ndarray) -> Tuple[int, Optional[str]]:
         """The next token from this request's logits [vocab], and "stop"/"length" if it ends the request."""
@@ -170,6 +198,13 @@ class _ServedModel:
         self.running: Dict[int, _Request] = {}  # row -> request
         self.requests: Dict[int, _Request] = {}  # handle -> request, until released
         self.counters: Dict[str, Dict[str, int]] = collections.defaultdict(collections.Counter)
+        # the adapter cache (module docstring): every known adapter, resident in a slot or not
+        self.adapters: Dict[str, dict] = {}  # name -> {path, rank, modules, weight_bytes, slot_bytes[, load_seconds]}
+        self.recency: Dict[str, int] = {}  # name -> tick of its last use; the smallest resident one is the LRU
+        self.ticks = itertools.count()
+        self.loads: Dict[str, concurrent.futures.Future] = {}  # name -> read (PreparedAdapter) for waiting requests
+        self.victims: Dict[str, str] = {}  # adapter waiting for a slot -> resident adapter it will evict
+        self.loader: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self.thread: Optional[threading.Thread] = None
         self.stopping = False
         self.warm = False
@@ -186,9 +221,9 @@ class _ServedModel:
             config = self.defaults.update(**gen_cfg)
         except (ValueError, TypeError) as err:
             raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
-        if lora is not None and lora not in self.pool.slots:
-            raise ServingError(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {lora!r} is loaded; loaded: "
-                                                            f"{sorted(self.pool.slots)}")
+        if lora is not None and lora not in self.adapters:
+            raise ServingError(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {lora!r} is loaded or registered; "
+                                                            f"known: {sorted(self.adapters)}")
         if config.stop_strings and self.tokenizer is None:
             raise ServingError(StatusCode.INVALID_REQUEST, f"model {self.config.model_name!r} has no tokenizer to "
                                                             "find stop_strings in the generated text; leave them out")
@@ -207,8 +242,9 @@ class _ServedModel:
             if self.thread is None or self.stopping:
                 return Status(StatusCode.NOT_RUNNING, f"model {self.config.model_name!r} is not started; "
                                                       f"call start_model first")
-            if request.lora is not None and request.lora not in self.pool.slots:  # unloaded meanwhile
-                return Status(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {request.lora!r} is loaded")
+            if request.lora is not None and request.lora not in self.adapters:  # unloaded meanwhile
+                return Status(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {request.lora!r} is loaded or "
+                                                          f"registered (unloaded meanwhile)")
             free_rows = self.config.max_batch - len(self.running)
             if len(self.waiting) >= self.config.max_queue + free_rows:
                 return Status(StatusCode.QUEUE_FULL, f"{len(self.waiting)} requests are waiting (max_queue="
@@ -218,6 +254,9 @@ class _ServedModel:
             counter = self.counters[request.lora or BASE]
             counter["requests"] += 1
             counter["prompt_tokens"] += len(request.ids)
+            if request.lora is not None:
+                request.missed = request.lora not in self.pool.slots
+                self.touch(request.lora)
             self.cond.notify_all()
         return Status()
 
@@ -239,6 +278,12 @@ class _ServedModel:
     def _end(self, request: _Request, reason: str) -> None:
         request.queue._end(reason)  # pylint: disable=protected-access
         self.counters[request.lora or BASE]["interrupted" if reason == "interrupted" else "finished"] += 1
+        if request.lora in self.recency:
+            self.touch(request.lora)
+
+    def touch(self, lora: str) -> None:
+        """Mark ``lora`` as just used (the eviction order is least recently used first)."""
+        self.recency[lora] = next(self.ticks)
 
     # ------------------------------------------------------------------ scheduler
     def start(self) -> None:
@@ -255,6 +300,8 @@ class _ServedModel:
             logger.info("%s: graphs compiled in %.0f s", self.config.model_name, time.perf_counter() - start)
         with self.cond:
             self.stopping = False
+            # one thread reads adapter files for waiting requests while the scheduler keeps decoding
+            self.loader = concurrent.futures.ThreadPoolExecutor(1, f"lora-loader-{self.config.model_name}")
             self.thread = threading.Thread(target=self._loop, name=f"serving-{self.config.model_name}", daemon=True)
             self.thread.start()
 
@@ -265,21 +312,19 @@ class _ServedModel:
         if thread is not None:
             thread.join()
         with self.cond:
-            self.thread = None
+            self.thread, loader, self.loader = None, self.loader, None
+            self.loads.clear()
+            self.victims.clear()
+        if loader is not None:
+            loader.shutdown(wait=True)  # a read under way ends on its own; its result is dropped
 
     def _loop(self) -> None:
         try:
             while True:
                 with self.cond:
-                    self.cond.wait_for(lambda: self.stopping or self.waiting or self.running)
-                    if self.stopping:
+                    admitted = self._next_admissions()
+                    if admitted is None:
                         break
-                    for row, request in list(self.running.items()):
-                        if request.released:
-                            self._free(row, "interrupted")
-                    admitted = []
-                    while self.waiting and len(self.running) + len(admitted) < self.config.max_batch:
-                        admitted.append(self.waiting.popleft())
                     rows = [r for r in range(self.config.max_batch) if r not in self.running]
                     for request, row in zip(admitted, rows):
                         request.row = row
@@ -298,6 +343,145 @@ class _ServedModel:
                 while self.waiting:
                     self._end(self.waiting.popleft(), "interrupted")
                 self.stopping = True
+
+    def _next_admissions(self) -> Optional[List[_Request]]:
+        """Under ``cond``: the waiting requests to prefill now, after freeing released rows and loading
+        adapters; waits while there is nothing to run. None once the model is stopping."""
+        while True:
+            if self.stopping:
+                return None
+            for row, request in list(self.running.items()):
+                if request.released:
+                    self._free(row, "interrupted")
+            held = self._schedule_adapters()
+            admitted = []
+            # Queue order, skipping requests whose adapter is not resident (or is to be evicted for an older
+            # request's adapter): they never hold back the requests behind them.
+            for request in list(self.waiting):
+                if len(self.running) + len(admitted) >= self.config.max_batch:
+                    break
+                if request.lora is None or (request.lora in self.pool.slots and request.lora not in held):
+                    self.waiting.remove(request)
+                    admitted.append(request)
+                    if request.lora is not None:
+                        self.counters[request.lora]["misses" if request.missed else "hits"] += 1
+            if admitted or self.running:
+                return admitted
+            self.cond.wait()  # woken by submit, release, a finished read, unload and stop
+
+    # ------------------------------------------------------------------ the adapter cache
+    def _schedule_adapters(self) -> Set[str]:
+        """Under ``cond``, between steps: start reading the adapters waiting requests need and write those
+        read into a slot (free, or evicted); returns the resident adapters whose waiting requests are held
+        (each is reserved for an adapter queued before them and is evicted once its running rows end).
+
+        Slots go to adapters in the order of their oldest waiting request. For each: a free slot, else the
+        least recently used adapter no running or waiting request uses, else the least recently used one
+        no request queued before that request needs, reserved (see the module docstring).
+        """
+        running = {r.lora for r in self.running.values()}
+        waiting = {r.lora for r in self.waiting}
+        self._drop_loads(waiting)
+        previous, self.victims = self.victims, {}
+        ahead: Set[str] = set()  # resident adapters of requests queued before the one looked at
+        taken: Set[str] = set()  # adapters reserved in this pass
+        seen: Set[str] = set()
+        for request in list(self.waiting):
+            name = request.lora
+            if name is None or request not in self.waiting:  # base, or ended by a failed read below
+                continue
+            if name in self.pool.slots:
+                ahead.add(name)
+                continue
+            if name in seen:
+                continue
+            seen.add(name)
+            future = self.loads.get(name)
+            if future is None:
+                if len(self.loads) >= self.config.lora_max_num:  # host copies: at most a pool's worth
+                    continue
+                future = self._start_read(name)
+            # WARNING: a read that is done already must be taken now: its wake-up call may have come before
+            # the scheduler waits (a read ending later wakes it: the callback waits for ``cond``)
+            if not future.done():
+                continue
+            prepared = self._read_result(name, future)
+            if prepared is None:
+                continue
+            slot = self._slot_for(name, running, waiting, ahead, taken, previous.get(name))
+            if slot is not None:
+                del self.loads[name]
+                self._install(name, prepared, slot)
+        return set(self.victims.values())
+
+    def _slot_for(self, name: str, running: Set[str], waiting: Set[str], ahead: Set[str], taken: Set[str],
+                  previous: Optional[str]) -> Optional[int]:
+        """A slot for adapter ``name`` now (evicting if need be), or None after reserving a victim whose
+        running rows must end first."""
+        free = self.pool.free_slots()
+        if free:
+            return free[0]
+        idle = [n for n in self.pool.slots if n not in running and n not in waiting]
+        if idle:
+            return self._evict(min(idle, key=self.recency.__getitem__))
+        candidates = [n for n in self.pool.slots if n not in ahead and n not in taken]
+        if not candidates:  # every resident adapter serves requests queued before this one: they go first
+            return None
+        victim = previous if previous in candidates else min(candidates, key=self.recency.__getitem__)
+        taken.add(victim)
+        if victim in running:
+            self.victims[name] = victim
+            return None
+        return self._evict(victim)  # only requests queued after ``name``'s wait for it: they load it again
+
+    def _start_read(self, name: str) -> concurrent.futures.Future:
+        future = self.loader.submit(self.pool.prepare, self.adapters[name]["path"])
+        future.add_done_callback(lambda _: self._wake())  # runs here at once if the read is done already
+        self.loads[name] = future
+        return future
+
+    def _wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _read_result(self, name: str, future: concurrent.futures.Future) -> Optional[PreparedAdapter]:
+        """The read adapter; None if reading failed (its files changed since they were registered): its
+        waiting requests then end as interrupted and the next request for it reads again."""
+        try:
+            return future.result()
+        except Exception as err:  # pylint: disable=broad-except  # a bad file must not stop the scheduler
+            del self.loads[name]
+            message = err.message if isinstance(err, ServingError) else repr(err)
+            logger.error("adapter %s could not be read from %s (%s); interrupting its %d waiting request(s)",
+                         name, self.adapters[name]["path"], message, sum(r.lora == name for r in self.waiting))
+            for request in [r for r in self.waiting if r.lora == name]:
+                self.waiting.remove(request)
+                self._end(request, "interrupted")
+            return None
+
+    def _drop_loads(self, waiting: Set[str]) -> None:
+        """Forget finished reads no waiting request needs any more (released, or loaded meanwhile)."""
+        for name, future in list(self.loads.items()):
+            if future.done() and (name not in waiting or name in self.pool.slots):
+                del self.loads[name]
+
+    def _evict(self, name: str) -> int:
+        """Take ``name``'s slot (no running row uses it); its waiting requests will need it loaded again."""
+        self.counters[name]["evictions"] += 1
+        for request in self.waiting:
+            if request.lora == name:
+                request.missed = True
+        return self.pool.evict(name)
+
+    def _install(self, name: str, prepared: PreparedAdapter, slot: int) -> None:
+        """Write a read adapter into ``slot`` and count the load (read and write time)."""
+        seconds = prepared.read_seconds + self.pool.install(name, prepared, slot)
+        self.adapters[name]["load_seconds"] = seconds
+        counter = self.counters[name]
+        counter["loads"] += 1
+        counter["load_seconds"] += seconds
+        counter["load_seconds_max"] = max(counter["load_seconds_max"], seconds)
+        self.touch(name)
 
     def _free(self, row: int, reason: str) -> None:
         request = self.running.pop(row)
@@ -406,9 +590,17 @@ class _ServedModel:
     def metrics(self) -> Dict[str, Any]:
         with self.cond:
             out: Dict[str, Any] = {"running": len(self.running), "waiting": len(self.waiting)}
-            names = [BASE] + sorted(self.pool.slots)
+            names = [BASE] + sorted(self.adapters)
             keys = ("requests", "finished", "interrupted", "prompt_tokens", "completion_tokens")
             out["adapters"] = {n: {k: int(self.counters[n][k]) for k in keys} for n in names + sorted(set(self.counters) - set(names))}
+            for name, entry in out["adapters"].items():
+                if name != BASE:
+                    counter = self.counters[name]
+                    entry.update({k: int(counter[k]) for k in ("hits", "misses", "evictions", "loads")},
+                                 load_seconds=float(counter["load_seconds"]),
+                                 load_seconds_max=float(counter["load_seconds_max"]))
+            out["pool"] = {"slots": self.config.lora_max_num, "resident": len(self.pool.slots),
+                           "known": len(self.adapters), "loading": len(self.loads)}
             return out
 
 
@@ -457,6 +649,11 @@ class Engine:
         self.stop_model(model_name)
         with self._lock:
             del self._models[model_name]
+        # The decode steps sit in reference cycles (a Cell holds its own jit-compiled method), so only the
+        # cycle collector frees them and, through their finalizers, their compiled graphs. Collect now: left
+        # until interpreter exit, MindSpore 2.10 freed the graphs after Python had finalized and aborted
+        # ("PyThreadState_Get: ... the GIL is released", seen at the exit of bench/serve.py --lru).
+        gc.collect()
 
     def model_names(self) -> List[str]:
         return sorted(self._models)
@@ -476,34 +673,112 @@ class Engine:
         return self._served(model_name).tokenizer
 
     # ------------------------------------------------------------------ adapters
-    def load_lora(self, model_name: str, lora_name: str, path: str) -> None:
-        """Load the LoRA adapter saved (PEFT or SWIFT files) in directory ``path`` as ``lora_name``."""
-        served = self._served(model_name)
+    @staticmethod
+    def _check_adapter_name(model_name: str, lora_name: str) -> None:
         if not isinstance(lora_name, str) or not lora_name or lora_name in (BASE, model_name):
             raise ServingError(StatusCode.INVALID_REQUEST, f"adapter name {lora_name!r} is not allowed: use a "
                                                             f"non-empty name other than {BASE!r} and {model_name!r}")
+
+    @staticmethod
+    def _check_path(served: _ServedModel, lora_name: str, path: str) -> bool:
+        """Under ``served.cond``: whether ``lora_name`` is known from ``path`` already (False: not known);
+        CONFLICT when it is known from another directory."""
+        record = served.adapters.get(lora_name)
+        if record is None:
+            return False
+        if record["path"] != os.path.abspath(path):
+            raise ServingError(StatusCode.CONFLICT, f"an adapter called {lora_name!r} is already known from "
+                                                    f"{record['path']}, not {os.path.abspath(path)}; unload it "
+                                                    f"first or pick another name")
+        return True
+
+    @staticmethod
+    def _record(served: _ServedModel, prepared: PreparedAdapter) -> dict:
+        return {"path": prepared.path, "rank": prepared.rank, "modules": len(prepared.ranks),
+                "weight_bytes": prepared.weight_bytes, "slot_bytes": served.pool.slot_bytes}
+
+    def register_lora(self, model_name: str, lora_name: str, path: str) -> None:
+        """Make the LoRA adapter saved (PEFT or SWIFT files) in directory ``path`` known as ``lora_name``
+        without taking a slot: its files are read and checked now, and it is loaded when a request needs it.
+
+        Registering a name again from the same directory does nothing; from another one is a CONFLICT.
+        """
+        served = self._served(model_name)
+        self._check_adapter_name(model_name, lora_name)
+        with served.cond:
+            if self._check_path(served, lora_name, path):
+                return
+        prepared = served.pool.prepare(path)  # checks the files (INVALID_REQUEST); the factors are dropped
+        with served.cond:
+            if not self._check_path(served, lora_name, path):  # registered meanwhile by another caller
+                served.adapters[lora_name] = self._record(served, prepared)
+                served.touch(lora_name)
+
+    def load_lora(self, model_name: str, lora_name: str, path: str) -> None:
+        """Register the adapter in directory ``path`` as ``lora_name`` (see :meth:`register_lora`) and write
+        it into a slot now. A full pool evicts its least recently used adapter that no running or waiting
+        request uses; CONFLICT when every slot is used by requests, or when ``lora_name`` is loaded already.
+        """
+        served = self._served(model_name)
+        self._check_adapter_name(model_name, lora_name)
+
+        def check():
+            if lora_name in served.pool.slots:
+                raise ServingError(StatusCode.CONFLICT, f"an adapter called {lora_name!r} is already loaded; "
+                                                        f"unload it first or pick another name")
+            self._check_path(served, lora_name, path)
+
+        with served.cond:
+            check()
+        prepared = served.pool.prepare(path)  # the slow part, outside the lock: steps go on meanwhile
         with served.cond:  # slots are taken under the scheduler's lock; running rows never use a free slot
-            served.pool.load(lora_name, path)
-        logger.info("adapter %s loaded from %s in %.2f s", lora_name, path, served.pool.info[lora_name]["load_seconds"])
+            check()
+            slot = self._idle_slot(served)
+            served.adapters[lora_name] = self._record(served, prepared)
+            served._install(lora_name, prepared, slot)  # pylint: disable=protected-access
+        logger.info("adapter %s loaded from %s in %.2f s", lora_name, path, served.adapters[lora_name]["load_seconds"])
+
+    @staticmethod
+    def _idle_slot(served: _ServedModel) -> int:
+        """Under ``served.cond``: a free slot, or the slot of the least recently used adapter no running or
+        waiting request uses (evicted); CONFLICT if there is none."""
+        free = served.pool.free_slots()
+        if free:
+            return free[0]
+        used = {r.lora for r in itertools.chain(served.waiting, served.running.values())}
+        idle = [n for n in served.pool.slots if n not in used]
+        if not idle:
+            raise ServingError(StatusCode.CONFLICT, f"every slot of the adapter pool (lora_max_num="
+                                                    f"{served.config.lora_max_num}) holds an adapter that running "
+                                                    f"or waiting requests use; retry when they have finished, or "
+                                                    f"register the adapter (it is then loaded on demand)")
+        return served._evict(min(idle, key=served.recency.__getitem__))  # pylint: disable=protected-access
 
     def unload_lora(self, model_name: str, lora_name: str) -> None:
-        """Free adapter ``lora_name``'s slot; refused while requests use it."""
+        """Forget adapter ``lora_name`` (resident or not), freeing its slot; refused while requests use it."""
         served = self._served(model_name)
         with served.cond:
-            if lora_name not in served.pool.slots:
-                raise ServingError(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {lora_name!r} is loaded; loaded: "
-                                                                f"{sorted(served.pool.slots)}")
+            if lora_name not in served.adapters:
+                raise ServingError(StatusCode.UNKNOWN_ADAPTER, f"no adapter called {lora_name!r} is loaded or "
+                                                                f"registered; known: {sorted(served.adapters)}")
             users = served.in_use(lora_name)
             if users:
                 raise ServingError(StatusCode.CONFLICT, f"adapter {lora_name!r} is used by {users} running or waiting "
                                                         f"request(s); unload it when they have finished")
-            served.pool.unload(lora_name)
+            if lora_name in served.pool.slots:
+                served.pool.unload(lora_name)
+            del served.adapters[lora_name]
+            served.recency.pop(lora_name, None)
+            served.loads.pop(lora_name, None)  # a read under way finishes unseen
+            served.cond.notify_all()  # a freed slot may let a waiting adapter in
 
     def loras(self, model_name: str) -> Dict[str, dict]:
-        """Loaded adapters: name -> {path, rank, slot, modules, weight_bytes, slot_bytes, load_seconds}."""
+        """Known adapters: name -> {path, rank, loaded (resident in a slot), slot (None when not resident),
+        modules, weight_bytes, slot_bytes, load_seconds (of the last load; absent before the first)}."""
         served = self._served(model_name)
         with served.cond:
-            return {name: dict(info) for name, info in served.pool.info.items()}
+            return {name: {**record, "loaded": name in served.pool.slots, "slot": served.pool.slots.get(name)}
+                    for name, record in served.adapters.items()}
 
     # ------------------------------------------------------------------ requests
     def start_request_text(self, model_name: str, text: str, gen_cfg: Optional[Dict[str, Any]] = None):
@@ -579,5 +854,10 @@ class Engine:
 
     def metrics(self, model_name: str) -> Dict[str, Any]:
         """{running, waiting, adapters: {name: {requests, finished, interrupted, prompt_tokens,
-        completion_tokens}}}; ``base`` counts requests without an adapter."""
+        completion_tokens, and for adapters: hits, misses, evictions, loads, load_seconds, load_seconds_max}},
+        pool: {slots, resident, known, loading}}; ``base`` counts requests without an adapter.
+
+        A request counts as a hit or a miss when it gets its row: a hit if its adapter was resident when it
+        arrived and stayed so, a miss if it had to be loaded. ``load_seconds`` sums every load (read and
+        write, on demand or by ``load_lora``); ``loading``: reads under way or waiting for a slot."""
         return self._served(model_name).metrics()

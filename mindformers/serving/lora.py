@@ -8,10 +8,12 @@ gather matrix-vector product, SGMV):
 
 The pool holds, per targeted layer, ``A [lora_max_num, lora_max_rank, in]``, ``scaling * B^T
 [lora_max_num, lora_max_rank, out]`` and each slot's rank, allocated once from the runtime limits as
-MindSpore Parameters of the served model; loading an adapter writes its factors into a free slot (no
-recompilation, no new graph), unloading sets the slot's ranks to 0. Which slot each row uses is one more
-Parameter, ``row_slots``, which the engine sets before each step (:meth:`AdapterPool.bind_rows`), so the
-model's forward signature stays the one ``generate`` uses.
+MindSpore Parameters of the served model. Loading an adapter is reading its files (``prepare``, any
+thread) then writing its factors into a slot (``install``: no recompilation, no new graph); unloading sets
+the slot's ranks to 0. Which adapters are resident, and which one a full pool evicts, is the engine's
+choice (``engine.py``). Which slot each row uses is one more Parameter, ``row_slots``, which the engine
+sets before each step (:meth:`AdapterPool.bind_rows`), so the model's forward signature stays the one
+``generate`` uses.
 
 The product itself is a compiled kernel inside the step, one implementation per platform
 (``lora_kernels.py``): the C++ host kernel on CPU (each adapter at its own rank, base rows free), MindSpore
@@ -20,6 +22,7 @@ ops (gather + batched matmul) elsewhere.
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,6 +49,24 @@ def _zeros(shape, dtype=np.float32) -> Parameter:
     return Parameter(Tensor(np.zeros(shape, dtype)), requires_grad=False)
 
 
+@dataclass
+class PreparedAdapter:
+    """An adapter read from its files, laid out as one pool slot (what :meth:`AdapterPool.install` writes)."""
+
+    path: str
+    """The adapter directory (absolute)."""
+    tensors: Dict[str, Tuple[np.ndarray, np.ndarray]]
+    """Module path -> (A [max_rank, in], scaling * B^T [max_rank, out]), zero past the adapter's rank."""
+    ranks: Dict[str, int]
+    """Module path -> rank; layers the adapter leaves alone are absent (rank 0 in the slot)."""
+    rank: int
+    """The highest rank."""
+    weight_bytes: int
+    """Bytes of the factors at their own ranks (a slot holds ``slot_bytes``)."""
+    read_seconds: float
+    """Time :meth:`AdapterPool.prepare` took."""
+
+
 class AdapterPool:
     """Adapter factors of every targeted layer, ``lora_max_num`` slots of up to ``lora_max_rank``.
 
@@ -65,8 +86,7 @@ class AdapterPool:
         self.bt = {p: _zeros((max_num, max_rank, o)) for p, (i, o) in layers.items()}
         self.ranks = {p: _zeros(max_num, np.int32) for p in layers}  # 0: the adapter leaves that layer alone
         self.row_slots = Parameter(Tensor(np.full(max_rows, -1, np.int32)), requires_grad=False)
-        self.slots: Dict[str, int] = {}  # adapter name -> slot
-        self.info: Dict[str, dict] = {}
+        self.slots: Dict[str, int] = {}  # resident adapter name -> slot
         self.cells: List["MultiLoraLinear"] = []  # the layers carrying the pool (attach_pool fills it)
 
     def apply(self, on: bool) -> None:
@@ -105,18 +125,14 @@ class AdapterPool:
                 ops.scatter_update(self.ranks[path], index, Tensor(np.array([ranks.get(path, 0)], np.int32)))
 
     # ------------------------------------------------------------------ loading
-    def load(self, name: str, directory: str) -> int:
-        """Read the PEFT or SWIFT adapter in ``directory`` into a free slot; returns the slot."""
+    def prepare(self, directory: str) -> PreparedAdapter:
+        """Read the PEFT or SWIFT adapter in ``directory`` and lay its factors out as one slot (host memory).
+
+        The slow part of a load (disk, checks, numpy conversion); it touches no pool state, so any thread
+        may run it while steps run. Raises ServingError (INVALID_REQUEST) when the files do not fit.
+        """
         start = time.perf_counter()
-        if name in self.slots:
-            raise ServingError(StatusCode.CONFLICT, f"an adapter called {name!r} is already loaded; unload it first "
-                                                    f"or pick another name")
         factors, scaling, rank = read_lora_dir(directory, self.layers, self.max_rank)
-        free = sorted(set(range(self.max_num)) - set(self.slots.values()))
-        if not free:
-            raise ServingError(StatusCode.CONFLICT, f"the adapter pool is full ({self.max_num} adapters loaded, "
-                                                    f"lora_max_num={self.max_num}); unload one first")
-        slot = free[0]
         tensors, ranks = {}, {}
         for path, (a, b) in factors.items():
             r = a.shape[0]
@@ -125,18 +141,31 @@ class AdapterPool:
             a_slot[:r] = a
             bt_slot[:r] = (scaling[path] * b.astype(np.float64)).T
             tensors[path], ranks[path] = (a_slot, bt_slot), r
-        self._write(slot, tensors, ranks)
-        self.slots[name] = slot
         size = sum(a.nbytes + b.nbytes for a, b in factors.values())
-        self.info[name] = {"path": os.path.abspath(directory), "rank": rank, "slot": slot,
-                           "modules": len(factors), "weight_bytes": int(size), "slot_bytes": self.slot_bytes,
-                           "load_seconds": time.perf_counter() - start}
-        return slot
+        return PreparedAdapter(os.path.abspath(directory), tensors, ranks, rank, int(size),
+                               time.perf_counter() - start)
+
+    def free_slots(self) -> List[int]:
+        return sorted(set(range(self.max_num)) - set(self.slots.values()))
+
+    def install(self, name: str, prepared: PreparedAdapter, slot: int) -> float:
+        """Write ``prepared`` into ``slot`` (free, or just evicted) as adapter ``name``; returns the seconds
+        the write took. The caller makes sure no row of a running step uses ``slot``."""
+        if name in self.slots or slot in self.slots.values():
+            raise ValueError(f"cannot install {name!r} in slot {slot}: slots in use {self.slots}")
+        start = time.perf_counter()
+        self._write(slot, prepared.tensors, prepared.ranks)  # every layer's rank: the old adapter's are gone
+        self.slots[name] = slot
+        return time.perf_counter() - start
+
+    def evict(self, name: str) -> int:
+        """Forget which slot ``name`` holds and return it, for :meth:`install` to overwrite (rows must no
+        longer use it)."""
+        return self.slots.pop(name)
 
     def unload(self, name: str) -> None:
-        slot = self.slots.pop(name)
-        self.info.pop(name)
-        self._write(slot, {}, {})
+        """Evict ``name`` and set its slot's ranks to 0."""
+        self._write(self.evict(name), {}, {})
 
 
 def read_lora_dir(directory: str, layers: Dict[str, Tuple[int, int]], max_rank: int):
