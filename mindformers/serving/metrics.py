@@ -30,15 +30,17 @@ ENGINE_COUNTERS = {
     "hits": ("lora_hits", "Requests whose adapter was in a pool slot when they arrived."),
     "misses": ("lora_misses", "Requests whose adapter had to be loaded into a pool slot."),
     "evictions": ("lora_evictions", "Times the adapter was evicted from its pool slot."),
-    "load_seconds": ("lora_load_seconds", "Seconds spent loading the adapter into a pool slot."),
+    "loads": ("lora_loads", "Times the adapter was loaded into a pool slot."),
+    "load_seconds": ("lora_load_seconds", "Seconds spent loading the adapter into a pool slot (read + write)."),
 }
-# engine top-level key -> (metric name, help); gauges of the model
+# engine key (``pool.<key>``: of its adapter pool) -> (metric name, help); gauges of the model
 ENGINE_GAUGES = {
     "running": ("requests_running", "Requests decoding in the running batch."),
     "waiting": ("requests_waiting", "Requests waiting for a row (queue depth)."),
-    "resident": ("lora_resident", "Adapters in pool slots."),
-    "known": ("lora_known", "Adapters the server can serve (registered or under --lora-root)."),
-    "slots": ("lora_slots", "Slots of the adapter pool."),
+    "pool.resident": ("lora_resident", "Adapters in pool slots."),
+    "pool.known": ("lora_known", "Adapters the server can serve (registered or under --lora-root)."),
+    "pool.slots": ("lora_slots", "Slots of the adapter pool."),
+    "pool.loading": ("lora_loading", "Adapters being read for waiting requests."),
 }
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
@@ -53,9 +55,11 @@ class _EngineCollector:
     def collect(self):
         data = self.engine.metrics(self.model_name)
         for key, (name, doc) in ENGINE_GAUGES.items():
-            if isinstance(data.get(key), (int, float)):
+            section, _, field = key.rpartition(".")
+            value = (data.get(section, {}) if section else data).get(field)
+            if isinstance(value, (int, float)):
                 family = GaugeMetricFamily(PREFIX + name, doc, labels=["model"])
-                family.add_metric([self.model_name], data[key])
+                family.add_metric([self.model_name], value)
                 yield family
         adapters: Dict[str, Dict[str, float]] = data.get("adapters", {})
         for key, (name, doc) in ENGINE_COUNTERS.items():

@@ -6,7 +6,7 @@ Endpoints (request and response bodies are OpenAI's, https://platform.openai.com
 ``POST /v1/completions``       ``prompt`` (text or token ids), streamed or not; extensions ``top_k``,
                                ``repetition_penalty``
 ``POST /v1/chat/completions``  ``messages`` rendered with the tokenizer's chat template
-``GET  /v1/models``            the base model and every loaded adapter (``parent`` = the base model)
+``GET  /v1/models``            the base model and every adapter it knows, in a pool slot or not (``parent``: the base)
 ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` (vLLM's endpoint names)
 ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``
 ``GET  /metrics``              Prometheus text: counters, queue depth, latency histograms (``metrics.py``)

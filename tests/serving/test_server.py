@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -275,36 +276,56 @@ def test_bad_requests_get_openai_errors(client, url):
     assert_openai_error(answer)
 
 
-def test_load_and_unload_adapters_over_http(url, client, adapter_dirs, expected, tmp_path):
-    def served():
-        return {m["id"]: m["parent"] for m in http(f"{url}/v1/models")[1]["data"]}
+def test_adapters_under_the_root_load_at_run_time_and_on_demand(engine, adapter_dirs, expected, tmp_path):
+    root = tmp_path / "adapters"
+    root.mkdir()
+    shutil.copytree(adapter_dirs["down-2"], root / "down-copy")
+    config = ServerConfig(lora_root=str(root), allow_runtime_lora=True)
+    with http_server(engine, MODEL, config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
-    assert served() == {MODEL: None, **{name: MODEL for name in ADAPTER_NAMES}}
-    extra = {"lora_name": "extra", "lora_path": adapter_dirs["down-2"]}  # the same files under a second name
-    status, answer, _ = http(f"{url}/v1/load_lora_adapter", extra)
-    assert status == 200 and answer["rank"] == 2
-    assert served()["extra"] == MODEL
-    text = client.completions.create(model="extra", prompt=PROMPT, max_tokens=NEW).choices[0].text
-    assert text == expected["down-2"]
+        def served():
+            return {m["id"]: m["parent"] for m in http(f"{url}/v1/models")[1]["data"]}
 
-    status, answer, _ = http(f"{url}/v1/load_lora_adapter", extra)
-    assert status == 409
-    assert_openai_error(answer)
-    missing = {"lora_name": "ghost", "lora_path": str(tmp_path / "missing")}
-    status, answer, _ = http(f"{url}/v1/load_lora_adapter", missing)
-    assert status == 400 and "ghost" not in served()
-    assert_openai_error(answer, "lora_path")
-    status, answer, _ = http(f"{url}/v1/load_lora_adapter", {"lora_name": "ghost"})
-    assert status == 400
-    assert_openai_error(answer, "lora_path")
+        # served by name from the root as soon as the server starts (a pool slot is taken on first use)
+        assert served()["down-copy"] == MODEL and not engine.loras(MODEL)["down-copy"]["loaded"]
+        text = client.completions.create(model="down-copy", prompt=PROMPT, max_tokens=NEW).choices[0].text
+        assert text == expected["down-2"] and engine.loras(MODEL)["down-copy"]["loaded"]
+        # a directory added while serving is served on first request
+        shutil.copytree(adapter_dirs["o-8"], root / "late")
+        text = client.completions.create(model="late", prompt=PROMPT, max_tokens=NEW).choices[0].text
+        assert text == expected["o-8"] and served()["late"] == MODEL
 
-    status, _, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "extra"})
-    assert status == 200 and "extra" not in served()
-    with pytest.raises(openai.NotFoundError):
-        client.completions.create(model="extra", prompt=PROMPT, max_tokens=NEW)
-    status, answer, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "extra"})
-    assert status == 404
-    assert_openai_error(answer, "lora_name")
+        # runtime loads: by name (<root>/<name>) or by a path inside the root; nothing outside it
+        shutil.copytree(adapter_dirs["mlp-6"], root / "team" / "mlp")
+        status, answer, _ = http(f"{url}/v1/load_lora_adapter", {"lora_name": "mlp", "lora_path": "team/mlp"})
+        assert status == 200 and answer["rank"] == 6 and answer["loaded"], answer
+        text = client.completions.create(model="mlp", prompt=PROMPT, max_tokens=NEW).choices[0].text
+        assert text == expected["mlp-6"]
+        (root / "escape").symlink_to(adapter_dirs["all-8"])
+        for body in ({"lora_name": "x", "lora_path": "../../etc"}, {"lora_name": "x", "lora_path": "/etc"},
+                     {"lora_name": "x", "lora_path": adapter_dirs["all-8"]}, {"lora_name": "escape"},
+                     {"lora_name": "x", "lora_path": "team/../../outside"}):
+            status, answer, _ = http(f"{url}/v1/load_lora_adapter", body)
+            assert status == 400, (body, answer)
+            assert_openai_error(answer, "lora_path")
+            assert "x" not in served() and "escape" not in served()
+        status, answer, _ = http(f"{url}/v1/load_lora_adapter", {"lora_name": "ghost"})  # no such directory
+        assert status == 400 and "ghost" not in served()
+        assert_openai_error(answer, "lora_path")
+        status, answer, _ = http(f"{url}/v1/load_lora_adapter", {"lora_name": "mlp", "lora_path": "down-copy"})
+        assert status == 409  # the name is taken by another directory
+        assert_openai_error(answer)
+
+        status, _, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "mlp"})
+        assert status == 200 and "mlp" not in served()
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="mlp", prompt=PROMPT, max_tokens=NEW)
+        status, answer, _ = http(f"{url}/v1/unload_lora_adapter", {"lora_name": "mlp"})
+        assert status == 404
+        assert_openai_error(answer, "lora_name")
+    for name in ("down-copy", "late"):  # the module's engine goes on with the adapters it had
+        engine.unload_lora(MODEL, name)
 
 
 def test_full_queue_is_429_and_admitted_requests_finish(engine, model_dir, tok):
@@ -494,8 +515,11 @@ FUZZ_EXAMPLES = 25  # per operation
 
 
 @pytest.fixture(scope="module")
-def fuzz_url(engine):
-    config = ServerConfig(api_key=FUZZ_KEY, max_tokens=8, max_body_bytes=64 * 1024)
+def fuzz_url(engine, adapter_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz_root")
+    shutil.copytree(adapter_dirs["qv-4"], root / "fuzz-a")  # for load_lora_adapter {"lora_name": "fuzz-a"}
+    config = ServerConfig(api_key=FUZZ_KEY, max_tokens=8, max_body_bytes=64 * 1024, lora_root=str(root),
+                          allow_runtime_lora=True)
     with http_server(engine, MODEL, config) as base_url:
         yield base_url
 
@@ -527,6 +551,8 @@ def test_fuzzed_requests_never_crash_the_server(fuzz_url):
             keyed = n % 4 != 3  # one call in four without the key
             if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and n % 2 == 0:
                 case.body["model"] = [MODEL, *ADAPTER_NAMES][n // 2 % 9]  # a served model: reach generation
+            if isinstance(case.body, dict) and isinstance(case.body.get("lora_name"), str) and n % 3 == 0:
+                case.body["lora_name"] = "fuzz-a"  # a name that resolves to an adapter under the root
             statuses[response_class(case.call_and_validate(
                 base_url=fuzz_url, timeout=60, headers={"Authorization": f"Bearer {FUZZ_KEY}"} if keyed else None,
                 checks=[schemathesis.checks.not_a_server_error, openai_error_shape]).status_code)] += 1
