@@ -726,14 +726,14 @@ REQUEST_CASES = [
     Request("empty-stop-string", "Hi", {"stop_strings": [""]}, "INVALID_REQUEST", ("stop_strings", "['']")),
     Request("id-beyond-vocab", [1, 49152], None, "INVALID_REQUEST", ("[49152]", "[0, 49152)")),
     Request("negative-id", [-1, 5], None, "INVALID_REQUEST", ("[-1]", "vocabulary")),
-    Request("ids-not-integers", ["Hi", "there"], None, "INVALID_REQUEST", ("list of integers",)),
+    Request("ids-not-integers", ["Hi", "there"], None, "INVALID_REQUEST", ("must be integers", "str", "'Hi'", "1 more")),
     Request("empty-ids", [], None, "INVALID_REQUEST", ("empty",)),
     Request("empty-text", "", None, "INVALID_REQUEST", ("empty",)),
     Request("text-not-a-string", 42.0, None, "INVALID_REQUEST", ("string", "float")),
     Request("prompt-longer-than-max-length", list(range(3, 103)), None, "INVALID_REQUEST",
             ("100 tokens", "48 tokens", "max_length")),
     Request("new-tokens-beyond-max-length", "Hi", {"max_new_tokens": 500}, "INVALID_REQUEST", ("501 tokens", "48")),
-    Request("unknown-adapter", "Hi", {"lora_name": "nope"}, "UNKNOWN_ADAPTER", ("'nope'", "loaded: []")),
+    Request("unknown-adapter", "Hi", {"lora_name": "nope"}, "UNKNOWN_ADAPTER", ("'nope'", "known: []")),
     Request("unknown-model", "Hi", None, "UNKNOWN_MODEL", ("'other'", "['tiny']"), model="other"),
 ]
 

@@ -822,9 +822,14 @@ class Engine:
     def _check_ids(ids: Any, vocab: int) -> List[int]:
         if isinstance(ids, np.ndarray):
             ids = ids.reshape(-1).tolist()
-        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                                         for i in ids):
-            raise ServingError(StatusCode.INVALID_REQUEST, "prompt ids must be a list of integers")
+        if not isinstance(ids, (list, tuple)):
+            raise ServingError(StatusCode.INVALID_REQUEST, f"prompt ids must be a list of integers, found "
+                                                            f"{type(ids).__name__} {str(ids)[:50]!r}")
+        wrong = [i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)]
+        if wrong:
+            raise ServingError(StatusCode.INVALID_REQUEST, f"prompt ids must be integers, found "
+                                                            f"{type(wrong[0]).__name__} {wrong[0]!r}"
+                                                            + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""))
         if not ids:
             raise ServingError(StatusCode.INVALID_REQUEST, "the prompt is empty; send at least one token")
         bad = [int(i) for i in ids if not 0 <= i < vocab]
