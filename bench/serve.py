@@ -6,6 +6,7 @@ Usage:
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
                           [--sides mindformers transformers] [--out serve.json] [--quick]
     python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
+    python bench/serve.py --soak SECONDS [--soak-clients 64] [--soak-adapters 16] [--soak-slots 8]
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
 
 The adapters are random LoRA weights of the real shapes (A and B ~ normal * --init-std, seeded; lora_alpha =
@@ -48,6 +49,12 @@ included), hits, misses, evictions and the mean / max adapter load time (read + 
 ``Engine.metrics``, next to the same requests cycling over only --lru-slots adapters (all resident after
 their first load), which is what the swapping costs. Its time is mostly the graph compilation for
 --batch rows (as the mindformers side's warm-up) plus two runs of --lru-requests requests.
+
+--soak SECONDS runs the server as a user starts it (``python -m mindformers.serving --lora-root ...`` in its
+own process, SmolLM2, max_batch 32) with --soak-adapters random rank-8 adapters under its adapter root and
+--soak-slots pool slots, and ``mindformers.serving.soak`` drives it for SECONDS with --soak-clients
+concurrent clients (half streaming, one in eight abandoning its stream): answers checked against each
+request alone, requests accounted for, p50/p99 latencies, the server's RSS slope, the cache's hits/misses.
 
 Time on 2 cores: about 40 minutes with the defaults, most of it PEFT decoding with 32 adapters (~2.5 min
 per rank per round); `--rounds 1` about 20; `--quick` (batch 8, adapters 1 8, rank 8, one round) about 5.
@@ -324,6 +331,11 @@ def main():
     parser.add_argument("--lru-adapters", type=int, default=16, help="--lru: adapters registered")
     parser.add_argument("--lru-slots", type=int, default=4, help="--lru: pool slots (lora_max_num)")
     parser.add_argument("--lru-requests", type=int, default=128, help="--lru: requests in all")
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="soak the server (its own process) with --soak-clients clients for SECONDS")
+    parser.add_argument("--soak-clients", type=int, default=64, help="--soak: concurrent clients")
+    parser.add_argument("--soak-adapters", type=int, default=16, help="--soak: adapters under --lora-root")
+    parser.add_argument("--soak-slots", type=int, default=8, help="--soak: pool slots (--lora-max-num)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--adapter-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,6 +345,8 @@ def main():
         return run_side(args.side, args)
     if args.lru:
         return run_lru(args)
+    if args.soak:
+        return soak_bench(args)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TQDM_DISABLE="1")  # the GGUF conversion's progress bars
@@ -538,6 +552,61 @@ def targets(results, names):
             2.0)
     return found
 
+# ---------------------------------------------------------------- soak (--soak SECONDS)
+
+def soak_bench(args):
+    """The server as a user starts it (``python -m mindformers.serving`` in its own process) on SmolLM2 with
+    --soak-adapters random rank-8 adapters under --lora-root and a pool of --soak-slots slots, loaded by 64
+    concurrent clients for --soak seconds (``mindformers.serving.soak``: half streaming, one in eight
+    abandoning its stream; every answer checked against the same request alone); prints the soak report and
+    the adapter cache's hits, misses, evictions and load times from the server's /metrics/json."""
+    import socket
+    import urllib.request
+
+    sys.path.insert(0, ROOT)
+    from mindformers.serving import soak
+
+    with tempfile.TemporaryDirectory(prefix="soak-bench-") as root:
+        write_adapters(root, [8], args.soak_adapters, args.targets, args.init_std)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "mindformers.serving", "--model", PRESET, "--served-model-name", MODEL_NAME,
+                   "--lora-root", root, "--max-batch", "32", "--max-length", "128", "--lora-max-num",
+                   str(args.soak_slots), "--lora-max-rank", "8", "--max-queue", "128", "--port", str(port),
+                   "--log-level", "warning"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1", PYTHONPATH=ROOT)
+        server = subprocess.Popen(command, cwd=ROOT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            start = time.perf_counter()
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(f"the server exited with {server.returncode}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    time.sleep(1)
+            print(f"server ready in {time.perf_counter() - start:.0f} s (compiles included)", file=sys.stderr)
+            models = [MODEL_NAME] + [os.path.basename(adapter_dir(root, 8, i)) for i in range(args.soak_adapters)]
+            report = soak.run(url, models, clients=args.soak_clients, duration=args.soak, max_tokens=16,
+                              pid=server.pid)
+            with urllib.request.urlopen(f"{url}/metrics/json", timeout=30) as response:
+                counters = json.loads(response.read())
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(report.summary())
+    rows = [v for k, v in counters["adapters"].items() if k != "base"]
+    hits, misses = sum(r.get("hits", 0) for r in rows), sum(r.get("misses", 0) for r in rows)
+    evictions, load = sum(r.get("evictions", 0) for r in rows), sum(r.get("load_seconds", 0.0) for r in rows)
+    print(f"adapter cache: {args.soak_adapters} adapters, {args.soak_slots} slots: {hits} hits, {misses} misses "
+          f"({misses / max(hits + misses, 1):.0%}), {evictions} evictions, {load / max(misses, 1):.3f} s per load "
+          f"on average")
+    return 0 if report.ok else 1
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
