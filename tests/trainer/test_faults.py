@@ -33,6 +33,7 @@ from mindformers.checkpoint import load_state_dict
 from mindformers.trainer.checkpointing import PREFIX, checkpoint_step, list_checkpoints
 from tests.trainer.conftest import REPO, read_jsonl
 from tests.trainer.fault_worker import KINDS, MAX_STEPS, FaultPoints, train
+from tests.parallel.test_watchdog import gone, wait_until
 from tests.trainer.test_data_parallel import free_port
 
 WORKER = os.path.join(REPO, "tests", "trainer", "fault_worker.py")
@@ -182,24 +183,6 @@ def read_int(path) -> int:
             return int(f.read())
     except (FileNotFoundError, ValueError):
         return 0
-
-
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie its parent has not reaped yet has)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # the state follows "(command name)"
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-
-
-def wait_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_killed_msrun_worker_stops_the_other_naming_it(tmp_path, small_chats):
