@@ -13,7 +13,7 @@ import hmac
 import json
 import os
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 from starlette.exceptions import HTTPException
 
@@ -44,11 +44,13 @@ class ApiKeyMiddleware:
     Args:
         app: the ASGI app to protect.
         api_key: the key clients must send.
+        on_refused: called with (status, code) for each refusal (the server's error counter).
     """
 
-    def __init__(self, app, api_key: str):
+    def __init__(self, app, api_key: str, on_refused: Optional[Callable[[int, str], None]] = None):
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.on_refused = on_refused
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith("/v1") and scope.get("method") != "OPTIONS":
@@ -56,6 +58,8 @@ class ApiKeyMiddleware:
             if not hmac.compare_digest(sent, self.expected):  # constant time: the key is not guessed byte by byte
                 message = ("missing API key: send the header 'Authorization: Bearer <key>' (the openai client's "
                            "api_key)" if not sent else "incorrect API key provided")
+                if self.on_refused is not None:
+                    self.on_refused(401, "invalid_api_key")
                 await _send_json(send, 401, error_body(message, "invalid_request_error", "invalid_api_key"),
                                  [(b"www-authenticate", b"Bearer")])
                 return
@@ -68,11 +72,14 @@ class BodyLimitMiddleware:
     Args:
         app: the ASGI app.
         max_bytes: the largest body accepted.
+        on_refused: called with (status, code) for a body refused before it is read (one refused while
+            it is read is answered, and counted, by the app's HTTPException handler).
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, on_refused: Optional[Callable[[int, str], None]] = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused
 
     def _message(self, found: str) -> str:
         return f"the request body is {found}; the server accepts at most {self.max_bytes} bytes (--max-body-bytes)"
@@ -83,6 +90,8 @@ class BodyLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            if self.on_refused is not None:
+                self.on_refused(413, "request_too_large")
             await _send_json(send, 413, error_body(self._message(f"{int(length)} bytes"), "invalid_request_error",
                                                    "request_too_large"))
             return

@@ -384,9 +384,9 @@ def create_app(engine: Any, model_name: str, config: Optional[ServerConfig] = No
 
     app = FastAPI(title=f"mindformers serving: {model_name}", lifespan=lifespan)
     # the outermost runs first: the key is checked before the body is read
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, on_refused=metrics.error)
     if config.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key, on_refused=metrics.error)
 
     def answer(error: APIError) -> JSONResponse:
         metrics.error(error.status, error.code)

@@ -403,6 +403,8 @@ def test_api_key_guards_v1_but_not_health_or_metrics(engine, expected):
         assert http(f"{url}/health")[0] == 200
         with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
             assert response.status == 200
+            assert (f'mindformers_request_errors_total{{code="invalid_api_key",model="{MODEL}",status="401"}} 3.0'
+                    in response.read().decode())
     with pytest.raises(ValueError, match="api_key must be a non-empty string"):
         ServerConfig(api_key=" ")
 
@@ -451,6 +453,9 @@ def test_limits_answer_4xx_with_a_message(engine, tok):
         assert status == 400 and answer["error"]["param"] == "stop"
         status, answer, _ = http(f"{url}/v1/completions", {"model": MODEL, "prompt": PROMPT, "max_tokens": 20})
         assert status == 200 and answer["usage"]["completion_tokens"] == 20
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+            assert (f'mindformers_request_errors_total{{code="request_too_large",model="{MODEL}",status="413"}} 2.0'
+                    in response.read().decode())  # one refused by its Content-Length, one while sent in chunks
 
 
 def test_request_timeout_stops_the_request(engine):
