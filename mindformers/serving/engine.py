@@ -178,7 +178,8 @@ class _ServedModel:
         self.vocab = model_config.vocab_size
         try:
             self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
-                                                 config.lora_max_rank, config.max_batch, config.lora_kernel)
+                                                 config.lora_max_rank, config.max_batch, config.lora_kernel,
+                                                 config.scaled_adapters)
         except ValueError as err:
             raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
         self.cache_len = config.max_length + 1
@@ -694,7 +695,7 @@ class Engine:
 
     @staticmethod
     def _record(served: _ServedModel, prepared: PreparedAdapter) -> dict:
-        return {"path": prepared.path, "rank": prepared.rank, "modules": len(prepared.ranks),
+        return {"path": prepared.path, "kind": prepared.kind, "rank": prepared.rank, "modules": prepared.modules,
                 "weight_bytes": prepared.weight_bytes, "slot_bytes": served.pool.slot_bytes}
 
     def register_lora(self, model_name: str, lora_name: str, path: str) -> None:
