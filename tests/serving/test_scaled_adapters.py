@@ -1,0 +1,106 @@
+"""DoRA and IA3 adapters in the multi-adapter engine (``scaled_adapters``): the layer's row scales against
+numpy, the engine's greedy ids against ``generate`` with the adapter applied by our tuners (alone and mixed
+with LoRA and base rows in one batch), refusal without the flag, a slot reset by unload, and PEFT 0.21's IA3
+logits (tests/fixtures/interop)."""
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from mindformers.kernels import host
+from mindformers.models.common.layers import Conv1D, Linear
+from mindformers.serving import Engine, RuntimeConfigBuilder, ServingError, StatusCode
+from mindformers.serving.lora import AdapterPool, MultiLoraLinear
+from mindformers.tuners import IA3Config, LoraConfig, PeftModel, get_peft_model
+from mindformers.utils import write_parameter
+
+from tests.serving.conftest import tiny_model
+from tests.serving.test_engine import strip_pad
+
+KERNELS = ["gather"] + (["host"] if host.enabled() else [])
+IN, OUT, RANK = 6, 5, 3
+
+
+# ---------------------------------------------------------------------------------------------- the layer
+def layers():
+    """path -> base layer with random weights: a Linear with a bias, one without, and GPT-2's Conv1D."""
+    rng = np.random.default_rng(0)
+    out = {"biased": Linear(IN, OUT, bias=True), "plain": Linear(IN, OUT, bias=False), "conv": Conv1D(IN, OUT)}
+    for cell in out.values():
+        write_parameter(cell.weight, rng.normal(size=cell.weight.shape).astype(np.float32))
+        if cell.bias is not None:
+            write_parameter(cell.bias, rng.normal(size=cell.bias.shape).astype(np.float32))
+    return out
+
+
+def weight_out_in(cell):
+    w = cell.weight.asnumpy().astype(np.float64)
+    return w.T if isinstance(cell, Conv1D) else w
+
+
+def bias_of(cell):
+    return np.zeros(OUT) if cell.bias is None else cell.bias.asnumpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_layer_row_scales_match_numpy(kernel):
+    """Slots 0..3 hold LoRA, DoRA, IA3 on the output, IA3 on the input; each row gets its slot's formula,
+    base and LoRA rows the unscaled layer's output bit for bit; an unloaded slot is the base layer again."""
+    rng = np.random.default_rng(1)
+    bases = layers()
+    pool = AdapterPool({p: (IN, OUT) for p in bases}, max_num=4, max_rank=4, max_rows=8, kernel=kernel, scaled=True)
+    plain = AdapterPool({p: (IN, OUT) for p in bases}, max_num=4, max_rank=4, max_rows=8, kernel=kernel)
+    cells = {p: MultiLoraLinear(c, pool, p) for p, c in bases.items()}
+    unscaled = {p: MultiLoraLinear(c, plain, p) for p, c in bases.items()}
+    assert set(pool.shift) == {"biased", "conv"}  # a bias correction only where there is a bias
+    lora = {p: (rng.normal(size=(RANK, IN)), rng.normal(size=(OUT, RANK)), 0.7) for p in bases}
+    dora = {p: (rng.normal(size=(RANK, IN)), rng.normal(size=(OUT, RANK)), 1.3, rng.uniform(0.5, 2, OUT))
+            for p in bases}
+    l_out = {p: rng.uniform(0.5, 1.5, OUT) for p in bases}
+    l_in = {p: rng.uniform(0.5, 1.5, IN) for p in bases}
+
+    def slot_tensors(factors):
+        return {p: (np.pad(a, ((0, 1), (0, 0))).astype(np.float32), np.pad(s * b.T, ((0, 1), (0, 0))).astype(np.float32))
+                for p, (a, b, s, *_) in factors.items()}
+
+    for target in (pool, plain):
+        target._write(0, slot_tensors(lora), dict.fromkeys(bases, RANK))
+    gains = {p: pool.dora_scales(p, a, b, s, m) for p, (a, b, s, m) in dora.items()}
+    pool._write(1, slot_tensors(dora), dict.fromkeys(bases, RANK),
+                {"out": {p: g for p, (g, _) in gains.items()},
+                 "shift": {p: c for p, (_, c) in gains.items() if c is not None}})
+    pool._write(2, {}, {}, {"out": l_out})
+    pool._write(3, {}, {}, {"in": l_in})
+    row_slots = [-1, 0, 1, 2, 3, 1, -1]
+    pool.bind_rows(row_slots)
+    plain.bind_rows(row_slots)
+    x = rng.normal(size=(7, 3, IN)).astype(np.float32)  # [rows, seq, in]
+    for path, base in bases.items():
+        w, b = weight_out_in(base), bias_of(base)
+        xd = x.astype(np.float64)
+        a, bb, s = lora[path]
+        da, db, ds, m = dora[path]
+        g = m / np.linalg.norm(w + ds * db @ da, axis=1)
+        want = {-1: xd @ w.T + b, 0: xd @ w.T + b + s * xd @ a.T @ bb.T,
+                1: g * (xd @ w.T + ds * xd @ da.T @ db.T) + b,  # DoRA: the bias is not scaled
+                2: l_out[path] * (xd @ w.T + b),  # IA3 on the output: the bias is scaled
+                3: (xd * l_in[path]) @ w.T + b}  # IA3 on a feed-forward layer: the input
+        for step in (cells[path], ms.jit(cells[path].construct)):
+            got = step(Tensor(x)).asnumpy()
+            for row, slot in enumerate(row_slots):
+                np.testing.assert_allclose(got[row], want[slot][row], rtol=1e-5, atol=1e-5, err_msg=f"{path} {slot}")
+            reference = unscaled[path](Tensor(x)).asnumpy()
+            for row in (0, 1, 6):  # base and LoRA rows: the unscaled layer's numbers exactly
+                np.testing.assert_array_equal(got[row], reference[row])
+    for slot in (1, 2, 3):  # unloaded (ranks 0, identity scales): base rows again
+        pool._write(slot, {}, {})
+    for path, cell in cells.items():
+        got, alone = cell(Tensor(x)).asnumpy(), bases[path](Tensor(x)).asnumpy()
+        np.testing.assert_array_equal(got[[0, 2, 3, 4, 5, 6]], alone[[0, 2, 3, 4, 5, 6]])
+        np.testing.assert_array_equal(pool.out_scale[path].asnumpy(), 1)
+        np.testing.assert_array_equal(pool.in_scale[path].asnumpy(), 1)
+        if path in pool.shift:
+            np.testing.assert_array_equal(pool.shift[path].asnumpy(), 0)
+    assert pool.scaled_paths == {0: set(), 1: set(), 2: set(), 3: set()}
