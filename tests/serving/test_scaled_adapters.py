@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from mindformers import AutoModel
 from mindformers.kernels import host
 from mindformers.models.common.layers import Conv1D, Linear
 from mindformers.serving import Engine, RuntimeConfigBuilder, ServingError, StatusCode
-from mindformers.serving.lora import AdapterPool, MultiLoraLinear
+from mindformers.serving.lora import AdapterPool, MultiLoraLinear, attach_pool
 from mindformers.tuners import IA3Config, LoraConfig, PeftModel, get_peft_model
 from mindformers.utils import write_parameter
 
+from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.serving.conftest import tiny_model
 from tests.serving.test_engine import strip_pad
 
@@ -104,3 +106,33 @@ def test_layer_row_scales_match_numpy(kernel):
         if path in pool.shift:
             np.testing.assert_array_equal(pool.shift[path].asnumpy(), 0)
     assert pool.scaled_paths == {0: set(), 1: set(), 2: set(), 3: set()}
+
+
+# ------------------------------------------------------------------------- PEFT 0.21's DoRA and IA3 files
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_peft_dora_and_ia3_in_one_batch_give_peft_logits_and_ids(kernel):
+    """PEFT's DoRA (tests/fixtures/peft/dora) and IA3 (interop) adapters on the interop Llama, in one pool:
+    a batch whose row 0 runs DoRA and row 1 IA3 gives PEFT's logits of each; IA3 rows give PEFT's greedy ids
+    (KV cache) through ``generate``."""
+    model = AutoModel.from_pretrained(os.path.join(INTEROP, "llama", "base"))
+    pool = attach_pool(model, None, max_num=2, max_rank=4, max_rows=2, kernel=kernel, scaled=True)
+    dora = pool.prepare(os.path.join(FIXTURES, "peft", "dora"))
+    ia3 = pool.prepare(os.path.join(INTEROP, "llama", "adapters", "ia3"))
+    assert (dora.kind, dora.rank, ia3.kind, ia3.rank, ia3.modules) == ("DORA", 4, "IA3", 0, 9)
+    pool.install("dora", dora, 0)
+    pool.install("ia3", ia3, 1)
+    ids = ids_tensor(np.load(os.path.join(INTEROP, "llama", "input_ids.npy")))
+    want_dora = np.load(os.path.join(FIXTURES, "peft", "dora", "reference.npz"))["logits"]
+    want_ia3 = np.load(os.path.join(INTEROP, "llama", "logits_ia3.npy"))
+    pool.bind_rows([0, 1])
+    got = model(ids).asnumpy()
+    np.testing.assert_allclose(got[0], want_dora[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[1], want_ia3[1], atol=1e-4, rtol=0)
+    pool.bind_rows([1, -1])
+    got = model(ids).asnumpy()
+    np.testing.assert_allclose(got[0], want_ia3[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[1], np.load(os.path.join(INTEROP, "llama", "logits_base.npy"))[1], atol=1e-4, rtol=0)
+    model.generation_mode = "pynative"
+    pool.bind_rows([1, 1])
+    greedy = np.load(os.path.join(FIXTURES, "peft_methods", "generate_ia3.npy"))  # PEFT's, 8 new tokens
+    np.testing.assert_array_equal(np.asarray(model.generate(ids, max_new_tokens=8, do_sample=False)), greedy)
