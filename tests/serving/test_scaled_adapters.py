@@ -19,7 +19,7 @@ from mindformers.utils import write_parameter
 
 from tests.conftest import FIXTURES, INTEROP, ids_tensor
 from tests.serving.conftest import tiny_model
-from tests.serving.test_engine import strip_pad
+from tests.serving.test_engine import read_all, strip_pad
 
 KERNELS = ["gather"] + (["host"] if host.enabled() else [])
 IN, OUT, RANK = 6, 5, 3
@@ -136,3 +136,125 @@ def test_peft_dora_and_ia3_in_one_batch_give_peft_logits_and_ids(kernel):
     pool.bind_rows([1, 1])
     greedy = np.load(os.path.join(FIXTURES, "peft_methods", "generate_ia3.npy"))  # PEFT's, 8 new tokens
     np.testing.assert_array_equal(np.asarray(model.generate(ids, max_new_tokens=8, do_sample=False)), greedy)
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+SETTINGS = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+PROMPTS = {"dora": "Tell me about robots", "ia3": "Why is the sky blue?", "qv-4": "Hello there",
+           None: "Do you like books?"}
+
+
+@pytest.fixture(scope="module")
+def scaled_dirs(tmp_path_factory):
+    """A DoRA adapter (random A, B; magnitudes moved off ||W + s B A||) and an IA3 one (vectors in [0, 3),
+    with a feed-forward target), saved by our tuners in PEFT's files."""
+    root = tmp_path_factory.mktemp("scaled")
+    rng = np.random.default_rng(0)
+    dora = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj",
+                                                                                    "down_proj"],
+                                                   use_dora=True, init_lora_weights=False), seed=21)
+    ia3 = get_peft_model(tiny_model(), IA3Config(target_modules=["k_proj", "v_proj", "up_proj", "down_proj"],
+                                                 feedforward_modules=["down_proj"]), seed=22)
+    for model, slot, change in ((dora, "lora_magnitude_vector", lambda v: v * rng.uniform(0.5, 1.5, v.shape)),
+                                (ia3, "ia3_l", lambda v: v * rng.uniform(0.0, 3.0, v.shape))):
+        moved = [param for name, param in model.parameters_and_names() if slot in name]
+        assert moved
+        for param in moved:
+            write_parameter(param, change(param.asnumpy()).astype(np.float32))
+    dirs = {"dora": str(root / "dora"), "ia3": str(root / "ia3")}
+    dora.save_pretrained(dirs["dora"])
+    ia3.save_pretrained(dirs["ia3"])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def scaled_reference(tokenizer, adapter_dirs, scaled_dirs):
+    """``run(prompt, adapter, **settings)``: generate() alone with the adapter applied by our tuners."""
+    lora = PeftModel.from_pretrained(tiny_model(), scaled_dirs["dora"], adapter_name="dora")
+    for name in ("qv-4", "all-8"):
+        lora.load_adapter(adapter_dirs[name], name)
+    ia3 = PeftModel.from_pretrained(tiny_model(), scaled_dirs["ia3"], adapter_name="ia3")
+    for model in (lora, ia3):
+        model.base_model.generation_mode = "pynative"
+
+    def run(prompt, name, **settings):
+        ids = tokenizer(prompt)["input_ids"]
+        if name is None:
+            with lora.disable_adapter():
+                out = lora.generate(ids, **settings)
+        else:
+            model = ia3 if name == "ia3" else lora
+            model.set_adapter(name)
+            out = model.generate(ids, **settings)
+        return strip_pad(out[0, len(ids):].tolist())
+
+    return run
+
+
+@pytest.fixture(scope="module", params=KERNELS)
+def scaled_engine(request, model_dir, adapter_dirs, scaled_dirs):
+    """A scaled engine with 3 slots holding DoRA, IA3 and a LoRA adapter (graphs compiled on first use)."""
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder("tiny", model=model_dir).max_batch(4).max_length(64).lora_max_num(3)
+                         .lora_max_rank(16).scaled_adapters(True).lora_kernel(request.param).warmup(False).build())
+    engine.start_model("tiny")
+    for name in ("dora", "ia3"):
+        engine.load_lora("tiny", name, scaled_dirs[name])
+    engine.load_lora("tiny", "qv-4", adapter_dirs["qv-4"])
+    yield engine
+    engine.uninstall_model("tiny")
+
+
+def test_engine_serves_dora_and_ia3_alone_and_mixed(scaled_engine, scaled_reference, monkeypatch):
+    engine, pool = scaled_engine, scaled_engine._models["tiny"].pool
+    info = engine.loras("tiny")
+    assert (info["dora"]["kind"], info["ia3"]["kind"], info["ia3"]["rank"], info["ia3"]["modules"]) == \
+        ("DORA", "IA3", 0, 8)
+    expected = {name: scaled_reference(prompt, name, **SETTINGS) for name, prompt in PROMPTS.items()}
+    for name in ("dora", "ia3"):  # alone
+        status, ids = engine.sync_request("tiny", PROMPTS[name], {**SETTINGS, "lora_name": name})
+        assert status.ok and ids == expected[name], name
+        assert ids != scaled_reference(PROMPTS[name], None, **SETTINGS)  # the adapter changes the answer
+    steps = []
+    bind = pool.bind_rows
+    monkeypatch.setattr(pool, "bind_rows", lambda rows: (steps.append(list(rows)), bind(rows)))
+    started = [(name, engine.start_request_text("tiny", prompt, {**SETTINGS, "lora_name": name}))
+               for name, prompt in PROMPTS.items()]
+    for name, (status, handle, queue) in started:  # together: DoRA, IA3, LoRA and base rows
+        assert status.ok
+        assert read_all(queue) == expected[name], name
+        engine.release_request("tiny", handle)
+    assert any(sorted(step) == sorted([-1] + [pool.slots[n] for n in ("dora", "ia3", "qv-4")]) for step in steps)
+
+
+def test_unload_and_eviction_reset_a_slot(scaled_engine, scaled_reference, scaled_dirs, adapter_dirs):
+    """IA3's slot, unloaded, takes a LoRA adapter that then gives its own ids; adapters swapped in and out
+    of a full pool (scaled and not) keep giving theirs."""
+    engine, pool = scaled_engine, scaled_engine._models["tiny"].pool
+    slot = pool.slots["ia3"]
+    engine.unload_lora("tiny", "ia3")
+    engine.load_lora("tiny", "all-8", adapter_dirs["all-8"])
+    assert pool.slots["all-8"] == slot
+    for path in pool.layers:
+        np.testing.assert_array_equal(pool.out_scale[path].asnumpy()[slot + 1], 1)
+        np.testing.assert_array_equal(pool.in_scale[path].asnumpy()[slot + 1], 1)
+    engine.register_lora("tiny", "ia3", scaled_dirs["ia3"])  # 4 adapters, 3 slots: each request may evict
+    for name in ("all-8", "ia3", "qv-4", "dora", "all-8", "ia3"):
+        status, ids = engine.sync_request("tiny", PROMPTS["dora"], {**SETTINGS, "lora_name": name})
+        assert status.ok and ids == scaled_reference(PROMPTS["dora"], name, **SETTINGS), name
+    adapters = engine.metrics("tiny")["adapters"]
+    assert sum(adapters[name]["evictions"] for name in ("all-8", "ia3", "qv-4", "dora")) >= 3
+
+
+def test_dora_and_ia3_are_refused_without_scaled_adapters(model_dir, scaled_dirs):
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder("plain", model=model_dir).max_length(64).lora_max_rank(8)
+                         .warmup(False).build())
+    try:
+        for name in ("dora", "ia3"):
+            with pytest.raises(ServingError) as info:
+                engine.register_lora("plain", name, scaled_dirs[name])
+            assert info.value.code is StatusCode.INVALID_REQUEST and "scaled_adapters" in info.value.message
+        assert not engine._models["plain"].pool.out_scale  # a LoRA-only pool holds no scales
+    finally:
+        engine.uninstall_model("plain")
