@@ -18,6 +18,21 @@ sets before each step (:meth:`AdapterPool.bind_rows`), so the model's forward si
 The product itself is a compiled kernel inside the step, one implementation per platform
 (``lora_kernels.py``): the C++ host kernel on CPU (each adapter at its own rank, base rows free), MindSpore
 ops (gather + batched matmul) elsewhere.
+
+DoRA and IA3 (``scaled_adapters``): a scaled pool also holds, per layer, row scales indexed by slot + 1 (row
+0, the identity, serves base rows): ``out [max_num + 1, out]``, ``in [max_num + 1, in]`` and, on layers with a
+bias, ``shift [max_num + 1, out]``. Gathered per row by ``row_slots + 1`` around the same kernels::
+
+    y = g * (W (l * x) + b + delta(x)) + c
+
+- LoRA (and base rows): g = 1, l = 1, c = 0 (the unscaled pool's numbers, bit for bit);
+- DoRA (Liu et al. 2024; PEFT's ``lora_magnitude_vector``): g = m / ||W + s B A|| per output row, computed
+  once at load time on the host in float64 (``AdapterPool.dora_scales``), and c = (1 - g) * b, so the bias
+  stays unscaled: y = g * (W x + s B A x) + b;
+- IA3 (PEFT's ``ia3_l``; no factors, ranks 0): g = l on its other targets (the bias is scaled with the
+  output, as PEFT does), l on the input of its ``feedforward_modules``.
+
+The adapter-free graphs (``apply(False)``) stay the plain base model.
 """
 import os
 import re
