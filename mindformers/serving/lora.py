@@ -327,7 +327,8 @@ def _read_config(directory: str, scaled: bool):
                        f"(RuntimeConfigBuilder.scaled_adapters, --scaled-adapters) to serve it")
     checks = [("modules_to_save", config.modules_to_save)]
     if config.peft_type == "LORA":
-        checks += [("bias", config.bias != "none"), ("target_parameters (MoE experts or routers)", config.target_parameters)]
+        checks += [("bias", config.bias != "none"),
+                   ("target_parameters (MoE experts or routers)", config.target_parameters)]
     unsupported = [f for f, bad in checks if bad]
     if unsupported:
         raise _invalid(f"{directory}: {config.peft_type} with {', '.join(unsupported)} is not served (plain LoRA, "

@@ -13,7 +13,7 @@ from mindformers import AutoModel
 from mindformers.kernels import host
 from mindformers.models.common.layers import Conv1D, Linear
 from mindformers.serving import Engine, RuntimeConfigBuilder, ServingError, StatusCode
-from mindformers.serving.lora import AdapterPool, MultiLoraLinear, attach_pool
+from mindformers.serving.lora import AdapterPool, MultiLoraLinear, attach_pool, read_adapter_dir
 from mindformers.tuners import IA3Config, LoraConfig, PeftModel, get_peft_model
 from mindformers.utils import write_parameter
 
@@ -64,7 +64,8 @@ def test_layer_row_scales_match_numpy(kernel):
     l_in = {p: rng.uniform(0.5, 1.5, IN) for p in bases}
 
     def slot_tensors(factors):
-        return {p: (np.pad(a, ((0, 1), (0, 0))).astype(np.float32), np.pad(s * b.T, ((0, 1), (0, 0))).astype(np.float32))
+        pad = ((0, 1), (0, 0))  # max_rank 4 > RANK
+        return {p: (np.pad(a, pad).astype(np.float32), np.pad(s * b.T, pad).astype(np.float32))
                 for p, (a, b, s, *_) in factors.items()}
 
     for target in (pool, plain):
@@ -258,3 +259,9 @@ def test_dora_and_ia3_are_refused_without_scaled_adapters(model_dir, scaled_dirs
         assert not engine._models["plain"].pool.out_scale  # a LoRA-only pool holds no scales
     finally:
         engine.uninstall_model("plain")
+
+
+def test_scaled_pools_still_refuse_bias_and_modules_to_save():
+    for folder, words in (("bias_all", "LORA with bias"), ("modules_to_save", "LORA with modules_to_save")):
+        with pytest.raises(ServingError, match=words):
+            read_adapter_dir(os.path.join(FIXTURES, "peft", folder), {}, max_rank=8, scaled=True)
