@@ -50,6 +50,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=512, help="longest request: prompt + new tokens")
     parser.add_argument("--lora-max-num", type=int, default=8, help="adapters loaded at once")
     parser.add_argument("--lora-max-rank", type=int, default=64, help="highest adapter rank")
+    parser.add_argument("--scaled-adapters", action="store_true",
+                        help="serve DoRA and IA3 adapters too (a per-row scale in every adapted layer, also for "
+                             "LoRA-only batches)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a free row; more get 429")
     security = parser.add_argument_group("security and limits")
     security.add_argument("--api-key", default=os.environ.get("MINDFORMERS_API_KEY"),
@@ -82,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(f"error: {err}")
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     config = (RuntimeConfigBuilder(name, model=args.model).max_batch(args.max_batch).max_length(args.max_length)
-              .lora_max_num(args.lora_max_num).lora_max_rank(args.lora_max_rank).max_queue(args.max_queue).build())
+              .lora_max_num(args.lora_max_num).lora_max_rank(args.lora_max_rank).scaled_adapters(args.scaled_adapters)
+              .max_queue(args.max_queue).build())
     engine = Engine()
     try:
         engine.install_model(config)

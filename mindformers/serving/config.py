@@ -32,6 +32,9 @@ class RuntimeConfig:
     lora_kernel: str = "auto"
     """The multi-LoRA product (``serving/lora_kernels.py``): ``host`` (the C++ kernel, CPU), ``gather``
     (MindSpore ops, any device) or ``auto`` (``host`` where it runs, else ``gather``)."""
+    scaled_adapters: bool = False
+    """Serve DoRA and IA3 adapters too (beside LoRA, mixed in one batch); costs a per-row scale in every
+    targeted layer, also for LoRA-only batches. Off: such adapters are refused."""
     max_queue: int = 64
     """Requests waiting for a row; beyond this, requests are refused with QUEUE_FULL."""
     warmup: bool = True
@@ -44,6 +47,9 @@ class RuntimeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ServingError(StatusCode.INVALID_REQUEST, f"{name} must be a positive integer, found {value!r}")
+        if not isinstance(self.scaled_adapters, bool):
+            raise ServingError(StatusCode.INVALID_REQUEST, f"scaled_adapters must be True or False, found "
+                                                            f"{self.scaled_adapters!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ServingError(StatusCode.INVALID_REQUEST, f"max_queue must be an integer >= 0, found {self.max_queue!r}")
         if not self.model_name or not isinstance(self.model_name, str):
@@ -84,6 +90,9 @@ class RuntimeConfigBuilder:
 
     def lora_kernel(self, name: str) -> "RuntimeConfigBuilder":
         return self._set("lora_kernel", name)
+
+    def scaled_adapters(self, on: bool) -> "RuntimeConfigBuilder":
+        return self._set("scaled_adapters", on)
 
     def max_queue(self, n: int) -> "RuntimeConfigBuilder":
         return self._set("max_queue", n)

@@ -14,6 +14,9 @@ compiled without the adapter kernel. Token choice and stopping are ``generate()`
 :class:`~mindformers.generation.decoding.DecodingState` per request), and so are the default settings and
 the length limit (capped at the runtime ``max_length``).
 
+With ``RuntimeConfig.scaled_adapters``, DoRA and IA3 adapters are served too, in the same slots and batches
+as LoRA ones (per-row scales around the low-rank kernel, ``lora.py``); without it they are refused.
+
 Adapters beyond the pool (S-LoRA / LoRAX style): the engine knows every registered or loaded adapter and
 keeps ``lora_max_num`` of them resident in pool slots. A request for a known adapter is never refused for a
 full pool; it waits in the queue while its adapter is brought in:
@@ -178,7 +181,8 @@ class _ServedModel:
         self.vocab = model_config.vocab_size
         try:
             self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
-                                                 config.lora_max_rank, config.max_batch, config.lora_kernel)
+                                                 config.lora_max_rank, config.max_batch, config.lora_kernel,
+                                                 config.scaled_adapters)
         except ValueError as err:
             raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
         self.cache_len = config.max_length + 1
@@ -694,11 +698,12 @@ class Engine:
 
     @staticmethod
     def _record(served: _ServedModel, prepared: PreparedAdapter) -> dict:
-        return {"path": prepared.path, "rank": prepared.rank, "modules": len(prepared.ranks),
+        return {"path": prepared.path, "kind": prepared.kind, "rank": prepared.rank, "modules": prepared.modules,
                 "weight_bytes": prepared.weight_bytes, "slot_bytes": served.pool.slot_bytes}
 
     def register_lora(self, model_name: str, lora_name: str, path: str) -> None:
-        """Make the LoRA adapter saved (PEFT or SWIFT files) in directory ``path`` known as ``lora_name``
+        """Make the adapter saved (PEFT or SWIFT files: LoRA; DoRA and IA3 with ``scaled_adapters``) in
+        directory ``path`` known as ``lora_name``
         without taking a slot: its files are read and checked now, and it is loaded when a request needs it.
 
         Registering a name again from the same directory does nothing; from another one is a CONFLICT.
@@ -773,7 +778,7 @@ class Engine:
             served.cond.notify_all()  # a freed slot may let a waiting adapter in
 
     def loras(self, model_name: str) -> Dict[str, dict]:
-        """Known adapters: name -> {path, rank, loaded (resident in a slot), slot (None when not resident),
+        """Known adapters: name -> {path, kind (LORA, DORA or IA3), rank (0 for IA3), loaded (resident in a slot), slot (None when not resident),
         modules, weight_bytes, slot_bytes, load_seconds (of the last load; absent before the first)}."""
         served = self._served(model_name)
         with served.cond:
