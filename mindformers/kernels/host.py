@@ -121,6 +121,18 @@ def _cross_entropy_types(logits, labels, scale):
     return ms.float32, ms.float32
 
 
+def _rms_norm_shapes(x, w, eps):
+    return x, x[:-1]
+
+
+def _two_float32(*dtypes):
+    return ms.float32, ms.float32
+
+
+def _rms_norm_grad_shapes(dy, x, w, rstd):
+    return x, w
+
+
 def _lora_delta_shape(x, a, bt, ranks, row_slots, base=None):
     return x[:-1] + [bt[-1]]
 
@@ -163,6 +175,23 @@ def softmax_cross_entropy(logits, labels, scale):
     """
     return _primitive("softmax_cross_entropy", out_shape=_cross_entropy_shapes,
                       out_dtype=_cross_entropy_types)(logits, labels, scale)
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm over the last axis in one pass: ``(weight * (x * r), r)`` with ``r = 1 / sqrt(mean(x^2) + eps)``.
+
+    Args:
+        x: float32 [..., dim]; weight: float32 [dim]; eps: float32 [1].
+    Returns:
+        ``(y [..., dim], r [...])``; ``r`` is what :func:`rms_norm_grad` needs.
+    """
+    return _primitive("rms_norm", out_shape=_rms_norm_shapes, out_dtype=_two_float32)(x, weight, eps)
+
+
+def rms_norm_grad(dy, x, weight, rstd):
+    """Gradients of :func:`rms_norm`: ``(dx [..., dim], dweight [dim])``, float32."""
+    return _primitive("rms_norm_grad", out_shape=_rms_norm_grad_shapes, out_dtype=_two_float32)(
+        dy, x, weight, rstd)
 
 
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
