@@ -194,6 +194,27 @@ def rms_norm_grad(dy, x, weight, rstd):
         dy, x, weight, rstd)
 
 
+def _first_shape(first, *others):
+    return first
+
+
+def softmax_bias(scores, bias, scale):
+    """Attention probabilities ``softmax(scale * scores + bias)`` over the last axis, in one pass per row.
+
+    Args:
+        scores: float32 [batch, heads, q, k]; bias: float32 [batch, 1, q, k] (the mask, shared by the
+        heads); scale: float32 [1].
+    Returns:
+        float32 [batch, heads, q, k].
+    """
+    return _primitive("softmax_bias", out_shape=_first_shape)(scores, bias, scale)
+
+
+def softmax_bias_grad(dprobs, probs, scale):
+    """The gradient of :func:`softmax_bias` with respect to ``scores``: ``scale * p * (dp - sum(dp * p))``."""
+    return _primitive("softmax_bias_grad", out_shape=_first_shape)(dprobs, probs, scale)
+
+
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
     """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
 

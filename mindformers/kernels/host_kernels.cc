@@ -468,6 +468,61 @@ int rms_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
   return 0;
 }
 
+// Attention probabilities softmax(scale * scores + bias) and their gradient: MindSpore runs the scaling, the
+// broadcast bias add and the softmax as three kernels forward and more backward, each keeping buffers the size
+// of the [batch, heads, q, k] scores for the graph's life.
+// softmax_bias inputs: scores [batch, heads, q, k], bias [batch, 1, q, k] (the mask, shared by the heads),
+// scale [1]; output: probs [batch, heads, q, k].
+int softmax_bias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || !all_float32(4, dtypes)) return 3;
+  if (ndims[0] != 4 || ndims[1] != 4) return 2;
+  const int64_t batch = shapes[0][0], heads = shapes[0][1], q = shapes[0][2], k = shapes[0][3];
+  if (shapes[1][0] != batch || shapes[1][1] != 1 || shapes[1][2] != q || shapes[1][3] != k) return 2;
+  const float *scores = static_cast<const float *>(params[0]), *bias = static_cast<const float *>(params[1]);
+  const float scale = static_cast<const float *>(params[2])[0];
+  float *probs = static_cast<float *>(params[3]);
+  const int64_t rows = batch * heads * q;
+  parallel_for(rows * k, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = (begin + k - 1) / k; r < rows && r * k < end; ++r) {
+      const int64_t b = r / (heads * q), i = r % q;
+      const float *s = scores + r * k, *m = bias + (b * q + i) * k;
+      float *p = probs + r * k;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) p[j] = s[j] * scale + m[j];
+      const float top = row_max(p, k);
+      const float total = exp_shifted(p, p, k, top);
+      const float factor = 1.0f / total;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) p[j] *= factor;
+    }
+  });
+  return 0;
+}
+
+// The gradient of softmax_bias with respect to the scores: scale * p * (dp - sum(dp * p)) per row.
+// inputs: dprobs [batch, heads, q, k], probs [batch, heads, q, k], scale [1]; output: dscores (same shape).
+int softmax_bias_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                      void *) {
+  if (nparam != 4 || !all_float32(4, dtypes)) return 3;
+  const int64_t k = shapes[1][ndims[1] - 1], rows = numel(ndims[1], shapes[1]) / k;
+  if (numel(ndims[0], shapes[0]) != rows * k) return 2;
+  const float *dp = static_cast<const float *>(params[0]), *probs = static_cast<const float *>(params[1]);
+  const float scale = static_cast<const float *>(params[2])[0];
+  float *ds = static_cast<float *>(params[3]);
+  parallel_for(rows * k, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = (begin + k - 1) / k; r < rows && r * k < end; ++r) {
+      const float *g = dp + r * k, *p = probs + r * k;
+      float *out = ds + r * k;
+      float dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j < k; ++j) dot += g[j] * p[j];
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) out[j] = scale * p[j] * (g[j] - dot);
+    }
+  });
+  return 0;
+}
+
 // KV-cache write in place: cache[row, head, slot, :] = values[b, h, s, :] for (row, head, slot) =
 // index[b, h, s]. MindSpore's CPU ScatterNdUpdate copies the whole cache on every call (measured: 0.26 ms
 // for a [32, 3, 128, 64] cache, 5 ms at 2048 slots), this touches only the written rows.

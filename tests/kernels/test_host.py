@@ -258,3 +258,33 @@ def test_rms_norm_kernel_equals_the_generic_ops(shape, jit):
     x64, dy64 = x.asnumpy().astype(np.float64), dy.asnumpy().astype(np.float64)
     normed = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(results[0][2], (dy64 * normed).reshape(-1, shape[-1]).sum(0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("heads,kv_heads,q_len,k_len", [(4, 2, 5, 7), (3, 3, 1, 9), (9, 3, 40, 40)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_attention_softmax_kernel_equals_the_generic_ops(heads, kv_heads, q_len, k_len, jit):
+    """grouped_attention with HostAttentionSoftmax (the float32 CPU path) gives the generic ops' output and
+    gradients for q, k and v: grouped heads, a decode step (q_len 1), masked positions (NEG_INF) and a fully masked row; a size split over two threads (9 x 40 x 40 rows)."""
+    from mindformers.models.common.attention import NEG_INF, HostAttentionSoftmax, grouped_attention
+
+    rng = np.random.default_rng(8)
+    batch, dim, scale = 2, 8, 8 ** -0.5
+    q, k, v, dout = (Tensor(rng.normal(size=s).astype(np.float32)) for s in
+                     ((batch, heads, q_len, dim), (batch, kv_heads, k_len, dim), (batch, kv_heads, k_len, dim),
+                      (batch, heads, q_len, dim)))
+    mask = np.where(rng.random((batch, 1, q_len, k_len)) < 0.3, NEG_INF, 0.0).astype(np.float32)
+    mask[0, 0, 0] = NEG_INF  # a row with nothing to attend to (padding): uniform in both paths
+    bias = Tensor(mask)
+    softmax = HostAttentionSoftmax(scale)
+
+    def run(fused):
+        def loss_of(q, k, v):
+            return (grouped_attention(q, k, v, bias, scale, None, softmax if fused else None) * dout).sum()
+
+        grad = ms.value_and_grad(loss_of, (0, 1, 2))
+        _, grads = (ms.jit(grad) if jit else grad)(q, k, v)
+        out = grouped_attention(q, k, v, bias, scale, None, softmax if fused else None)
+        return [out.asnumpy()] + [g.asnumpy() for g in grads]
+
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -72,7 +72,25 @@ def merge_heads(x):
     return x.swapaxes(1, 2).reshape(batch, seq, heads * head_dim)
 
 
-def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None):
+class HostAttentionSoftmax(nn.Cell):
+    """``softmax(scale * scores + bias)`` by the host kernels, forward and backward (float32 on CPU): one
+    pass each way where MindSpore's scaling, broadcast add and softmax kernels each keep buffers the size of
+    the scores for a compiled graph's life. An attention built with ``host.enabled()`` holds one and hands it
+    to :func:`grouped_attention`. The bias (the mask) gets no gradient: it is never trained here.
+    """
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = Tensor(np.array([scale], np.float32))
+
+    def construct(self, scores, bias):
+        return host.softmax_bias(scores, bias, self.scale)
+
+    def bprop(self, scores, bias, out, dout):
+        return host.softmax_bias_grad(dout, out, self.scale), ops.zeros_like(bias)
+
+
+def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None, softmax=None):
     """softmax(q k^T * scale + bias) v for grouped-query attention, softmax in float32.
 
     Query head ``h`` uses key/value head ``h // (heads / kv_heads)`` (Hugging Face's ``repeat_kv`` grouping);
@@ -82,6 +100,7 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
         q: [batch, heads, q_len, head_dim]; k: [batch, kv_heads, k_len, head_dim];
         v: [batch, kv_heads, k_len, v_dim] (v_dim may differ from head_dim, as in MLA);
         bias: [batch, 1, q_len, k_len].
+        softmax: a :class:`HostAttentionSoftmax` of this ``scale`` (used for float32 tensors), or None.
     Returns:
         [batch, heads, q_len, v_dim]
     """
@@ -89,9 +108,13 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     kv_heads, k_len = k.shape[1], k.shape[2]
     n_rep = heads // kv_heads
     q = q.reshape(batch, kv_heads, n_rep * q_len, head_dim)
-    scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) * scale
-    scores = scores.reshape(batch, kv_heads, n_rep, q_len, k_len) + bias.reshape(batch, 1, 1, q_len, k_len)
-    probs = cast(ops.softmax(scores, -1), v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
+    scores = ops.BatchMatMul(transpose_b=True)(q, k)  # [batch, kv_heads, n_rep * q_len, k_len]
+    if softmax is not None and scores.dtype == ms.float32 and bias.dtype == ms.float32 and v.dtype == ms.float32:
+        probs = softmax(scores.reshape(batch, heads, q_len, k_len), bias).reshape(batch, kv_heads, n_rep * q_len, k_len)
+    else:
+        scores = cast(scores, ms.float32) * scale
+        scores = scores.reshape(batch, kv_heads, n_rep, q_len, k_len) + bias.reshape(batch, 1, 1, q_len, k_len)
+        probs = cast(ops.softmax(scores, -1), v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
     if dropout is not None:
         probs = dropout(probs)
     return ops.matmul(probs, v).reshape(batch, heads, q_len, v.shape[-1])
@@ -214,6 +237,7 @@ class Attention(nn.Cell):
         # called as tuner(q, k, v, bias) -> [batch, heads, q_len, head_dim] in place of grouped_attention
         self.tuner = None
         self.host_cache_write = host.enabled()
+        self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
 
     @staticmethod
     def cache_spec(config):
@@ -233,7 +257,7 @@ class Attention(nn.Cell):
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         bias = window_mask if self.sliding else mask
         if self.tuner is None:
-            out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
+            out = grouped_attention(q, k, v, bias, self.scale, self.dropout, self.host_softmax)
         else:
             out = self.tuner(q, k, v, bias)
         return self.o_proj(merge_heads(out))

@@ -13,7 +13,7 @@ from mindspore import nn, ops
 
 from ...kernels import host
 from ...registry import BLOCKS
-from .attention import grouped_attention, merge_heads, split_heads, update_cache
+from .attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
 from .layers import MS_DTYPES, Linear, RMSNorm, _yarn_mscale, apply_rotary, apply_rotary_interleaved
 
 
@@ -55,6 +55,7 @@ class MultiLatentAttention(nn.Cell):
         self.sliding = config.layer_type(layer_idx) == "sliding_attention"
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
         self.host_cache_write = host.enabled()  # see update_cache
+        self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
 
     @staticmethod
     def cache_spec(config):
@@ -82,5 +83,6 @@ class MultiLatentAttention(nn.Cell):
         kv = split_heads(kv, self.num_heads, self.nope_dim + self.v_dim)  # [batch, heads, keys, nope + v]
         k = ops.cat((kv[..., :self.nope_dim], k_rot.broadcast_to((batch, self.num_heads, keys, self.rope_dim))), -1)
         v = kv[..., self.nope_dim:]
-        out = grouped_attention(q, k, v, window_mask if self.sliding else mask, self.scale, self.dropout)
+        out = grouped_attention(q, k, v, window_mask if self.sliding else mask, self.scale, self.dropout,
+                                self.host_softmax)
         return self.o_proj(merge_heads(out))

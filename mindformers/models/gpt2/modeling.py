@@ -12,7 +12,7 @@ from mindspore import nn, ops
 from ...kernels import host
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
-from ..common.attention import grouped_attention, merge_heads, split_heads, update_cache
+from ..common.attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
 from ..common.decoder import DecoderForCausalLM, DecoderForSequenceClassification, DecoderStack
 from ..common.layers import MS_DTYPES, Conv1D, Embedding, LayerNorm
 from .config import GPT2Config
@@ -41,6 +41,7 @@ class GPT2Attention(nn.Cell):
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
         self.host_cache_write = host.enabled()  # see update_cache
+        self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
 
     def construct(self, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         qkv = self.c_attn(x)
@@ -51,7 +52,7 @@ class GPT2Attention(nn.Cell):
         v = split_heads(v, self.num_heads, self.head_dim)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
-        out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout)
+        out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout, self.host_softmax)
         return self.resid_dropout(self.c_proj(merge_heads(out)))
 
 

@@ -18,7 +18,7 @@ from mindspore import nn, ops
 
 from ...kernels import host
 from ...registry import MODELS
-from ..common.attention import grouped_attention, merge_heads, split_heads, update_cache
+from ..common.attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
 from ..common.decoder import DecoderForCausalLM, DecoderStack
 from ..common.layers import MS_DTYPES, Embedding, LayerNorm, Linear
 from .config import PanguAlphaConfig
@@ -46,6 +46,7 @@ class PanguAlphaAttention(nn.Cell):
         self.projection = Linear(hidden, hidden, True, dtype)
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.host_cache_write = host.enabled()  # see update_cache
+        self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
         self.dropout = nn.Dropout(p=config.resid_pdrop)
 
     def construct(self, query, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
@@ -54,7 +55,7 @@ class PanguAlphaAttention(nn.Cell):
         v = split_heads(self.dense3(x), self.num_heads, self.head_dim)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
-        out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout)
+        out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout, self.host_softmax)
         return self.dropout(self.projection(merge_heads(out)))
 
 
