@@ -215,6 +215,20 @@ def softmax_bias_grad(dprobs, probs, scale):
     return _primitive("softmax_bias_grad", out_shape=_first_shape)(dprobs, probs, scale)
 
 
+def _swapped_shape(x):
+    return [x[0], x[2], x[1], x[3]]
+
+
+def _same_dtype(x):
+    return x
+
+
+def swap_axes(x):
+    """``x.swapaxes(1, 2)`` of a 4-D float32, float16 or bfloat16 tensor, copied row by row (no Transpose
+    kernel); it is its own gradient."""
+    return _primitive("swap_axes", out_shape=_swapped_shape, out_dtype=_same_dtype)(x)
+
+
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
     """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
 

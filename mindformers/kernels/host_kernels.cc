@@ -523,6 +523,30 @@ int softmax_bias_grad(int nparam, void **params, int *ndims, int64_t **shapes, c
   return 0;
 }
 
+// Axes 1 and 2 of a 4-D tensor swapped, [a, b, c, d] -> [a, c, b, d] (attention's split and merge of heads):
+// MindSpore's CPU Transpose keeps buffers the size of its tensor for a compiled graph's life; this copies rows
+// of d elements. Its gradient is the same swap of the output's gradient. float32, float16 or bfloat16.
+int swap_axes(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 2 || ndims[0] != 4 || std::strcmp(dtypes[0], dtypes[1]) != 0) return 2;
+  int64_t element = 0;
+  if (std::strcmp(dtypes[0], "float32") == 0)
+    element = 4;
+  else if (std::strcmp(dtypes[0], "float16") == 0 || std::strcmp(dtypes[0], "bfloat16") == 0)
+    element = 2;
+  else
+    return 3;
+  const int64_t a = shapes[0][0], b = shapes[0][1], c = shapes[0][2], row = shapes[0][3] * element;
+  const char *x = static_cast<const char *>(params[0]);
+  char *y = static_cast<char *>(params[1]);
+  parallel_for(a * b * c * row, [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = (begin + row - 1) / row; r < a * b * c && r * row < end; ++r) {  // r: a row of x
+      const int64_t i = r / (b * c), j = (r / c) % b, k = r % c;
+      std::memcpy(y + ((i * c + k) * b + j) * row, x + r * row, row);
+    }
+  });
+  return 0;
+}
+
 // KV-cache write in place: cache[row, head, slot, :] = values[b, h, s, :] for (row, head, slot) =
 // index[b, h, s]. MindSpore's CPU ScatterNdUpdate copies the whole cache on every call (measured: 0.26 ms
 // for a [32, 3, 128, 64] cache, 5 ms at 2048 slots), this touches only the written rows.

@@ -288,3 +288,32 @@ def test_attention_softmax_kernel_equals_the_generic_ops(heads, kv_heads, q_len,
 
     for got, want in zip(run(True), run(False)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [ms.float32, ms.float16, ms.bfloat16])
+def test_swap_axes_kernel_equals_swapaxes(dtype):
+    """split_heads/merge_heads with HostSwapAxes (the CPU path) give swapaxes' values and gradients, in and
+    out of graphs; bfloat16 and float16 move as 2-byte elements; a size split over two threads."""
+    from mindformers.models.common.attention import HostSwapAxes, merge_heads, split_heads
+
+    rng = np.random.default_rng(9)
+    x = Tensor(rng.normal(size=(3, 70, 6 * 40)).astype(np.float32)).astype(dtype)  # [batch, seq, heads * dim]
+    weight = Tensor(rng.normal(size=(3, 6, 70, 40)).astype(np.float32)).astype(dtype)
+    swap = HostSwapAxes()
+    for s in (swap, None):
+        assert np.array_equal(merge_heads(split_heads(x, 6, 40, s), s).astype(ms.float32).asnumpy(),
+                              x.astype(ms.float32).asnumpy())
+    if dtype != ms.float32:
+        return  # gradients in float32 (the training path)
+    def loss_with(s):
+        def loss_of(x):
+            return (split_heads(x, 6, 40, s) * weight).sum() + (merge_heads(weight, s) * x).sum()
+        return loss_of
+
+    results = []
+    for s in (swap, None):
+        loss_of = loss_with(s)
+        results.append([r.asnumpy() for r in (split_heads(x, 6, 40, s), ms.jit(ms.grad(loss_of))(x),
+                                              ms.grad(loss_of)(x))])
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)

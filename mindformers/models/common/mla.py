@@ -13,7 +13,8 @@ from mindspore import nn, ops
 
 from ...kernels import host
 from ...registry import BLOCKS
-from .attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
+from .attention import (HostAttentionSoftmax, HostSwapAxes, grouped_attention, merge_heads, split_heads,
+                        update_cache)
 from .layers import MS_DTYPES, Linear, RMSNorm, _yarn_mscale, apply_rotary, apply_rotary_interleaved
 
 
@@ -56,6 +57,7 @@ class MultiLatentAttention(nn.Cell):
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
         self.host_cache_write = host.enabled()  # see update_cache
         self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
+        self.host_swap = HostSwapAxes() if host.enabled() else None
 
     @staticmethod
     def cache_spec(config):
@@ -69,7 +71,7 @@ class MultiLatentAttention(nn.Cell):
             q = self.q_proj(x)
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = split_heads(q, self.num_heads, self.qk_dim)  # [batch, heads, seq, qk_dim]
+        q = split_heads(q, self.num_heads, self.qk_dim, self.host_swap)  # [batch, heads, seq, qk_dim]
         compressed = self.kv_a_proj_with_mqa(x)  # [batch, seq, kv_rank + rope_dim]
         latent = self.kv_a_layernorm(compressed[..., :self.kv_rank]).reshape(batch, 1, seq, self.kv_rank)
         k_rot = compressed[..., self.kv_rank:].reshape(batch, 1, seq, self.rope_dim)
@@ -80,9 +82,10 @@ class MultiLatentAttention(nn.Cell):
                                          self.host_cache_write)
         keys = latent.shape[2]
         kv = self.kv_b_proj(latent.reshape(batch, keys, self.kv_rank))
-        kv = split_heads(kv, self.num_heads, self.nope_dim + self.v_dim)  # [batch, heads, keys, nope + v]
+        # [batch, heads, keys, nope + v]
+        kv = split_heads(kv, self.num_heads, self.nope_dim + self.v_dim, self.host_swap)
         k = ops.cat((kv[..., :self.nope_dim], k_rot.broadcast_to((batch, self.num_heads, keys, self.rope_dim))), -1)
         v = kv[..., self.nope_dim:]
         out = grouped_attention(q, k, v, window_mask if self.sliding else mask, self.scale, self.dropout,
                                 self.host_softmax)
-        return self.o_proj(merge_heads(out))
+        return self.o_proj(merge_heads(out, self.host_swap))

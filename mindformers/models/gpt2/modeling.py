@@ -12,7 +12,8 @@ from mindspore import nn, ops
 from ...kernels import host
 from ...modeling_utils import PreTrainedModel
 from ...registry import MODELS
-from ..common.attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
+from ..common.attention import (HostAttentionSoftmax, HostSwapAxes, grouped_attention, merge_heads, split_heads,
+                                update_cache)
 from ..common.decoder import DecoderForCausalLM, DecoderForSequenceClassification, DecoderStack
 from ..common.layers import MS_DTYPES, Conv1D, Embedding, LayerNorm
 from .config import GPT2Config
@@ -42,18 +43,19 @@ class GPT2Attention(nn.Cell):
         self.resid_dropout = nn.Dropout(p=config.resid_pdrop)
         self.host_cache_write = host.enabled()  # see update_cache
         self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
+        self.host_swap = HostSwapAxes() if host.enabled() else None
 
     def construct(self, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
         qkv = self.c_attn(x)
         q, k, v = ops.split(qkv, qkv.shape[-1] // 3, -1)  # (each a third: heads may be split)
         # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
-        q = split_heads(q, self.num_heads, self.head_dim)
-        k = split_heads(k, self.num_heads, self.head_dim)
-        v = split_heads(v, self.num_heads, self.head_dim)
+        q = split_heads(q, self.num_heads, self.head_dim, self.host_swap)
+        k = split_heads(k, self.num_heads, self.head_dim, self.host_swap)
+        v = split_heads(v, self.num_heads, self.head_dim, self.host_swap)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout, self.host_softmax)
-        return self.resid_dropout(self.c_proj(merge_heads(out)))
+        return self.resid_dropout(self.c_proj(merge_heads(out, self.host_swap)))
 
 
 class GPT2MLP(nn.Cell):

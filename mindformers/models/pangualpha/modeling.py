@@ -18,7 +18,8 @@ from mindspore import nn, ops
 
 from ...kernels import host
 from ...registry import MODELS
-from ..common.attention import HostAttentionSoftmax, grouped_attention, merge_heads, split_heads, update_cache
+from ..common.attention import (HostAttentionSoftmax, HostSwapAxes, grouped_attention, merge_heads, split_heads,
+                                update_cache)
 from ..common.decoder import DecoderForCausalLM, DecoderStack
 from ..common.layers import MS_DTYPES, Embedding, LayerNorm, Linear
 from .config import PanguAlphaConfig
@@ -47,16 +48,18 @@ class PanguAlphaAttention(nn.Cell):
         self.attn_dropout = nn.Dropout(p=config.attn_pdrop) if config.attn_pdrop > 0 else None
         self.host_cache_write = host.enabled()  # see update_cache
         self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
+        self.host_swap = HostSwapAxes() if host.enabled() else None
         self.dropout = nn.Dropout(p=config.resid_pdrop)
 
     def construct(self, query, x, mask, k_cache=None, v_cache=None, write_index=None, cache_rows=None):
-        q = split_heads(self.dense1(query), self.num_heads, self.head_dim)  # [batch, heads, seq, head_dim]
-        k = split_heads(self.dense2(x), self.num_heads, self.head_dim)
-        v = split_heads(self.dense3(x), self.num_heads, self.head_dim)
+        # [batch, heads, seq, head_dim]
+        q = split_heads(self.dense1(query), self.num_heads, self.head_dim, self.host_swap)
+        k = split_heads(self.dense2(x), self.num_heads, self.head_dim, self.host_swap)
+        v = split_heads(self.dense3(x), self.num_heads, self.head_dim, self.host_swap)
         if k_cache is not None:
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         out = grouped_attention(q, k, v, mask, self.scale, self.attn_dropout, self.host_softmax)
-        return self.dropout(self.projection(merge_heads(out)))
+        return self.dropout(self.projection(merge_heads(out, self.host_swap)))
 
 
 class PanguAlphaFeedForward(nn.Cell):
