@@ -107,3 +107,35 @@ def test_rotary_falls_back_where_the_kernel_does_not_fit():
         want = apply_rotary(value, cos, sin)
         assert got.dtype == value.dtype
         np.testing.assert_allclose(got.astype(ms.float32).asnumpy(), want.astype(ms.float32).asnumpy(), rtol=1e-3)
+
+
+def _tiny_llama_runs(monkeypatch, fused: bool):
+    """A tiny Llama built with the kernels on or off: its training loss, parameter gradients and greedy ids."""
+    from tests.trainer.conftest import tiny_llama
+
+    monkeypatch.setenv(host.ENV_SWITCH, "1" if fused else "0")
+    model = tiny_llama(seed=11, hidden_size=48, intermediate_size=80, num_attention_heads=3, num_key_value_heads=1)
+    layer = model.model.layers[0]
+    assert (layer.mlp.host_swiglu is not None) is fused and (layer.self_attn.host_rotary is not None) is fused
+    rng = np.random.default_rng(12)
+    ids = Tensor(rng.integers(3, 49152, (2, 13)).astype(np.int32))
+    mask = Tensor(np.array([[1] * 13, [0] * 4 + [1] * 9], np.int32))  # a left-padded row: positions differ by row
+    params = model.trainable_params()
+
+    def loss_of(i, m):
+        return model(i, m, None, i)[0]
+
+    model.set_train(True)
+    loss, grads = ms.jit(ms.value_and_grad(loss_of, None, params))(ids, mask)
+    model.set_train(False)
+    generated = model.generate([[5, 9, 200, 4000, 17]], max_new_tokens=6, eos_token_id=[])
+    return float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}, np.asarray(generated[0])
+
+
+def test_tiny_llama_equal_with_and_without_kernels(monkeypatch):
+    fused, generic = _tiny_llama_runs(monkeypatch, True), _tiny_llama_runs(monkeypatch, False)
+    assert fused[0] == pytest.approx(generic[0], rel=1e-5)
+    assert fused[1].keys() == generic[1].keys()
+    for name, grad in generic[1].items():
+        np.testing.assert_allclose(fused[1][name], grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max(), err_msg=name)
+    np.testing.assert_array_equal(fused[2], generic[2])
