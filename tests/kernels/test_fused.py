@@ -110,7 +110,8 @@ def test_rotary_falls_back_where_the_kernel_does_not_fit():
 
 
 def _tiny_llama_runs(monkeypatch, fused: bool):
-    """A tiny Llama built with the kernels on or off: its training loss, parameter gradients and greedy ids."""
+    """A tiny Llama built with the kernels on or off: its training loss, parameter gradients, greedy ids (KV
+    cache) and eager logits."""
     from tests.trainer.conftest import tiny_llama
 
     monkeypatch.setenv(host.ENV_SWITCH, "1" if fused else "0")
@@ -128,8 +129,10 @@ def _tiny_llama_runs(monkeypatch, fused: bool):
     model.set_train(True)
     loss, grads = ms.jit(ms.value_and_grad(loss_of, None, params))(ids, mask)
     model.set_train(False)
+    logits = model(ids, mask).asnumpy()  # eagerly: q and k reach the kernel from transposes (views in PyNative)
     generated = model.generate([[5, 9, 200, 4000, 17]], max_new_tokens=6, eos_token_id=[])
-    return float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}, np.asarray(generated[0])
+    return (float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}, np.asarray(generated[0]),
+            logits)
 
 
 def test_tiny_llama_equal_with_and_without_kernels(monkeypatch):
@@ -139,3 +142,4 @@ def test_tiny_llama_equal_with_and_without_kernels(monkeypatch):
     for name, grad in generic[1].items():
         np.testing.assert_allclose(fused[1][name], grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max(), err_msg=name)
     np.testing.assert_array_equal(fused[2], generic[2])
+    np.testing.assert_allclose(fused[3], generic[3], rtol=1e-5, atol=1e-5)
