@@ -292,6 +292,58 @@ void lora_tokens(const float *const *x, const float *a, const float *bt, int64_t
     }
 }
 
+// silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
+inline float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
+
+// The rotation of rows of `dim` numbers in the "rotate half" layout (x = [x1, x2], R(x) = [-x2, x1]):
+// forward y = x cos + R(x) sin; its gradient (grad) dx = dy cos + R^T(dy sin) with R^T(w) = [w2, -w1].
+// x: rows of [batch, heads, seq] order; cos/sin: [cos_batch, 1, seq, dim], cos_batch 1 or batch.
+template <bool grad>
+void rotary_rows(const float *x, const float *cos, const float *sin, float *y, int64_t heads, int64_t seq,
+                 int64_t dim, bool per_row_table, int64_t begin, int64_t end) {
+  const int64_t half = dim / 2;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t b = r / (heads * seq), s = r % seq;
+    const int64_t table = ((per_row_table ? b : 0) * seq + s) * dim;
+    const float *c = cos + table, *n = sin + table, *a = x + r * dim;
+    float *out = y + r * dim;
+#pragma omp simd
+    for (int64_t j = 0; j < half; ++j) {
+      const float a1 = a[j], a2 = a[j + half];
+      if (grad) {
+        out[j] = a1 * c[j] + a2 * n[j + half];
+        out[j + half] = a2 * c[j + half] - a1 * n[j];
+      } else {
+        out[j] = a1 * c[j] - a2 * n[j];
+        out[j + half] = a2 * c[j + half] + a1 * n[j + half];
+      }
+    }
+  }
+}
+
+// inputs: x [batch, heads, seq, dim], cos, sin [batch or 1, 1, seq, dim] (dim even); output [batch, heads,
+// seq, dim].
+template <bool grad>
+int rotary_kernel(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  if (!all_float32(nparam, dtypes)) return 3;
+  const int64_t *xs = shapes[0], *cs = shapes[1], *ss = shapes[2];
+  const int64_t batch = xs[0], heads = xs[1], seq = xs[2], dim = xs[3];
+  for (int i = 0; i < 4; ++i)
+    if (cs[i] != ss[i]) return 2;
+  if ((cs[0] != 1 && cs[0] != batch) || cs[1] != 1 || cs[2] != seq || cs[3] != dim || dim % 2 != 0) return 2;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *cos = static_cast<const float *>(params[1]);
+  const float *sin = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const bool per_row_table = cs[0] != 1;
+  const int64_t rows = batch * heads * seq;
+  parallel_for(rows, [=](int, int64_t begin, int64_t end) {
+    rotary_rows<grad>(x, cos, sin, y, heads, seq, dim, per_row_table, begin, end);
+  }, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(dim, 1)));
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -666,6 +718,62 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     Helper::get().run(count, 1, run);
   }
   return 0;
+}
+
+// SwiGLU's gate (Shazeer 2020): y = silu(g) * u, elementwise over any shape (MindSpore: SiLU, Mul and, in
+// the backward pass, SiLUGrad and two Muls, each a kernel with its own buffer).
+// inputs: g, u (same number of elements); output: y.
+int swiglu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3) return 1;
+  if (!all_float32(nparam, dtypes)) return 3;
+  const int64_t n = numel(ndims[0], shapes[0]);
+  if (numel(ndims[1], shapes[1]) != n || numel(ndims[2], shapes[2]) != n) return 2;
+  const float *g = static_cast<const float *>(params[0]);
+  const float *u = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  parallel_for(n, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = g[i] * sigmoid(g[i]) * u[i];
+  });
+  return 0;
+}
+
+// The gradient of swiglu: dg = dy u sig(g) (1 + g (1 - sig(g))), du = dy silu(g).
+// inputs: dy, g, u (same number of elements); outputs: dg, du.
+int swiglu_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 5) return 1;
+  if (!all_float32(nparam, dtypes)) return 3;
+  const int64_t n = numel(ndims[0], shapes[0]);
+  for (int i = 1; i < 5; ++i)
+    if (numel(ndims[i], shapes[i]) != n) return 2;
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *g = static_cast<const float *>(params[1]);
+  const float *u = static_cast<const float *>(params[2]);
+  float *dg = static_cast<float *>(params[3]);
+  float *du = static_cast<float *>(params[4]);
+  parallel_for(n, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float s = sigmoid(g[i]);
+      dg[i] = dy[i] * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
+      du[i] = dy[i] * (g[i] * s);
+    }
+  });
+  return 0;
+}
+
+// Rotary position embedding, "rotate half" layout (Hugging Face Llama's apply_rotary_pos_emb):
+// y = x cos + rotate_half(x) sin, one pass (MindSpore: two slices, a Neg, a Concat, two Muls and an Add, each
+// with its own buffer, and as many again in the backward pass).
+// inputs: x [batch, heads, seq, dim], cos, sin [batch or 1, 1, seq, dim]; output: y like x.
+int rotary(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return rotary_kernel<false>(nparam, params, ndims, shapes, dtypes);
+}
+
+// The gradient of rotary with respect to x: dx = dy cos + R^T(dy sin), R^T([w1, w2]) = [w2, -w1].
+// inputs: dy [batch, heads, seq, dim], cos, sin as for rotary; output: dx like dy.
+int rotary_grad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  return rotary_kernel<true>(nparam, params, ndims, shapes, dtypes);
 }
 
 }  // extern "C"

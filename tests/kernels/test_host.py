@@ -86,9 +86,13 @@ def test_training_steps_equal_with_and_without_kernels(monkeypatch, tmp_path):
     np.testing.assert_allclose(fused_history, generic_history, rtol=1e-5)
     assert fused_history[0][1] > 0.5  # clipping was active
     for name, value in fused_params.items():
-        # Adam moves near-zero gradients by ~lr whatever their size, so rounding shows at ~lr * 1e-3 (one
-        # embedding entry in 1.5M moved 2.7e-5 apart with the RMSNorm kernel)
-        np.testing.assert_allclose(value, generic_params[name], rtol=1e-4, atol=5e-5, err_msg=name)
+        # Adam moves every weight by ~lr whatever its gradient's size, so the kernels' rounding of small
+        # gradients shows at ~lr * 1e-3, and further where such a gradient changes sign between steps (m nearly
+        # cancels): with the fused SwiGLU and rotary too, 1 of down_proj's 2,048 values moved 3.5e-5 more and 2
+        # of the embedding's 1.5M 2e-4. A wrong kernel moves most values by ~lr.
+        close = np.isclose(value, generic_params[name], rtol=1e-4, atol=2e-5)
+        assert close.mean() > 0.999, (name, close.mean())
+        np.testing.assert_allclose(value, generic_params[name], rtol=1e-4, atol=5e-4, err_msg=name)
 
 
 def test_a_machine_without_compiler_gets_a_clear_error(monkeypatch, tmp_path):

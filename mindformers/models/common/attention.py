@@ -14,7 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ...kernels import host
 from ...registry import BLOCKS
-from .layers import MS_DTYPES, Linear, RMSNorm, apply_rotary, cast
+from .layers import MS_DTYPES, HostRotary, Linear, RMSNorm, apply_rotary, cast
 
 NEG_INF = float(np.finfo(np.float32).min)
 
@@ -253,6 +253,7 @@ class Attention(nn.Cell):
         self.host_cache_write = host.enabled()
         self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
         self.host_swap = HostSwapAxes() if host.enabled() else None
+        self.host_rotary = HostRotary() if host.enabled() else None
 
     @staticmethod
     def cache_spec(config):
@@ -267,7 +268,7 @@ class Attention(nn.Cell):
         v = split_heads(self.v_proj(x), self.num_kv_heads, self.head_dim, self.host_swap)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin, self.host_rotary), apply_rotary(k, cos, sin, self.host_rotary)
         if k_cache is not None:  # keys/values of every cached slot: [batch, kv_heads, max_len, head_dim]
             k, v = update_cache(k_cache, v_cache, k, v, write_index, cache_rows, self.host_cache_write)
         bias = window_mask if self.sliding else mask

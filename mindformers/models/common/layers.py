@@ -245,8 +245,32 @@ def rotate_half(x):
     return ops.cat((-x[..., half:], x[..., :half]), -1)
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin are given."""
+class HostRotary(nn.Cell):
+    """:func:`apply_rotary` and its gradient by the host kernels (CPU; built where ``host.enabled()``).
+
+    Why: MindSpore's CPU kernels keep a buffer per op instance for the life of a compiled graph; the generic
+    rotation is seven ops (two slices, Neg, Concat, two Muls, Add) forward and as many backward, each the
+    size of q or k. The tables get zero gradients: they are functions of the positions, nothing trains them.
+    """
+
+    def construct(self, x, cos, sin):
+        return host.rotary(x, cos, sin)
+
+    def bprop(self, x, cos, sin, out, dout):
+        return host.rotary_grad(dout, cos, sin), ops.zeros_like(cos), ops.zeros_like(sin)
+
+
+def apply_rotary(x, cos, sin, fused=None):
+    """Rotate ``x`` [batch, heads, seq, head_dim] by the angles whose cos/sin [batch or 1, 1, seq, head_dim]
+    are given.
+
+    Args:
+        fused: a :class:`HostRotary` to compute it with when ``x`` and the tables are float32 (settled when
+            the graph compiles), or None for the generic ops.
+    """
+    if fused is not None and x.dtype == ms.float32 and cos.dtype == ms.float32 and sin.dtype == ms.float32 \
+            and cos.shape == sin.shape and host.rotary_fits(x.shape, cos.shape):
+        return fused(x, cos, sin)
     return x * cast(cos, x.dtype) + rotate_half(x) * cast(sin, x.dtype)
 
 

@@ -15,7 +15,7 @@ from ...kernels import host
 from ...registry import BLOCKS
 from .attention import (HostAttentionSoftmax, HostSwapAxes, grouped_attention, merge_heads, split_heads,
                         update_cache)
-from .layers import MS_DTYPES, Linear, RMSNorm, _yarn_mscale, apply_rotary, apply_rotary_interleaved
+from .layers import MS_DTYPES, HostRotary, Linear, RMSNorm, _yarn_mscale, apply_rotary, apply_rotary_interleaved
 
 
 @BLOCKS.register
@@ -52,17 +52,25 @@ class MultiLatentAttention(nn.Cell):
         scaling = config.rope_scaling
         if scaling is not None and scaling.get("mscale_all_dim"):
             self.scale *= _yarn_mscale(float(scaling["factor"]), float(scaling["mscale_all_dim"])) ** 2
-        self.rotate = apply_rotary_interleaved if config.rope_interleave else apply_rotary
+        self.interleaved = config.rope_interleave
         self.sliding = config.layer_type(layer_idx) == "sliding_attention"
         self.dropout = nn.Dropout(p=config.attention_dropout) if config.attention_dropout > 0 else None
         self.host_cache_write = host.enabled()  # see update_cache
         self.host_softmax = HostAttentionSoftmax(self.scale) if host.enabled() else None  # float32 on CPU
         self.host_swap = HostSwapAxes() if host.enabled() else None
+        # the "rotate half" layout by the host kernels on CPU (the interleaved one stays generic)
+        self.host_rotary = HostRotary() if host.enabled() and not self.interleaved else None
 
     @staticmethod
     def cache_spec(config):
         """(heads, key dim, value dim) of the cache: one latent [kv_lora_rank] and one rotary key per token."""
         return 1, config.kv_lora_rank, config.qk_rope_head_dim
+
+    def rotate(self, x, cos, sin):
+        """The rotary embedding of ``x`` [batch, heads, seq, rope_dim] in this model's layout."""
+        if self.interleaved:
+            return apply_rotary_interleaved(x, cos, sin)
+        return apply_rotary(x, cos, sin, self.host_rotary)
 
     def construct(self, x, cos, sin, mask, window_mask=None, k_cache=None, v_cache=None, write_index=None,
                   cache_rows=None):

@@ -28,9 +28,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
+from ...kernels import host
 from ...registry import BLOCKS
 from .layers import MS_DTYPES, _placeholder, cast
-from .mlp import GatedMLP, gated_activation
+from .mlp import GatedMLP, HostSwiGLU, gated_activation
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Experts(nn.Cell):
         # the per-expert form of the same sum (see _per_expert), chosen by mindformers.parallel.shard
         self.gate_up_matmul = ops.BatchMatMul(transpose_b=True)
         self.down_matmul = ops.BatchMatMul(transpose_b=True)
+        self.host_swiglu = HostSwiGLU() if host.enabled() else None
 
     def init_parameters(self, rng: np.random.Generator, std: float) -> Dict[Parameter, np.ndarray]:
         return {p: rng.normal(0.0, std, p.shape) for p in (self.gate_up_proj, self.down_proj)}
@@ -166,7 +168,8 @@ class Experts(nn.Cell):
         gate_up_proj, down_proj = self.expert_weights()
         # every expert's gate and up projections in one product: [tokens, experts * 2 * width]
         gate_up = self.matmul_nt(x, gate_up_proj.reshape(experts * 2 * width, hidden))
-        act = gated_activation(gate_up.reshape(tokens, experts, 2 * width), width)  # [tokens, experts, width]
+        gate_up = gate_up.reshape(tokens, experts, 2 * width)
+        act = gated_activation(gate_up, width, self.host_swiglu)  # [tokens, experts, width]
         # weighting before the (linear) down projection folds the sum over experts into one product
         act = act * cast(weights, act.dtype).expand_dims(-1)
         down = down_proj.swapaxes(1, 2).reshape(experts * width, hidden)
@@ -185,7 +188,8 @@ class Experts(nn.Cell):
         experts, width, hidden = self.num_experts, self.width, self.hidden
         gate_up_proj, down_proj = self.expert_weights()
         x = x.reshape(1, tokens, hidden).broadcast_to((experts, tokens, hidden))
-        act = gated_activation(self.gate_up_matmul(x, gate_up_proj), width)  # [experts, tokens, width]
+        gate_up = self.gate_up_matmul(x, gate_up_proj)  # [experts, tokens, 2 * width]
+        act = gated_activation(gate_up, width, self.host_swiglu)  # [experts, tokens, width]
         act = act * cast(weights, act.dtype).swapaxes(0, 1).expand_dims(-1)  # weights [experts, tokens, 1]
         return self.down_matmul(act, down_proj).sum(0)  # [experts, tokens, hidden] -> [tokens, hidden]
 
@@ -193,6 +197,7 @@ class Experts(nn.Cell):
         """Use ``base``'s primitives and form (a wrapper built without ``__init__`` keeps their strategies)."""
         self.matmul_nt, self.gate_up_matmul, self.down_matmul = base.matmul_nt, base.gate_up_matmul, base.down_matmul
         self.per_expert = base.per_expert
+        self.host_swiglu = base.host_swiglu
 
     def expert_weights(self):
         """``(gate_up_proj, down_proj)`` as the computation uses them (a LoRA layer adds its updates here)."""
