@@ -148,10 +148,6 @@ def _swiglu_grad_shapes(dy, g, u):
     return g, u
 
 
-def _two_float32(*dtypes):
-    return ms.float32, ms.float32
-
-
 @functools.lru_cache(maxsize=None)
 def _primitive(name: str, side_effect: bool = False, out_shape=_flag_shape, out_dtype=_float32) -> ops.Custom:
     """The AOT op of kernel ``name`` (one per process: graphs share it)."""
@@ -207,10 +203,6 @@ def rms_norm_grad(dy, x, weight, rstd):
     """Gradients of :func:`rms_norm`: ``(dx [..., dim], dweight [dim])``, float32."""
     return _primitive("rms_norm_grad", out_shape=_rms_norm_grad_shapes, out_dtype=_two_float32)(
         dy, x, weight, rstd)
-
-
-def _first_shape(first, *others):
-    return first
 
 
 def softmax_bias(scores, bias, scale):
