@@ -188,6 +188,13 @@ def softmax_cross_entropy(logits, labels, scale):
                       out_dtype=_cross_entropy_types)(logits, labels, scale)
 
 
+def softmax_cross_entropy_(logits, labels, scale):
+    """:func:`softmax_cross_entropy` writing the gradient over ``logits`` (a buffer nothing else reads: the
+    head product's output); returns ``loss_sum [1]``, which the caller makes the gradient's readers depend
+    on (``ops.depend(logits, loss_sum)``)."""
+    return _primitive("softmax_cross_entropy", side_effect=True)(logits, labels, scale)
+
+
 def rms_norm(x, weight, eps):
     """RMSNorm over the last axis in one pass: ``(weight * (x * r), r)`` with ``r = 1 / sqrt(mean(x^2) + eps)``.
 

@@ -416,18 +416,17 @@ int squared_sum(int nparam, void **params, int *ndims, int64_t **shapes, const c
 // linear cross entropy computes per chunk): loss_sum = sum over rows with label >= 0 of
 // logsumexp(row) - row[label]; grad = scale * (softmax(row) - onehot(label)), zero on ignored rows.
 // inputs: logits [rows, vocab] float32, labels [rows] int32 (negative: ignored), scale [1] float32;
-// outputs: loss_sum [1] float32, grad [rows, vocab] float32.
+// outputs: loss_sum [1] float32, grad [rows, vocab] float32; with no grad output (4 params) the gradient
+// is written over the logits (softmax_cross_entropy_ in host.py: one [rows, vocab] buffer, not two).
 int softmax_cross_entropy(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                           void *) {
-  if (nparam != 5 || ndims[0] != 2) return 1;
-  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "int32") != 0 ||
-      std::strcmp(dtypes[2], "float32") != 0 || std::strcmp(dtypes[3], "float32") != 0 ||
-      std::strcmp(dtypes[4], "float32") != 0)
+  if ((nparam != 5 && nparam != 4) || ndims[0] != 2) return 1;
+  if (!all_float32(1, dtypes) || std::strcmp(dtypes[1], "int32") != 0 || !all_float32(nparam - 2, dtypes + 2))
     return 3;
   const float *logits = static_cast<const float *>(params[0]);
   const int32_t *labels = static_cast<const int32_t *>(params[1]);
   const float scale = static_cast<const float *>(params[2])[0];
-  float *grad = static_cast<float *>(params[4]);
+  float *grad = static_cast<float *>(params[nparam == 5 ? 4 : 0]);
   const int64_t rows = shapes[0][0], vocab = shapes[0][1];
   if (numel(ndims[1], shapes[1]) != rows) return 2;
   std::vector<double> partial(threads() + 1, 0.0);
@@ -442,12 +441,12 @@ int softmax_cross_entropy(int nparam, void **params, int *ndims, int64_t **shape
         std::memset(g, 0, sizeof(float) * vocab);
         continue;
       }
-      const float top = row_max(x, vocab);
+      const float top = row_max(x, vocab), picked = x[label];  // read before g (maybe x itself) is written
       const float total = exp_shifted(x, g, vocab, top);  // g = exp(x - top)
       const float factor = scale / total;
       for (int64_t j = 0; j < vocab; ++j) g[j] *= factor;
       g[label] -= scale;
-      loss += double(top) + std::log(double(total)) - double(x[label]);
+      loss += double(top) + std::log(double(total)) - double(picked);
     }
     partial[w] = loss;
   });

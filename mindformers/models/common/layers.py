@@ -397,7 +397,8 @@ class LinearCrossEntropy(nn.Cell):
         scored = ops.maximum((labels >= 0).astype(ms.float32).sum(), 1.0)
         scale = (1.0 / scored).reshape((1,))
         logits = self.matmul_nt(hidden, weight)  # [tokens, vocab]
-        loss_sum, grad = host.softmax_cross_entropy(logits, labels, scale)  # grad replaces the logits
+        loss_sum = host.softmax_cross_entropy_(logits, labels, scale)  # the gradient over the logits, in place
+        grad = ops.depend(logits, loss_sum)  # read after the kernel wrote it
         return (loss_sum * scale).reshape(()), self.matmul(grad, weight), self.matmul_tn(grad, hidden)
 
     def bprop(self, hidden, weight, labels, out, dout):
