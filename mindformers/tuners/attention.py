@@ -5,7 +5,7 @@ from typing import List, Tuple
 
 from mindspore import nn
 
-from ..models.common.attention import Attention, grouped_attention
+from ..models.common.attention import Attention, HostAttentionSoftmax, grouped_attention
 from .tuner_layer import AdapterState, Unmergeable
 
 
@@ -21,6 +21,8 @@ class AttentionTuner(nn.Cell, Unmergeable):
         self._init_tuner_layer(state)
         self.scale = attention.scale
         self.dropout = attention.dropout
+        # the attention's own softmax path (host kernel for float32 on CPU), so an idle tuner changes nothing
+        self.softmax = HostAttentionSoftmax(self.scale) if attention.host_softmax is not None else None
         self.num_heads, self.num_kv_heads, self.head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
 
     def running_prompt(self):
@@ -32,7 +34,7 @@ class AttentionTuner(nn.Cell, Unmergeable):
     def construct(self, q, k, v, bias):
         name = self.running_prompt()
         if name is None:
-            return grouped_attention(q, k, v, bias, self.scale, self.dropout)
+            return grouped_attention(q, k, v, bias, self.scale, self.dropout, self.softmax)
         return self.attend(name, q, k, v, bias)
 
     def unwrap(self):

@@ -17,9 +17,9 @@ class ModulesToSaveWrapper(nn.Cell, TunerLayer):
 
     def __init__(self, module: nn.Cell, state: AdapterState):
         super().__init__()
-        if any(True for _ in module.cells()):
+        if any(True for cell in module.cells() for _ in cell.get_parameters()):  # a weightless kernel cell is fine
             raise ValueError(f"modules_to_save supports leaf layers (Linear, Embedding, norms); "
-                             f"{type(module).__name__} has sub-layers")
+                             f"{type(module).__name__} has sub-layers with weights")
         self._init_tuner_layer(state)
         object.__setattr__(self, "original_module", module)
         for name, param in module.parameters_and_names(expand=False):

@@ -44,7 +44,7 @@ class AdaptedAttention(AttentionTuner):
         self.adapter_names.remove(name)
 
     def attend(self, name, q, k, v, bias):
-        out = grouped_attention(q, k, v, bias, self.scale, self.dropout)
+        out = grouped_attention(q, k, v, bias, self.scale, self.dropout, self.softmax)
         prompt = self.adaption_prompt[name].weight
         batch, heads, q_len, head_dim = q.shape
         kv_heads, n_rep = self.num_kv_heads, heads // self.num_kv_heads

@@ -44,7 +44,7 @@ class ShiftedSparseAttention(AttentionTuner):
 
     def attend(self, name, q, k, v, bias):
         if not self.training:
-            return grouped_attention(q, k, v, bias, self.scale, self.dropout)
+            return grouped_attention(q, k, v, bias, self.scale, self.dropout, self.softmax)
         batch, heads, seq, head_dim = q.shape
         group = int(seq * self.ratios[name])
         if group < 2:
@@ -59,7 +59,7 @@ class ShiftedSparseAttention(AttentionTuner):
         outs = []
         for first, last, shifted in ((0, half, False), (half, heads, True)):
             parts = [grouped_attention(q[:, first:last, a:b], k[:, first:last, a:b], v[:, first:last, a:b],
-                                       bias[:, :, a:b, a:b], self.scale, self.dropout)
+                                       bias[:, :, a:b, a:b], self.scale, self.dropout, self.softmax)
                      for a, b in s2_groups(seq, group, shifted)]
             outs.append(ops.concat(parts, 2))
         return ops.concat(outs, 1)

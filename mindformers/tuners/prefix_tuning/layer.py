@@ -90,4 +90,5 @@ class PrefixAttention(AttentionTuner):
         prefix_k, prefix_v = self.prefix(table, self.layer_idx, batch)
         k, v = ops.concat((prefix_k, k), 2), ops.concat((prefix_v, v), 2)
         seen = ops.zeros((batch, 1, bias.shape[2], n), bias.dtype)  # every query sees the prefix
-        return grouped_attention(q, k, v, ops.concat((seen, bias), 3), self.scale, self.dropout)
+        return grouped_attention(q, k, v, ops.concat((seen, bias), 3), self.scale, self.dropout,
+                                 self.softmax)
