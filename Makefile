@@ -28,7 +28,7 @@ demo: setup
 	$(PY) scripts/finetune_demo.py
 
 test: setup
-	$(PY) -m pytest tests -q --durations=20
+	$(PY) -m pytest tests -q --durations=40
 
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
