@@ -66,6 +66,9 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+DRAIN_BYTES = 1 << 20  # what a refused chunked body is read on for, at most, before the 413
+
+
 class BodyLimitMiddleware:
     """Refuses request bodies over ``max_bytes`` with a 413 (OpenAI's error body).
 
@@ -103,6 +106,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    # read on (up to DRAIN_BYTES) so a client still sending gets the 413, not a reset connection
+                    drained = 0
+                    while message.get("more_body", False) and drained < DRAIN_BYTES:
+                        message = await receive()
+                        drained += len(message.get("body", b""))
                     # raised inside the route's body read: the app's HTTPException handler answers it
                     raise HTTPException(413, self._message(f"over {self.max_bytes} bytes (sent in chunks)"))
             return message
