@@ -58,27 +58,34 @@ class SharedExclusiveLock:
 
 
 # What MindSpore 2.10 allows threads to do at once (measured; tests/test_threads.py):
-# - eager (PyNative) ops from several threads at once crash the process: eager model calls and weight writes
-#   hold EXECUTION_LOCK (re-entrant), so threads may share a model (their eager passes take turns);
+# - eager (PyNative) ops from several threads at once crash the process;
+# - two compiled graphs called from two threads at once may run the wrong graph: a jit function's __call__
+#   (mindspore/graph/api.py, _JitExecutor) stores its phase in the process-wide PyNative executor
+#   (set_jit_compile_phase) and then runs "the current phase" (grad_jit), so a call from another thread in
+#   between swaps the graphs (a CPU matmul then fails on the other graph's shapes);
 # - compiling a graph while another thread runs one is refused ("Nested execution during JIT execution"),
-#   and so is freeing graphs: those hold EXECUTION_LOCK and GRAPHS.exclusive();
-# - compiled graphs run at the same time as each other and as eager ops: runs hold GRAPHS.shared() only, so
-#   two served models, or generate() in two threads, decode at the same time (see graph_run).
+#   and so is freeing graphs.
+# So every MindSpore call holds EXECUTION_LOCK (re-entrant): eager passes, weight writes and graph runs of
+# every model in the process take turns, one call at a time (threads may share a model; two served models
+# interleave their steps). GRAPHS tells compiles and frees (exclusive) from runs (shared), so a finalizer
+# freeing graphs in a thread that is itself running one defers the free (see release_graphs).
 EXECUTION_LOCK = threading.RLock()
 GRAPHS = SharedExclusiveLock()
 
 
 @contextlib.contextmanager
 def graph_run(compiling: bool) -> Iterator[None]:
-    """Hold what running a compiled function needs: ``compiling`` (its first call with these input shapes)
-    excludes every other MindSpore call; a run of a compiled graph only excludes compiles."""
-    if compiling:
-        with EXECUTION_LOCK, GRAPHS.exclusive():
-            _release_pending()
-            yield
-    else:
-        with GRAPHS.shared():
-            yield
+    """Hold what calling a compiled function needs: EXECUTION_LOCK, and ``GRAPHS.exclusive()`` for its first
+    call with these input shapes (a compile, which also frees the graphs waiting to be freed) or
+    ``GRAPHS.shared()`` for a run of a compiled graph."""
+    with EXECUTION_LOCK:
+        if compiling:
+            with GRAPHS.exclusive():
+                _release_pending()
+                yield
+        else:
+            with GRAPHS.shared():
+                yield
 
 
 class FileWriteError(OSError):

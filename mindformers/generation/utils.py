@@ -166,9 +166,9 @@ class DecodeStep(nn.Cell):
         weakref.finalize(self, release_graphs, self._graphs)
 
     def run(self, input_ids, attention_mask, position_ids, cache_slots, cache_rows=None):
-        """The step, compiled on first use (one graph per input shape). A compiled run holds only
-        ``GRAPHS.shared()``, so other threads' steps run at the same time (see ``mindformers.utils``); the
-        caller holds ``lock`` when other threads may use this step."""
+        """The step, compiled on first use (one graph per input shape). Every call holds
+        ``EXECUTION_LOCK`` (MindSpore runs one call at a time; see ``mindformers.utils``); the caller holds
+        ``lock`` when other threads may use this step."""
         args = (input_ids, attention_mask, position_ids, cache_slots, cache_rows)
         if not self.jit:
             with EXECUTION_LOCK:

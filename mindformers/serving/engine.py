@@ -508,7 +508,7 @@ class _ServedModel:
             self.pool.apply(not base_graph)  # what a graph compiled now includes (see AdapterPool.apply)
             if not base_graph:  # the base graphs do not read the row slots
                 self.pool.bind_rows(row_slots)
-        # the compiled step runs beside other models' steps (only this scheduler thread runs this model's)
+        # other models' steps take turns with this one on EXECUTION_LOCK (only this scheduler thread runs this model's)
         step = self.base_step if base_graph else self.step
         logits = step.run(Tensor(ids, ms.int32), Tensor(mask, ms.int32), Tensor(positions, ms.int32),
                           Tensor(slots, ms.int32), None if rows is None else Tensor(rows, ms.int32))

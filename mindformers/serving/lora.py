@@ -268,8 +268,7 @@ class AdapterPool:
         """The base layer's weight as [out, in] and its bias (None without one), float64 host copies.
 
         Read at each DoRA load, not kept: a standing copy would double the host memory of the targeted
-        weights. The read holds ``EXECUTION_LOCK`` (eager MindSpore calls take turns on it); compiled steps
-        only read these Parameters, so they may run meanwhile.
+        weights. The read holds ``EXECUTION_LOCK`` (MindSpore calls take turns on it).
         """
         base = self.bases[path]
         with EXECUTION_LOCK:
