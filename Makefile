@@ -27,8 +27,10 @@ demo: setup
 	$(PY) scripts/prepare_chatterbot.py
 	$(PY) scripts/finetune_demo.py
 
+# two workers, one test module at a time each (module fixtures are built once), slowest modules first
+# (tests/conftest.py): most tests compile small graphs on one core
 test: setup
-	$(PY) -m pytest tests -q --durations=40
+	$(PY) -m pytest tests -q -n 2 --dist loadscope --no-loadscope-reorder --durations=40
 
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
