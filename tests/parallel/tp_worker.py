@@ -95,16 +95,16 @@ def train(out, data, kind, dp, mp, steps):
     state = trainer.train()
     metrics = trainer.evaluate()
     # a new process's view: fresh weights, resumed from the checkpoint the run saved, one more step
-    resumed, _ = _trainer(out, data, kind, dp, mp, steps + 1)
+    resumed, _ = _trainer(out, data, kind, dp, mp, steps + 1, evaluate=False)
     more = resumed.train(resume_training=True)
     base = getattr(model, "base_model", model)
     with open(os.path.join(out, f"{tag}_rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "size": size, "losses": [h["loss"] for h in state.log_history if "loss" in h],
-                   "eval_loss": metrics["eval_loss"], "resumed_loss": more.log_history[-2]["loss"],
+                   "eval_loss": metrics["eval_loss"], "resumed_loss": [h["loss"] for h in more.log_history if "loss" in h][-1],
                    "q_proj": list(base.model.layers[0].self_attn.q_proj.weight.shape)}, f)
 
 
-def _trainer(out, data, kind, dp, mp, steps):
+def _trainer(out, data, kind, dp, mp, steps, evaluate=True):
     # batch_size is per data-parallel replica: the global batch is 4 in every layout
     args = TrainingArguments(output_dir=os.path.join(out, f"{kind}_dp{dp}_mp{mp}"), max_steps=steps,
                              batch_size=4 // dp, seq_length=64, optim="adamw" if kind == "lora" else "sgd",
@@ -118,7 +118,7 @@ def _trainer(out, data, kind, dp, mp, steps):
                             init_lora_weights=False)
         model = get_peft_model(model, config, seed=0)
     trainer = Trainer(model=model, tokenizer=AutoTokenizer.from_pretrained("smollm2_135m_instruct"), args=args,
-                      train_dataset=data, eval_dataset=data)
+                      train_dataset=data, eval_dataset=data if evaluate else None)
     trainer.set_parallel_config(data_parallel=dp, model_parallel=mp)
     return trainer, model
 

@@ -30,10 +30,12 @@ def read_all(queue):
 
 @pytest.fixture(scope="module", params=["gather"] + (["host"] if host.enabled() else []))
 def engine(request, model_dir, adapter_dirs):
-    """The engine with each multi-LoRA kernel: the host kernel (CPU) and the MindSpore-ops one (GPU/Ascend)."""
+    """The engine with each multi-LoRA kernel: the host kernel (CPU) and the MindSpore-ops one (GPU/Ascend).
+    The first one compiles its graphs at start (warmup); the other compiles them on first use."""
     engine = Engine()
     config = (RuntimeConfigBuilder("tiny", model=model_dir).max_batch(4).max_length(96).lora_max_num(8)
-              .lora_max_rank(16).max_queue(32).lora_kernel(request.param).build())
+              .lora_max_rank(16).max_queue(32).lora_kernel(request.param)
+              .warmup(request.param == "gather").build())
     engine.install_model(config)
     engine.start_model("tiny")
     for name, path in adapter_dirs.items():
@@ -45,7 +47,8 @@ def engine(request, model_dir, adapter_dirs):
 @pytest.fixture(scope="module")
 def reference(tokenizer, adapter_dirs):
     """``reference(prompt, lora, **settings)``: the request run alone through ``generate`` with its adapter
-    applied by the tuner API (PEFT's or SWIFT's, after the file format), eagerly (no graphs to compile)."""
+    applied by the tuner API (PEFT's or SWIFT's, after the file format), eagerly (no graphs to compile);
+    each answer kept for the other kernel's engine."""
     peft = PeftModel.from_pretrained(tiny_model(), adapter_dirs["qv-4"], adapter_name="qv-4")
     for name, (_, _, kind) in ADAPTERS.items():
         if kind == "peft" and name != "qv-4":
@@ -54,7 +57,15 @@ def reference(tokenizer, adapter_dirs):
     for model in (peft, swift):
         model.base_model.generation_mode = "pynative"
 
+    answers = {}
+
     def run(prompt, lora, **settings):
+        key = (prompt, lora, repr(sorted(settings.items())))
+        if key not in answers:
+            answers[key] = generate(prompt, lora, **settings)
+        return answers[key]
+
+    def generate(prompt, lora, **settings):
         ids = tokenizer(prompt)["input_ids"]
         if lora is None:
             with peft.disable_adapter():

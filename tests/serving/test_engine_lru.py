@@ -21,7 +21,7 @@ LONG = {"max_new_tokens": 110, "min_new_tokens": 110}  # rows that keep running 
 def engine(model_dir):
     engine = Engine()
     engine.install_model(RuntimeConfigBuilder("tiny", model=model_dir).max_batch(4).max_length(128)
-                         .lora_max_num(SLOTS).lora_max_rank(16).max_queue(32).build())
+                         .lora_max_num(SLOTS).lora_max_rank(16).max_queue(32).warmup(False).build())
     engine.start_model("tiny")
     yield engine
     engine.uninstall_model("tiny")

@@ -75,7 +75,7 @@ def assert_openai_error(body, status_param=None):
 def engine(model_dir, adapter_dirs):
     engine = Engine()
     engine.install_model(RuntimeConfigBuilder(MODEL, model=model_dir).max_batch(8).max_length(MAX_LENGTH)
-                         .lora_max_num(9).lora_max_rank(16).max_queue(64).build())
+                         .lora_max_num(9).lora_max_rank(16).max_queue(64).warmup(False).build())
     engine.start_model(MODEL)
     for name in ADAPTER_NAMES:
         engine.load_lora(MODEL, name, adapter_dirs[name])
@@ -331,7 +331,7 @@ def test_adapters_under_the_root_load_at_run_time_and_on_demand(engine, adapter_
 def test_full_queue_is_429_and_admitted_requests_finish(engine, model_dir, tok):
     """One running row and one waiting place: of three requests, the third is refused."""
     engine.install_model(RuntimeConfigBuilder("tiny-q", model=model_dir).max_batch(1).max_length(64)
-                         .max_queue(1).lora_max_num(1).lora_max_rank(8).build())
+                         .max_queue(1).lora_max_num(1).lora_max_rank(8).warmup(False).build())
     try:
         engine.start_model("tiny-q")
         new = 64 - len(tok(PROMPT)["input_ids"])  # long enough that nothing ends before the third request
