@@ -81,6 +81,13 @@ SIDES = ("mindformers", "transformers")
 SEED = 0
 
 
+def write_json(path, data):
+    """``data`` to ``path`` as JSON, whole or not at all (a temporary beside it, renamed)."""
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
 # ---------------------------------------------------------------- adapters
 
 def module_shapes(targets):
@@ -416,8 +423,7 @@ def report(args, sides, ready, runs, file_bytes):
         results["adapters"].append(row)
     results["targets"] = targets(results, names)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.out, results)
 
     print(f"\nSmolLM2-135M-Instruct float32, {args.threads} threads, batch {args.batch}, prompt {args.prompt_tokens} "
           f"tokens, {args.new_tokens} greedy tokens, LoRA on {' '.join(args.targets)}, medians of {args.rounds} "
@@ -515,8 +521,7 @@ def run_lru(args):
     results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
                "file_bytes": file_bytes, "runs": runs}
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.out, results)
     print(f"\nAdapter cache: SmolLM2-135M-Instruct float32, {args.threads} threads, {args.batch} rows, pool of "
           f"{args.lru_slots} slots, rank {rank} adapters ({file_bytes / 2**20:.1f} MB files) on "
           f"{' '.join(args.targets)}; {args.lru_requests} requests from {args.batch} clients (request i uses "
