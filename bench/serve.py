@@ -4,7 +4,7 @@
 Usage:
     python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
-                          [--sides mindformers transformers] [--out serve.json] [--quick]
+                          [--sides mindformers transformers mindformers-scaled] [--out serve.json] [--quick]
     python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
     python bench/serve.py --soak SECONDS [--soak-clients 64] [--soak-adapters 16] [--soak-slots 8]
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
@@ -26,6 +26,9 @@ tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exact
   ``disable_adapter()``, where every LoRA layer calls its base layer only: the plain model's cost, which is
   what serving without adapters costs a PEFT user (``adapter_names=["__base__"] * B`` would add PEFT's
   per-layer sub-batch bookkeeping to the base and so flatter PEFT's ratio).
+- mindformers-scaled (not run by default): the engine with ``scaled_adapters`` on (``--scaled-adapters`` of
+  the server: DoRA and IA3 servable, per-slot row scales around the LoRA kernels) serving the same LoRA
+  adapters; ``--sides mindformers mindformers-scaled`` measures what the scales cost a whole decode step.
 Each side runs in its own process with --threads CPU threads and warms up (the engine compiles its graphs
 in ``start_model``, then every configuration runs once; PyTorch runs the base and one LoRA configuration),
 then rounds alternate between the two processes; figures are medians over --rounds:
@@ -77,7 +80,7 @@ ROOT = os.path.dirname(HERE)
 PRESET = "smollm2_135m_instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2"
-SIDES = ("mindformers", "transformers")
+SIDES = ("mindformers", "transformers", "mindformers-scaled")
 SEED = 0
 
 
@@ -176,7 +179,7 @@ def vm_rss():
 class MindformersSide:
     """The serving engine with one installed model; adapters of one rank loaded at a time."""
 
-    def __init__(self, args):
+    def __init__(self, args, scaled=False):
         sys.path.insert(0, ROOT)
         from mindformers.serving import Engine, RuntimeConfigBuilder
 
@@ -185,7 +188,7 @@ class MindformersSide:
             RuntimeConfigBuilder(MODEL_NAME, model=PRESET).max_batch(args.batch)
             .max_length(args.prompt_tokens + args.new_tokens + 8).max_queue(args.batch)
             .lora_max_num(max(args.adapters)).lora_max_rank(max(args.ranks)).lora_target_modules(args.targets)
-            .build())
+            .scaled_adapters(scaled).build())
         self.engine.start_model(MODEL_NAME)  # compiles every prefill and decode graph (warmup=True)
         self.prompts = batch_prompts(self.engine.tokenizer(MODEL_NAME), args.batch, args.prompt_tokens)
         self.load_seconds, self.load_rss = {r: [] for r in args.ranks}, {r: [] for r in args.ranks}
@@ -287,10 +290,10 @@ def configurations(args):
 
 
 def run_side(side, args):
-    runner = MindformersSide(args) if side == "mindformers" else TransformersSide(args)
+    runner = TransformersSide(args) if side == "transformers" else MindformersSide(args, side == "mindformers-scaled")
     # Warm-up: MindSpore compiles its graphs, so each configuration runs once; PyTorch compiles nothing, and
     # one base and one LoRA run fill its caches (its runs with many adapters take minutes each).
-    for rank, count in configurations(args) if side == "mindformers" else configurations(args)[:2]:
+    for rank, count in configurations(args) if side != "transformers" else configurations(args)[:2]:
         runner.generate(rank, count, args.new_tokens)
         runner.generate(rank, count, 1)
     reply(runner.summary())
@@ -308,7 +311,7 @@ def run_side(side, args):
             raise RuntimeError(f"{side}: rows decoded {sorted({len(r) for r in outputs})} tokens, "
                                f"expected exactly {args.new_tokens}")
         reply({"first": first, "full": full, "outputs": outputs})
-    if side == "mindformers":
+    if side != "transformers":
         runner.engine.stop_model(MODEL_NAME)
 
 
@@ -331,7 +334,7 @@ def main():
     parser.add_argument("--init-std", type=float, default=0.04, help="standard deviation of the random A and B")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES[:2]))
     parser.add_argument("--out", help="write the figures to this JSON file")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adapters 1 8, rank 8, one round")
     parser.add_argument("--lru", action="store_true", help="run the adapter cache (more adapters than pool slots)")
@@ -419,9 +422,14 @@ def report(args, sides, ready, runs, file_bytes):
             rss = statistics.median(ready[side]["load_rss"][str(rank)])
             row[side] = {"load_seconds": statistics.median(ready[side]["load_seconds"][str(rank)]),
                          "rss_growth_per_load": rss,
-                         "bytes_per_adapter": ready[side]["bytes_per_adapter"] if side == "mindformers" else rss}
+                         "bytes_per_adapter": ready[side]["bytes_per_adapter"] if side != "transformers" else rss}
         results["adapters"].append(row)
     results["targets"] = targets(results, names)
+    if {"mindformers", "mindformers-scaled"} <= set(names):  # what the scaled engine's row scales cost
+        results["scaled_over_plain"] = [{"rank": None, "adapters": 0, "decode": base["mindformers-scaled"] / base["mindformers"]}]
+        results["scaled_over_plain"] += [{"rank": r["rank"], "adapters": r["adapters"],
+                                          "decode": r["mindformers-scaled"]["decode"] / r["mindformers"]["decode"]}
+                                         for r in results["lora"]]
     if args.out:
         write_json(args.out, results)
 
@@ -439,11 +447,17 @@ def report(args, sides, ready, runs, file_bytes):
               + "".join(f" {row[side]['rows_differing_from_base']:>6}/{args.batch:<2}" for side in names))
     print(f"\nAdapters: load time (median); memory per adapter: mindformers = pool bytes per slot (rank "
           f"{max(args.ranks)}, preallocated), transformers = RSS growth per load (median)")
-    print(f"{'rank':>4} {'file MB':>8} " + "".join(f"{side + ' load s':>20} {'MB':>7}" for side in names))
+    width = {side: max(20, len(side) + 8) for side in names}
+    print(f"{'rank':>4} {'file MB':>8} " + "".join(f"{side + ' load s':>{width[side]}} {'MB':>7}" for side in names))
     for row in results["adapters"]:
         print(f"{row['rank']:>4} {row['file_bytes'] / 2**20:>8.1f} "
-              + "".join(f"{row[side]['load_seconds']:>20.3f} {row[side]['bytes_per_adapter'] / 2**20:>7.1f}"
+              + "".join(f"{row[side]['load_seconds']:>{width[side]}.3f} {row[side]['bytes_per_adapter'] / 2**20:>7.1f}"
                         for side in names))
+    if "scaled_over_plain" in results:
+        cells = [("base" if r["rank"] is None else f"{r['adapters']} x r{r['rank']}", r["decode"])
+                 for r in results["scaled_over_plain"]]
+        print("\nscaled_adapters engine / plain engine, decode tokens/s: "
+              + ", ".join(f"{label} {ratio:.2f}" for label, ratio in cells))
     if results["targets"]:
         print("\ntargets (issue 14):")
         for target in results["targets"]:
