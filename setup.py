@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         # schemathesis 4's pytest API; pytest-xdist runs the suite on two workers (make test)
-        "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "openai>=1.0", "schemathesis>=4.32,<5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.8,<4", "openai>=1.0", "schemathesis>=4.32,<5"],
         # the peers the benchmarks compare against (torch 2.13.0 is the CPU build this machine provides)
         "bench": ["torch==2.13.0", "transformers==5.23.0", "accelerate>=1.0", "peft==0.21.2"],
     },
