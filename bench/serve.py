@@ -85,10 +85,11 @@ SEED = 0
 
 
 def write_json(path, data):
-    """``data`` to ``path`` as JSON, whole or not at all (a temporary beside it, renamed)."""
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(f"{path}.tmp", path)
+    """``data`` to ``path`` as JSON, whole or not at all."""
+    sys.path.insert(0, ROOT)
+    from mindformers.utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 # ---------------------------------------------------------------- adapters
@@ -426,10 +427,10 @@ def report(args, sides, ready, runs, file_bytes):
         results["adapters"].append(row)
     results["targets"] = targets(results, names)
     if {"mindformers", "mindformers-scaled"} <= set(names):  # what the scaled engine's row scales cost
-        results["scaled_over_plain"] = [{"rank": None, "adapters": 0, "decode": base["mindformers-scaled"] / base["mindformers"]}]
-        results["scaled_over_plain"] += [{"rank": r["rank"], "adapters": r["adapters"],
-                                          "decode": r["mindformers-scaled"]["decode"] / r["mindformers"]["decode"]}
-                                         for r in results["lora"]]
+        results["scaled_over_plain"] = [
+            {"rank": rank, "adapters": count,
+             "decode": decode("mindformers-scaled", (rank, count)) / decode("mindformers", (rank, count))}
+            for rank, count in configurations(args)]
     if args.out:
         write_json(args.out, results)
 
@@ -448,11 +449,12 @@ def report(args, sides, ready, runs, file_bytes):
     print(f"\nAdapters: load time (median); memory per adapter: mindformers = pool bytes per slot (rank "
           f"{max(args.ranks)}, preallocated), transformers = RSS growth per load (median)")
     width = {side: max(20, len(side) + 8) for side in names}
-    print(f"{'rank':>4} {'file MB':>8} " + "".join(f"{side + ' load s':>{width[side]}} {'MB':>7}" for side in names))
+    print(f"{'rank':>4} {'file MB':>8} "
+          + "".join(f"{side + ' load s':>{width[side]}} {'MB':>7}" for side in names))
     for row in results["adapters"]:
         print(f"{row['rank']:>4} {row['file_bytes'] / 2**20:>8.1f} "
-              + "".join(f"{row[side]['load_seconds']:>{width[side]}.3f} {row[side]['bytes_per_adapter'] / 2**20:>7.1f}"
-                        for side in names))
+              + "".join(f"{row[side]['load_seconds']:>{width[side]}.3f} "
+                        f"{row[side]['bytes_per_adapter'] / 2**20:>7.1f}" for side in names))
     if "scaled_over_plain" in results:
         cells = [("base" if r["rank"] is None else f"{r['adapters']} x r{r['rank']}", r["decode"])
                  for r in results["scaled_over_plain"]]
