@@ -98,9 +98,10 @@ def train(out, data, kind, dp, mp, steps):
     resumed, _ = _trainer(out, data, kind, dp, mp, steps + 1, evaluate=False)
     more = resumed.train(resume_training=True)
     base = getattr(model, "base_model", model)
+    resumed_losses = [h["loss"] for h in more.log_history if "loss" in h]  # the last: the step after resuming
     with open(os.path.join(out, f"{tag}_rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "size": size, "losses": [h["loss"] for h in state.log_history if "loss" in h],
-                   "eval_loss": metrics["eval_loss"], "resumed_loss": [h["loss"] for h in more.log_history if "loss" in h][-1],
+                   "eval_loss": metrics["eval_loss"], "resumed_loss": resumed_losses[-1],
                    "q_proj": list(base.model.layers[0].self_attn.q_proj.weight.shape)}, f)
 
 
