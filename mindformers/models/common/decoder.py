@@ -41,6 +41,7 @@ from .layers import (
     lm_output,
     make_lm_head,
     question_answering_output,
+    read_now,
     token_classification_output,
 )
 from .moe import load_balancing_loss
@@ -287,10 +288,11 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
 
     def decode_logits(self, input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows=None):
         """float32 logits [batch, vocab] of the last position, reading and writing ``kv_cache``."""
+        weight = read_now(self.stack().embedding_weight())  # the tied head's table, read once with the embedding's
         hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
         if hidden.shape[1] != 1:
             hidden = hidden[:, -1:]
-        logits = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), None, self.tied_matmul)
+        logits = lm_output(hidden, self.lm_head, weight, None, self.tied_matmul)
         # a reshape, not logits[:, 0]: MindSpore's CPU StridedSlice took 33 ms on [32, 1, 49152] logits
         return cast(logits.reshape(logits.shape[0], logits.shape[-1]), ms.float32)
 
