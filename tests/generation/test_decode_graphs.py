@@ -26,8 +26,11 @@ def compiled_graphs(run, folder) -> dict:
         run()
     finally:
         ms.set_context(save_graphs=0)
-    files = glob.glob(os.path.join(str(folder), "**", "hwopt_common_final_graph_*.ir"), recursive=True)
-    return {os.path.basename(f): open(f, encoding="utf-8").read() for f in files}
+    graphs = {}
+    for path in glob.glob(os.path.join(str(folder), "**", "hwopt_common_final_graph_*.ir"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            graphs[os.path.basename(path)] = f.read()
+    return graphs
 
 
 def copied_tensors(text: str) -> list:
