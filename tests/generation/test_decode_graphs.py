@@ -47,4 +47,5 @@ def test_prefill_and_decode_copy_no_weights(tmp_path):
     graphs = compiled_graphs(lambda: model.generate([[5, 6, 7]], max_new_tokens=3, do_sample=False), tmp_path)
     assert len(graphs) == 2  # the prefill and the decode step
     for name, text in graphs.items():
-        assert not copied_tensors(text), f"{name} copies: {copied_tensors(text)}"
+        copies = copied_tensors(text)
+        assert not copies, f"{name} copies: {copies}"
