@@ -2,7 +2,8 @@
 compiles the real semi-auto-parallel training step, and the per-device shapes it gives each parameter equal
 the plan's (python -m mindformers.parallel.plan).
 
-Llama- and MoE-shaped (expert parallel) models, scaled down with real ratios: 8 devices (dp2 x mp4) and 16
+Llama- and MoE-shaped (expert parallel) models, scaled down with real ratios to two layers (one per pipeline
+stage; a compile's time grows with the layers): 8 devices (dp2 x mp4) and 16
 (dp2 x mp4 x pp2, 4 micro-batches, optimizer shard), the first rank of each pipeline stage; an MLA-shaped
 model (DeepSeek-V3) and a Llama with LoRA on 8 devices."""
 import json
@@ -21,15 +22,15 @@ if missing_tools():
                 allow_module_level=True)
 
 # Llama-2 7B's ratios: heads of 128 -> 32 here, ffn 11008/4096 of the hidden size
-LLAMA = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+LLAMA = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
                     num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=32)
 # Qwen3-30B-A3B's: 128 experts of width 768 for hidden 2048, 8 per token, GQA 32/4 -> 8 experts, 2 per token
 MOE = Qwen3MoeConfig(vocab_size=512, hidden_size=128, intermediate_size=384, moe_intermediate_size=48,
-                     num_experts=8, num_experts_per_tok=2, num_hidden_layers=4, num_attention_heads=8,
+                     num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=8,
                      num_key_value_heads=4, head_dim=16, max_position_embeddings=32)
 # DeepSeek-V3's multi-head latent attention and grouped routing, first layer dense
 MLA = DeepseekV3Config(vocab_size=512, hidden_size=128, intermediate_size=352, moe_intermediate_size=32,
-                       num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=48,
+                       num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=48,
                        kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8,
                        n_shared_experts=1, num_experts_per_tok=2, n_group=4, topk_group=2, first_k_dense_replace=1,
                        max_position_embeddings=32)
@@ -113,11 +114,12 @@ def test_documented_example_compiles_for_16_ranks(tmp_path, capsys):
     plan = json.loads((tmp_path / "plan.json").read_text())
     dryrun = plan["dryrun"]
     assert plan["device_num"] == 16 and dryrun["rank"] == 8 and dryrun["compiled"]
-    assert "model.layers.3.mlp.down_proj.weight" in dryrun["parameters"]  # stage 1 holds the upper layers
+    assert "model.layers.1.mlp.down_proj.weight" in dryrun["parameters"]  # stage 1 holds the upper layer
+    assert "model.layers.0.mlp.down_proj.weight" not in dryrun["parameters"]
     assert "model.embed_tokens.weight" not in dryrun["parameters"]
     for name, shape in dryrun["parameters"].items():
         assert shape == plan["parameters"][name]["local_shape"], name
-    assert dryrun["parameters"]["model.layers.2.self_attn.q_proj.weight"] == [128, 256]
+    assert dryrun["parameters"]["model.layers.1.self_attn.q_proj.weight"] == [128, 256]
     assert "all shaped as planned" in out and "MindSpore, rank 8" in out
     assert (tmp_path / "strategy_rank8.ckpt").stat().st_size > 0  # for python -m mindformers.parallel.checkpoint
 
