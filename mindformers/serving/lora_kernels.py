@@ -22,6 +22,7 @@ import mindspore as ms
 from mindspore import ops
 
 from ..kernels import host
+from ..models.common.layers import arange
 
 
 def host_delta(x, a, bt, ranks, row_slots, base=None):
@@ -33,7 +34,7 @@ def gather_delta(x, a, bt, ranks, row_slots, base=None):
     slots = row_slots[:rows]
     index = ops.maximum(slots, 0)
     rank = ops.gather(ranks, index, 0) * (slots >= 0).astype(ms.int32)  # [rows]; 0 for base rows
-    keep = (ops.arange(a.shape[1], dtype=ms.int32).reshape(1, 1, -1) < rank.reshape(-1, 1, 1)).astype(ms.float32)
+    keep = (arange(0, a.shape[1]).reshape(1, 1, -1) < rank.reshape(-1, 1, 1)).astype(ms.float32)
     hidden = ops.bmm(x.reshape(rows, -1, fan_in), ops.gather(a, index, 0).swapaxes(1, 2)) * keep
     out = ops.bmm(hidden, ops.gather(bt, index, 0)).reshape(x.shape[:-1] + (bt.shape[-1],))
     return out if base is None else base + out

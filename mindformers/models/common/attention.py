@@ -14,7 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ...kernels import host
 from ...registry import BLOCKS
-from .layers import MS_DTYPES, HostRotary, Linear, RMSNorm, apply_rotary, cast
+from .layers import MS_DTYPES, HostRotary, Linear, RMSNorm, apply_rotary, arange, cast, full
 
 NEG_INF = float(np.finfo(np.float32).min)
 
@@ -31,9 +31,9 @@ def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: i
     Returns:
         ``[batch, 1, q_len, k_len]`` float32: 0 where a query may attend, the most negative float elsewhere.
     """
-    k_pos = ops.arange(0, k_len).reshape(1, 1, 1, k_len)
+    k_pos = arange(0, k_len).reshape(1, 1, 1, k_len)
     if query_slots is None:
-        q_pos = ops.arange(k_len - q_len, k_len).reshape(1, 1, q_len, 1)
+        q_pos = arange(k_len - q_len, k_len).reshape(1, 1, q_len, 1)
     else:
         q_pos = query_slots.reshape(batch, 1, q_len, 1)
     allowed = k_pos <= q_pos
@@ -52,7 +52,7 @@ def attention_bias(attention_mask, query_slots, batch: int, q_len: int, k_len: i
         allowed = ops.logical_and(allowed, (q_count - k_count) < window)
     shape = (batch, 1, q_len, k_len)
     # all three operands in full shape: semi-automatic parallelism has no Select with broadcasting
-    return ops.where(allowed.broadcast_to(shape), ops.zeros(shape, ms.float32), ops.full(shape, NEG_INF, dtype=ms.float32))
+    return ops.where(allowed.broadcast_to(shape), ops.zeros(shape, ms.float32), full(shape, NEG_INF, ms.float32))
 
 
 def split_heads(x, heads: int, head_dim: int, swap=None):
@@ -143,9 +143,9 @@ def cache_write_index(cache_slots, kv_heads: int, cache_rows=None):
         int32 ``[batch, kv_heads, seq, 3]`` of (row, head, slot).
     """
     batch, seq = cache_slots.shape
-    rows = ops.arange(batch) if cache_rows is None else cache_rows
+    rows = arange(0, batch) if cache_rows is None else cache_rows
     rows = rows.astype(ms.int32).reshape(batch, 1, 1).broadcast_to((batch, kv_heads, seq))
-    heads = ops.arange(kv_heads).astype(ms.int32).reshape(1, kv_heads, 1).broadcast_to((batch, kv_heads, seq))
+    heads = arange(0, kv_heads).reshape(1, kv_heads, 1).broadcast_to((batch, kv_heads, seq))
     slots = cache_slots.astype(ms.int32).reshape(batch, 1, seq).broadcast_to((batch, kv_heads, seq))
     return ops.stack((rows, heads, slots), -1)
 

@@ -35,9 +35,11 @@ from .layers import (
     LinearCrossEntropy,
     RMSNorm,
     RotaryEmbedding,
+    arange,
     cast,
     classifier_output,
     default_position_ids,
+    full,
     lm_output,
     make_lm_head,
     question_answering_output,
@@ -187,7 +189,7 @@ class PromptInputs:
         """``(ids, mask)`` with the virtual tokens in front (mask ones there, as PEFT's prefix mask)."""
         batch, n = input_ids.shape[0], self.virtual_tokens
         first = self.config.vocab_size
-        virtual = ops.arange(first, first + n, dtype=input_ids.dtype).reshape(1, n).broadcast_to((batch, n))
+        virtual = arange(first, first + n, input_ids.dtype).reshape(1, n).broadcast_to((batch, n))
         input_ids = ops.concat((virtual, input_ids), 1)
         if attention_mask is not None:
             attention_mask = ops.concat((ops.ones((batch, n), attention_mask.dtype), attention_mask), 1)
@@ -196,7 +198,7 @@ class PromptInputs:
     def prepend_ignored(self, labels):
         """Per-position ``labels`` [batch, seq] with ``-100`` (ignored) for the virtual positions in front."""
         n = self.virtual_tokens
-        return ops.concat((ops.full((labels.shape[0], n), -100, dtype=labels.dtype), labels), 1)
+        return ops.concat((full((labels.shape[0], n), -100, labels.dtype), labels), 1)
 
 
 class DecoderHeadModel(PreTrainedModel, PromptInputs):

@@ -12,6 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import One, Zero
+from mindspore.ops import operations as P
 
 from ...kernels import host
 
@@ -22,6 +23,24 @@ def cast(x, dtype):
     """``x.astype(dtype)``, skipped when it already has that dtype (known when a graph is compiled, so a
     float32 model has no Cast kernels at all: ~300 fewer kernel launches per decode step on SmolLM2)."""
     return x if x.dtype == dtype else x.astype(dtype)
+
+
+# WARNING: a few of mindspore.ops' functions are slow to compile: their argument checks are Python that is
+# parsed into every graph calling them. Measured on MindSpore 2.10 (CPU), per call site: ops.arange ~0.6 s,
+# ops.cross_entropy ~1 s, ops.full / ops.fill / ops.full_like ~0.1 s, where the primitives below cost ~0.02 s.
+# A one-layer tiny Llama's evaluation graph (loss included) compiled in 3.5 s with them, 1.1 s with these
+# (tests/models/test_compile_cost.py keeps them out; bench/compile.py measures SmolLM2's first steps).
+_RANGE = P.Range()
+
+
+def arange(start: int, stop: int, dtype=ms.int32):
+    """``[start, stop)`` as a 1-D tensor of ``dtype``: ``ops.arange`` without its compile cost."""
+    return _RANGE(start, stop, 1).astype(dtype)
+
+
+def full(shape, value, dtype):
+    """A tensor of ``shape`` filled with ``value``: ``ops.full`` without its compile cost."""
+    return ops.zeros(shape, dtype) + value
 
 
 def read_now(weight):
@@ -316,8 +335,11 @@ def causal_lm_loss(logits, labels):
 def _mean_cross_entropy(logits, labels):
     """Cross entropy averaged over labels != -100; 0 (not NaN) when every label is ignored, so a batch
     without scored tokens (a data-parallel filler batch) adds nothing to a step."""
-    total = ops.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-    return total / ops.maximum((labels != -100).sum().astype(ms.float32), 1.0)
+    scored = labels != -100
+    target = ops.where(scored, labels, ops.zeros_like(labels)).reshape(-1, 1)
+    picked = ops.gather_elements(ops.log_softmax(logits, -1), 1, target).reshape(-1)  # log p(label)
+    total = -(picked * scored.astype(logits.dtype)).sum()
+    return total / ops.maximum(scored.sum().astype(ms.float32), 1.0)
 
 
 def sequence_classification_loss(logits, labels, num_labels: int, problem_type: Optional[str]):
@@ -350,13 +372,13 @@ def last_token_pool(hidden, input_ids, pad_token_id: Optional[int]):
     """
     batch, seq = input_ids.shape
     if pad_token_id is None:
-        index = ops.full((batch,), seq - 1, dtype=ms.int32)
+        index = full((batch,), seq - 1, ms.int32)
     else:
         # rightmost token that is not padding (works for left and right padding)
-        positions = ops.arange(seq).reshape(1, seq).broadcast_to((batch, seq))
-        index = ops.argmax(ops.where(input_ids != pad_token_id, positions, ops.full_like(positions, -1)), -1)
+        positions = arange(0, seq).reshape(1, seq).broadcast_to((batch, seq))
+        index = ops.argmax(ops.where(input_ids != pad_token_id, positions, ops.zeros_like(positions) - 1), -1)
         index = index.astype(ms.int32)
-    return hidden[ops.arange(batch).astype(ms.int32), index]
+    return hidden[arange(0, batch), index]
 
 
 def default_position_ids(attention_mask, batch: int, seq: int, query_slots=None):
@@ -371,7 +393,7 @@ def default_position_ids(attention_mask, batch: int, seq: int, query_slots=None)
         int32 [batch, seq]
     """
     if attention_mask is None:
-        return ops.arange(seq).astype(ms.int32).reshape(1, seq).broadcast_to((batch, seq))
+        return arange(0, seq).reshape(1, seq).broadcast_to((batch, seq))
     cumulative = ops.cumsum(attention_mask.astype(ms.int32), 1) - 1
     if query_slots is not None:
         cumulative = ops.gather_elements(cumulative, 1, query_slots.astype(ms.int32))
@@ -424,7 +446,7 @@ def shifted_labels(labels, seq: int):
     them), or ``labels[:, 1:]`` for [batch, seq + 1] labels (MindFormers' pre-training rows)."""
     if labels.shape[1] == seq + 1:
         return labels[:, 1:].reshape(-1).astype(ms.int32)
-    tail = ops.fill(ms.int32, (labels.shape[0], 1), -100)
+    tail = full((labels.shape[0], 1), -100, ms.int32)
     return ops.concat((labels[:, 1:].astype(ms.int32), tail), 1).reshape(-1)
 
 

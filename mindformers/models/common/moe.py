@@ -30,7 +30,7 @@ from mindspore import Parameter, nn, ops
 
 from ...kernels import host
 from ...registry import BLOCKS
-from .layers import MS_DTYPES, _placeholder, cast
+from .layers import MS_DTYPES, _placeholder, cast, full
 from .mlp import GatedMLP, HostSwiGLU, gated_activation
 
 
@@ -134,7 +134,7 @@ class Router(nn.Cell):
         keep = ops.one_hot(best, spec.n_group, ops.ones((), ms.float32), ops.zeros((), ms.float32)).sum(1)
         keep = keep.reshape(tokens, spec.n_group, 1).broadcast_to((tokens, spec.n_group, size))
         # a full-shape -inf: semi-automatic parallelism has no Select with broadcasting
-        return ops.where(keep.reshape(tokens, spec.num_experts) > 0, choice, ops.full_like(choice, -np.inf))
+        return ops.where(keep.reshape(tokens, spec.num_experts) > 0, choice, full(choice.shape, -np.inf, choice.dtype))
 
 
 class Experts(nn.Cell):
