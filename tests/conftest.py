@@ -29,20 +29,21 @@ def smollm2():
     return AutoModel.from_pretrained("smollm2_135m_instruct")
 
 
-# The slowest modules (their seconds in a 22-minute `make test` run of 2026-12-03, from `--durations=0`;
-# test_families.py alone in one process), started first: `make test` runs two pytest-xdist workers that take one
-# module at a time, and a long module taken last would leave the other worker idle at the end. This order is the
-# one the clean-clone runs used (the msrun launches first). Other modules keep their order.
+# The slowest modules (their seconds in an 18-minute `make test` run of 2026-12-03, from `--durations=0`),
+# started first: `make test` runs two pytest-xdist workers that take one module at a time, and a long module taken
+# last would leave the other worker idle at the end. Other modules keep their order.
 SLOWEST_MODULES = [
-    "tests/parallel/test_tensor_parallel.py",  # 248 s (msrun: 2 and 4 workers)
-    "tests/trainer/test_faults.py",  # 273 s (two killed runs at a time beside the resumes)
-    "tests/parallel/test_dryrun.py",  # 175 s (two compiles at a time)
-    "tests/models/test_families.py",  # 92 s
-    "tests/serving/test_engine.py",  # 101 s
-    "tests/serving/test_server.py",  # 70 s
-    "tests/trainer/test_trainer.py",  # 116 s
-    "tests/tuners/test_every_method.py",  # 94 s
-    "tests/kernels/test_host.py",  # 58 s
+    "tests/parallel/test_tensor_parallel.py",  # 252 s (msrun: 2 and 4 workers)
+    "tests/trainer/test_faults.py",  # 204 s (two killed runs at a time beside the resumes)
+    "tests/parallel/test_dryrun.py",  # 122 s (two compiles at a time)
+    "tests/models/test_families.py",  # 108 s
+    "tests/tuners/test_every_method.py",  # 85 s
+    "tests/serving/test_engine.py",  # 85 s
+    "tests/trainer/test_trainer.py",  # 80 s
+    "tests/serving/test_server.py",  # 59 s
+    "tests/tuners/test_galore.py",  # 57 s
+    "tests/serving/test_scaled_adapters.py",  # 52 s
+    "tests/kernels/test_host.py",  # 48 s
 ]
 
 
