@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/generate.py --rounds 5
 	$(PY) bench/train.py --rounds 3
 	$(PY) bench/serve.py --rounds 3
+	$(PY) bench/compile.py
 
 clean:
 	rm -rf $(VENV) assets
