@@ -1,14 +1,14 @@
 """What the first call of each compiled step costs (MindSpore's graph compile), SmolLM2-135M-Instruct fp32, CPU.
 
 Usage:
-    python bench/compile.py [--cases generate,evaluate,lora,full] [--threads 2] [--json FILE]
+    python bench/compile.py [--cases generate,evaluate,lora,full] [--json FILE]
 
 Every user and every CI run pays this once per process and graph shape, before the first token or step. Each
 case runs in a fresh process (no graph, no parsed source cached), through the public API:
 - generate: ``model.generate`` of a 20-token prompt, 8 new tokens, batch 1 (the prefill and the decode graph);
 - evaluate: ``Trainer.evaluate`` on 8 packed chatterbot rows, batch 4 x 128 (the evaluation graph);
-- lora / full: ``Trainer.finetune`` for 3 steps, batch 4 x 128, LoRA r=8 on q,v or every weight (the training
-  step graph with its update).
+- lora / full: bench/train.py's ``Trainer.finetune`` run for 3 steps, batch 4 x 128, LoRA r=8 on q,v or every
+  weight (the training step graph with its update).
 A case's compile cost = its first call's time - the same call's time once compiled (the median of the later
 calls: generations 2-3, evaluations 2-3, steps 2-3), so it counts the compile alone, not the work.
 
@@ -23,23 +23,13 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-PRESET = "smollm2_135m_instruct"
+from train import finetune, ours  # bench/train.py: the same model, data and fine-tuning run
+
 CASES = ("generate", "evaluate", "lora", "full")
 BATCH, SEQ = 4, 128
 
 
-def _data(tokenizer, rows: int):
-    """``rows`` chatterbot answers packed into rows of exactly SEQ tokens."""
-    sys.path.insert(0, HERE)
-    from train import training_data  # the training benchmark's rows
-
-    data = training_data(tokenizer, BATCH, SEQ)
-    return data.subset(list(range(min(rows, len(data)))))
-
-
-def case_generate(model, tokenizer):
+def case_generate(model, tokenizer, data):
     prompt = tokenizer("Write a short note about the sea and the wind on the shore.")["input_ids"][:20]
     times = []
     for _ in range(3):
@@ -49,14 +39,14 @@ def case_generate(model, tokenizer):
     return times
 
 
-def case_evaluate(model, tokenizer):
+def case_evaluate(model, tokenizer, data):
     from mindformers import Trainer, TrainingArguments
 
-    data = _data(tokenizer, 2 * BATCH)
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as out:
         args = TrainingArguments(output_dir=out, eval_batch_size=BATCH, seq_length=SEQ, report_to=[],
                                  disable_tqdm=True, pad_to_multiple_of=SEQ)
-        trainer = Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=args, eval_dataset=data)
+        trainer = Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=args,
+                          eval_dataset=data.subset(list(range(2 * BATCH))))
         times = []
         for _ in range(3):
             start = time.perf_counter()
@@ -65,13 +55,10 @@ def case_evaluate(model, tokenizer):
     return times
 
 
-def case_train(model, tokenizer, mode: str):
-    from mindformers import Trainer, TrainingArguments
+def case_train(model, tokenizer, data):
+    """Three steps of bench/train.py's fine-tuning run, each timed."""
     from mindformers.trainer import TrainerCallback
-    from mindformers.tuners import LoraConfig, get_peft_model
 
-    if mode == "lora":
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), seed=42)
     times, started = [], []
 
     class Clock(TrainerCallback):
@@ -81,30 +68,15 @@ def case_train(model, tokenizer, mode: str):
         def on_step_end(self, state, logs):
             times.append(time.perf_counter() - started[-1])
 
-    with tempfile.TemporaryDirectory(prefix="bench-compile-") as out:
-        args = TrainingArguments(output_dir=out, max_steps=3, batch_size=BATCH, seq_length=SEQ, learning_rate=1e-4,
-                                 logging_steps=1, save_steps=0, report_to=[], disable_tqdm=True,
-                                 pad_to_multiple_of=SEQ)
-        Trainer(task="text_generation", model=model, tokenizer=tokenizer, args=args,
-                train_dataset=_data(tokenizer, 3 * BATCH), callbacks=[Clock()]).finetune()
+    finetune(model, tokenizer, data, 3, BATCH, SEQ, Clock())
     return times
 
 
 def run_case(case: str) -> dict:
-    sys.path.insert(0, ROOT)
-    import mindspore as ms
-
-    from mindformers import AutoModel, AutoTokenizer
-
-    ms.set_context(device_target="CPU")
-    model = AutoModel.from_pretrained(PRESET)
-    tokenizer = AutoTokenizer.from_pretrained(PRESET)
-    if case == "generate":
-        times = case_generate(model, tokenizer)
-    elif case == "evaluate":
-        times = case_evaluate(model, tokenizer)
-    else:
-        times = case_train(model, tokenizer, case)
+    # bench/train.py's model (LoRA r=8 on q,v for "lora"), tokenizer and packed chatterbot rows
+    model, tokenizer, data = ours("lora" if case == "lora" else "full", BATCH, SEQ)
+    run = {"generate": case_generate, "evaluate": case_evaluate}.get(case, case_train)
+    times = run(model, tokenizer, data)
     later = statistics.median(times[1:])
     return {"case": case, "first_s": times[0], "later_s": later, "compile_s": times[0] - later}
 
@@ -112,7 +84,6 @@ def run_case(case: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args(argv)
@@ -123,11 +94,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     print(f"{'case':<10}{'first call s':>14}{'compiled s':>12}{'compile s':>11}", flush=True)
     for case in cases:
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", case], env=env,
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--case", case],
                               capture_output=True, text=True)
         if done.returncode:
             print(f"{case:<10} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
