@@ -75,7 +75,8 @@ class DecoderLayer(nn.Cell):
 class DecoderStack(nn.Cell):
     """The embedding -> layers -> final norm loop shared by every family, with or without a KV cache.
 
-    Subclasses provide ``embed(input_ids, position_ids)``, ``layer_list()`` (the CellList of layers),
+    Subclasses provide ``embed(input_ids, position_ids, inputs_embeds)`` (``inputs_embeds``, if not None, are
+    the token embeddings: what is added to them stays), ``layer_list()`` (the CellList of layers),
     ``rope(position_ids)`` ((cos, sin), or (None, None)), ``finish(x, ...)`` (the final norm, or whatever
     comes after the layers), ``embedding_weight()`` (tied head), ``cache_spec()`` and ``self.window`` (the
     sliding window of its sliding layers, None if none slides).
@@ -89,12 +90,13 @@ class DecoderStack(nn.Cell):
     window = None
 
     def run(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_slots=None,
-            cache_rows=None):
-        """``(final hidden states [batch, seq, hidden], router logits of the MoE layers)``."""
+            cache_rows=None, inputs_embeds=None):
+        """``(final hidden states [batch, seq, hidden], router logits of the MoE layers)``; ``inputs_embeds``
+        [batch, seq, hidden]: the token embeddings of ``input_ids``, given instead of looked up."""
         batch, seq = input_ids.shape
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, batch, seq, cache_slots)
-        x = self.embed(input_ids, position_ids)
+        x = self.embed(input_ids, position_ids, inputs_embeds)
         cos, sin = self.rope(position_ids)
         write_index = None
         if kv_cache is None:
@@ -148,8 +150,8 @@ class DecoderModel(DecoderStack):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self.window = config.attention_window()
 
-    def embed(self, input_ids, position_ids):
-        return self.embed_tokens(input_ids)
+    def embed(self, input_ids, position_ids, inputs_embeds=None):
+        return self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
 
     def layer_list(self):
         return self.layers
@@ -232,7 +234,9 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
     """A backbone with a language-model head (tied to the input embedding or its own ``lm_head``).
 
     ``model(input_ids)`` returns logits [batch, seq, vocab]; with ``labels`` it returns ``(loss, logits)``,
-    the loss being next-token cross entropy ignoring label -100. MoE models whose config sets
+    the loss being next-token cross entropy ignoring label -100. ``inputs_embeds`` [batch, seq, hidden], if
+    given, are the token embeddings of ``input_ids`` (transformers' argument; the ids still set the shapes and
+    positions, learned position embeddings are still added). MoE models whose config sets
     ``output_router_logits`` add ``router_aux_loss_coef`` times the load-balancing loss to it, as
     transformers does, and return ``(loss, logits, aux_loss)``. In training mode (``set_train(True)``) on CPU,
     the loss comes from the fused head and loss (:class:`LinearCrossEntropy`) and the logits are None.
@@ -269,12 +273,15 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         input_ids, attention_mask = self.prepend_virtual_tokens(input_ids, attention_mask)
         return input_ids, attention_mask, None if labels is None else self.prepend_ignored(labels)
 
-    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None):
+    def construct(self, input_ids, attention_mask=None, position_ids=None, labels=None, inputs_embeds=None):
         if self.virtual_tokens:
+            if inputs_embeds is not None:
+                raise ValueError("inputs_embeds cannot be given to a model with a prompt tuner's virtual tokens")
             input_ids, attention_mask, labels = self.with_virtual_tokens(input_ids, attention_mask, labels)
         if position_ids is None and self.prefix_positions:
             position_ids = default_position_ids(attention_mask, *input_ids.shape) + self.prefix_positions
-        hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids)
+        hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids, None, None, None,
+                                                 inputs_embeds)
         out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul,
                         self.fused_loss if self.training else None)
         if labels is None or self.aux_loss is None:
@@ -282,6 +289,13 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         coefficient, experts, top_k = self.aux_loss
         aux = load_balancing_loss(router_logits, experts, top_k, attention_mask)
         return out[0] + coefficient * aux, out[1], aux
+
+    def tied_embedding_table(self):
+        """The token embedding table the head shares, or None (its own ``lm_head``, or a prompt tuner's virtual
+        tokens, which look up another table first)."""
+        if self.lm_head is not None or self.virtual_tokens:
+            return None
+        return self.stack().embedding_weight()
 
     def router_logits(self, input_ids, attention_mask=None) -> Tuple:
         """The router logits of every MoE layer, ``[batch * seq, experts]`` each (empty for dense models): what

@@ -100,8 +100,9 @@ class GPT2Model(DecoderStack):
         self.h = nn.CellList([GPT2Block(config, i) for i in range(config.num_hidden_layers)])
         self.ln_f = LayerNorm(config.hidden_size, config.layer_norm_epsilon, dtype)
 
-    def embed(self, input_ids, position_ids):
-        return self.drop(self.wte(input_ids) + self.wpe(position_ids))
+    def embed(self, input_ids, position_ids, inputs_embeds=None):
+        tokens = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.drop(tokens + self.wpe(position_ids))
 
     def layer_list(self):
         return self.h

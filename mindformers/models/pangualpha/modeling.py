@@ -109,8 +109,9 @@ class PanguAlphaEmbedding(nn.Cell):
         self.position_embedding = Embedding(config.max_position_embeddings, config.hidden_size, dtype)
         self.dropout = nn.Dropout(p=config.embd_pdrop)
 
-    def construct(self, input_ids, position_ids):
-        return self.dropout(self.word_embedding(input_ids) + self.position_embedding(position_ids))
+    def construct(self, input_ids, position_ids, inputs_embeds=None):
+        tokens = self.word_embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.dropout(tokens + self.position_embedding(position_ids))
 
 
 class PanguAlphaModel(DecoderStack):
@@ -127,8 +128,8 @@ class PanguAlphaModel(DecoderStack):
         self.top_query_layer = PanguAlphaQueryLayer(config)
         self.query_cache = 2 * (config.num_hidden_layers - 1)  # the query layer's entries in the KV cache
 
-    def embed(self, input_ids, position_ids):
-        return self.embedding(input_ids, position_ids)
+    def embed(self, input_ids, position_ids, inputs_embeds=None):
+        return self.embedding(input_ids, position_ids, inputs_embeds)
 
     def layer_list(self):
         return self.blocks
