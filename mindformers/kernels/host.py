@@ -270,6 +270,19 @@ def cache_write(cache, values, index):
     return _primitive("cache_write", side_effect=True)(cache, values, index)
 
 
+def embedding_grad_add_(grad, ids, d):
+    """``grad[ids[i]] += d[i]`` in place: an embedding lookup's gradient added into a table's gradient (a buffer
+    nothing else reads yet) without a dense [vocab, hidden] tensor of its own. Ids outside ``[0, vocab)`` are
+    skipped, as the lookup's own gradient drops them.
+
+    Args:
+        grad: float32 [vocab, hidden]; ids: int32 or int64, any shape; d: float32 [*ids.shape, hidden].
+    Returns:
+        a [1] tensor (1.0) that depends on the write; read ``grad`` through ``ops.depend(grad, it)``.
+    """
+    return _primitive("embedding_grad_add", side_effect=True)(grad, ids, d)
+
+
 def swiglu(gate, up):
     """``silu(gate) * up`` in one pass (SwiGLU's gate, Shazeer 2020). float32, any (equal) shapes.
 

@@ -626,6 +626,36 @@ int cache_write(int nparam, void **params, int *ndims, int64_t **shapes, const c
   return 0;
 }
 
+// The embedding lookup's gradient added into a table's gradient in place: grad[ids[i], :] += d[i, :]. A tied
+// table's gradient is the head's plus the lookup's; autodiff builds the lookup's as a dense [vocab, hidden]
+// tensor (UnsortedSegmentSum) and sums the two into a third (AddN), 3 x 113 MB for SmolLM2; this adds the
+// looked-up rows into the head's. Ids outside [0, vocab) are skipped (MindSpore's Gather reads zeros there and
+// its gradient drops them). Rows go in order, so repeated ids add up as in the dense sum.
+// inputs: grad [vocab, hidden] float32 (written), ids [n] int32 or int64, d [n, hidden] float32; output: a [1]
+// float32 tensor set to 1 (the side effect's handle).
+int embedding_grad_add(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                       void *) {
+  if (nparam != 4 || ndims[0] != 2 || ndims[2] < 1) return 1;
+  const bool ids64 = std::strcmp(dtypes[1], "int64") == 0;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[2], "float32") != 0 ||
+      (!ids64 && std::strcmp(dtypes[1], "int32") != 0))
+    return 3;
+  const int64_t vocab = shapes[0][0], hidden = shapes[0][1], n = numel(ndims[1], shapes[1]);
+  if (shapes[2][ndims[2] - 1] != hidden || numel(ndims[2], shapes[2]) != n * hidden) return 2;
+  float *grad = static_cast<float *>(params[0]);
+  const float *d = static_cast<const float *>(params[2]);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = ids64 ? static_cast<const int64_t *>(params[1])[i] : static_cast<const int32_t *>(params[1])[i];
+    if (id < 0 || id >= vocab) continue;
+    float *row = grad + id * hidden;
+    const float *src = d + i * hidden;
+#pragma omp simd
+    for (int64_t j = 0; j < hidden; ++j) row[j] += src[j];
+  }
+  static_cast<float *>(params[3])[0] = 1.0f;
+  return 0;
+}
+
 // Multi-LoRA delta (Punica / S-LoRA's segmented product, SGMV) for the serving engine's adapter pool: each
 // row of the batch adds its own adapter's low-rank product,
 //   out[t] = (x[t] . A[s]^T)[:k] . BT[s][:k]      for every token t of a row with slot s >= 0, k = ranks[s]

@@ -75,6 +75,44 @@ def _remove_file(path: str) -> None:
         pass
 
 
+def _tied_table_index(model, parameters, tuner, tensor_parallel) -> Optional[int]:
+    """Where a causal LM's tied embedding table is in ``parameters`` if the training step should look the
+    tokens up outside the differentiated function (see :func:`_lookup_outside`), else None.
+
+    Only where it pays and is exact: the host kernels run (CPU), the model has no tuner (a frozen table has no
+    gradient; a tuner may wrap the lookup) and no tensor parallelism (a split table's rows live on several
+    ranks), and the table is trained in float32."""
+    if tuner is not None or tensor_parallel is not None or not hasattr(model, "tied_embedding_table"):
+        return None
+    table = model.tied_embedding_table()
+    if table is None or table.dtype != ms.float32:
+        return None
+    for i, param in enumerate(parameters):
+        if param is table:
+            return i
+    return None
+
+
+def _lookup_outside(loss_of_embeds, parameters, tied: int):
+    """``value_and_grad`` of a step whose tied table (``parameters[tied]``) is looked up before the loss
+    function, which takes the token embeddings as its first argument.
+
+    Autodiff of the whole model builds the table's gradient three times: the head's, the lookup's as a dense
+    [vocab, hidden] tensor (its Gather's gradient) and their sum, ~113 MB each for SmolLM2, all alive at the
+    end of the backward pass. Here the loss is differentiated with respect to the embeddings, whose gradient
+    rows the host kernel adds into the head's gradient in place: the same gradient, one table-sized tensor."""
+    table = parameters[tied]
+    grads_of = ms.value_and_grad(loss_of_embeds, 0, parameters, has_aux=True)
+
+    def value_and_grad(input_ids, attention_mask, labels):
+        embeds = ops.gather(table, input_ids, 0)
+        value, (d_embeds, grads) = grads_of(embeds, input_ids, attention_mask, labels)
+        written = host.embedding_grad_add_(grads[tied], input_ids, d_embeds)
+        return value, grads[:tied] + (ops.depend(grads[tied], written),) + grads[tied + 1:]
+
+    return value_and_grad
+
+
 class _StepFunctions:
     """The compiled pieces of a training step.
 
@@ -117,13 +155,24 @@ class _StepFunctions:
                 raise ValueError("a tuner method that reads each step's gradients (AdaLoRA's rank allocation) needs "
                                  "whole gradients; train it without tensor parallelism (model_parallel=1)")
 
-        def loss_of(input_ids, attention_mask, labels):
-            out = model(input_ids, attention_mask, None, labels)
+        def loss_and_aux(out):
             loss = out[0] if regulariser is None else out[0] + regulariser()
             return loss, (out[2] if reports_aux else ops.zeros((), ms.float32))
 
-        self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters, has_aux=True)
+        def loss_of(input_ids, attention_mask, labels):
+            return loss_and_aux(model(input_ids, attention_mask, None, labels))
+
         self.fused = host.enabled()  # gradient norms with the host kernel (CPU)
+        # the index of a tied table looked up outside the differentiated function, or None
+        self.tied_table = _tied_table_index(model, optimizer.parameters, tuner, tensor_parallel) if self.fused else None
+        tied = self.tied_table
+        if tied is None:
+            self._value_and_grad = ms.value_and_grad(loss_of, None, optimizer.parameters, has_aux=True)
+        else:
+            def loss_of_embeds(inputs_embeds, input_ids, attention_mask, labels):
+                return loss_and_aux(model(input_ids, attention_mask, None, labels, inputs_embeds))
+
+            self._value_and_grad = _lookup_outside(loss_of_embeds, optimizer.parameters, tied)
         self.fuses_scale = bool(getattr(self.optimizer, "fuses_grad_scale", False))
         # The update is always compiled: MindSpore's optimizers compile their own inner step when called
         # eagerly and would compile it again for every new tuple of gradients.

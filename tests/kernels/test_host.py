@@ -321,3 +321,94 @@ def test_swap_axes_kernel_equals_swapaxes(dtype):
                                               ms.grad(loss_of)(x))])
     for got, want in zip(*results):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("ids_dtype", [np.int32, np.int64])
+def test_embedding_grad_add_kernel_against_numpy(ids_dtype):
+    """``grad[ids[i]] += d[i]`` in place, inside a compiled graph: repeated ids add up, ids outside the table
+    are skipped (as the lookup's own gradient drops them), the rest of the table is untouched."""
+    rng = np.random.default_rng(7)
+    grad = rng.normal(size=(11, 37)).astype(np.float32)
+    ids = np.array([[3, 0, 3], [10, 11, -1], [3, 5, 0]], ids_dtype)
+    d = rng.normal(size=ids.shape + (37,)).astype(np.float32)
+
+    @ms.jit
+    def add(g, i, rows):
+        g = g * 1.0  # a buffer of the graph's own, as the gradient the trainer adds into
+        return ms.ops.depend(g, host.embedding_grad_add_(g, i, rows))
+
+    got = add(Tensor(grad), Tensor(ids), Tensor(d)).asnumpy()
+    expected = grad.copy()
+    for i, row in zip(ids.reshape(-1), d.reshape(-1, 37)):
+        if 0 <= i < 11:
+            expected[i] += row
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(expected, grad)
+
+
+def _tiny_gpt2(seed):
+    from mindformers.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_config(GPT2Config(num_layers=2, hidden_size=32, num_heads=4, vocab_size=500,
+                                                  seq_length=32, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0),
+                                       seed=seed)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_tied_table_looked_up_outside_the_gradient_equals_autodiff(tmp_path, family):
+    """The training step of a tied model looks the tokens up before the differentiated loss and adds the
+    embeddings' gradient rows into the head's gradient in place (one table-sized tensor instead of three):
+    loss and every gradient as autodiff of the whole model gives them, with repeated ids in the batch;
+    GPT-2 adds its position embeddings to the looked-up rows."""
+    from mindformers import TrainingArguments
+    from mindformers.trainer.optim import build_optimizer
+    from mindformers.trainer.trainer import _StepFunctions
+    from tests.trainer.conftest import tiny_llama
+
+    model = tiny_llama(seed=5) if family == "llama" else _tiny_gpt2(seed=5)
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(8)
+    ids = rng.integers(3, vocab, (2, 16)).astype(np.int32)
+    ids[1, :4] = ids[0, :4]
+    ids[0, 7] = ids[0, 6]
+    labels = ids.copy()
+    labels[0, :3] = -100
+    ids, mask, labels = Tensor(ids), Tensor(np.ones((2, 16), np.int32)), Tensor(labels)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-2)
+    optimizer = build_optimizer(model, args)
+    steps = _StepFunctions(model, optimizer, args, world_size=1)
+    assert optimizer.parameters[steps.tied_table] is model.tied_embedding_table()
+    model.set_train(True)
+    (loss, _), grads = steps.gradients(ids, mask, labels)
+
+    def loss_of(input_ids, attention_mask, targets):
+        return model(input_ids, attention_mask, None, targets)[0]
+
+    expected_loss, expected = ms.jit(ms.value_and_grad(loss_of, None, optimizer.parameters))(ids, mask, labels)
+    np.testing.assert_allclose(loss.asnumpy(), expected_loss.asnumpy(), rtol=1e-6)
+    for param, got, want in zip(optimizer.parameters, grads, expected):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-4, atol=1e-6, err_msg=param.name)
+
+
+def test_untied_or_tuned_models_differentiate_their_lookup(tmp_path):
+    """An own lm_head, a tuner (its table frozen, its lookup maybe wrapped) or tensor parallelism keep the
+    whole model under autodiff."""
+    from mindformers import TrainingArguments
+    from mindformers.trainer.optim import build_optimizer
+    from mindformers.trainer.checkpointing import tuner_of
+    from mindformers.trainer.trainer import _tied_table_index
+    from mindformers.tuners import LoraConfig
+    from mindformers.tuners.peft import get_peft_model
+    from tests.trainer.conftest import tiny_llama
+
+    args = TrainingArguments(output_dir=str(tmp_path))
+    untied = tiny_llama(tie_word_embeddings=False)
+    assert untied.tied_embedding_table() is None
+    assert _tied_table_index(untied, build_optimizer(untied, args).parameters, None, None) is None
+    tied = tiny_llama()
+    parameters = build_optimizer(tied, args).parameters
+    assert _tied_table_index(tied, parameters, None, None) is not None
+    assert _tied_table_index(tied, parameters, None, object()) is None  # tensor parallel
+    tuned = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert tuner_of(tuned) is not None
+    assert _tied_table_index(tuned, build_optimizer(tuned, args).parameters, tuner_of(tuned), None) is None
