@@ -16,15 +16,17 @@ Each (mode, side) runs in its own process with --threads CPU threads. Each side 
 --steps steps alternate between the two processes; figures are medians over --rounds:
 - train tokens/s   = batch * seq * steps / time of the round's steps (ours / theirs: higher is better for us);
 - forward tokens/s = batch * seq / time of one forward pass with the loss and no gradients (compiled on
-  our side), measured once before training; with the step time it shows where a step's time goes.
+  our side; evaluation mode), measured after the timed steps (so that neither side's training peak holds
+  a forward-only graph's buffers); with the step time it shows where a step's time goes.
 - model FLOP rate = the step's matmul FLOPs (PaLM's count, ``step_flops``) / step time, as a fraction of the
   fp32 matmul peak measured in the same run (2048^3, best of PyTorch and numpy, --threads threads);
 - peak RSS = the highest resident set size of each side's process during its timed steps (the peak is reset
   after the warm-up: model, optimizer state and activations, not the loading).
 Before timing, each side reports its loss on the first batch, which must agree to ~1e-4.
 
-Our full fine-tuning step compiles in about 2 minutes and needs ~15.5 GB at its peak (batch 4 x 128);
-the LoRA step about 70 s and ~7.5 GB. A side that fails is reported and the other modes still run.
+Our full fine-tuning step compiles in ~35 s and needs ~4 GB at its peak (batch 4 x 128), the LoRA step
+~40 s and ~2.8 GB (bench/compile.py times the compiles). A side that fails is reported and the other modes
+still run.
 """
 import argparse
 import itertools
@@ -40,6 +42,7 @@ from sides import SideFailed, peak_rss_mb, read_reply, reply, reset_peak_rss
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # this checkout's mindformers, not an installed one (a worktree measures its own code)
 PRESET = "smollm2_135m_instruct"
 CORPUS = os.path.join(ROOT, "output", "chatterbot", "train.jsonl")
 SEED = 42  # the Trainer's data order (and our LoRA initialisation)
@@ -53,7 +56,6 @@ FORWARD_REPEATS = 3
 def training_data(tokenizer, batch, seq):
     """The chatterbot answers as plain text, packed into rows of exactly ``seq`` tokens; a multiple of
     ``batch`` rows, so every batch has the same shape and no padding."""
-    sys.path.insert(0, ROOT)
     from mindformers.dataset import build_dataset
 
     if not os.path.exists(CORPUS):
@@ -80,7 +82,6 @@ def ours(mode: str, batch: int, seq: int):
     """Our side's (model, tokenizer, data): SmolLM2 in float32, with LoRA in mode "lora"."""
     import mindspore as ms
 
-    sys.path.insert(0, ROOT)
     from mindformers import AutoModel, AutoTokenizer
     from mindformers.tuners import LoraConfig, get_peft_model
 
@@ -111,27 +112,9 @@ def run_mindformers(args):
     import mindspore as ms
 
     from mindformers.trainer import TrainerCallback
-    from mindformers.utils import graphs_released_after
 
     model, tokenizer, data = ours(args.mode, args.batch, args.seq)
     trainable = sum(int(p.size) for p in model.trainable_params())
-
-    first = next(batch_stream(data, args.batch, args.seq))
-    ids, mask, labels = (ms.Tensor(first[k]) for k in ("input_ids", "attention_mask", "labels"))
-
-    @ms.jit
-    def forward(ids, mask, labels):  # the loss alone: no gradients, no update
-        return model(ids, mask, None, labels)[0]
-
-    # the forward graph is freed before training: MindSpore keeps a compiled graph's buffers for the life of
-    # the process, and the step's peak memory should not count a graph only this script compiles
-    with graphs_released_after():
-        forward_loss = float(forward(ids, mask, labels).asnumpy())  # compiles
-        forward_times = []
-        for _ in range(FORWARD_REPEATS):
-            start = time.perf_counter()
-            forward(ids, mask, labels).asnumpy()  # .asnumpy() waits for the result
-            forward_times.append(time.perf_counter() - start)
 
     class Pace(TrainerCallback):
         """Hands control to the parent after the warm-up steps and after every --steps steps."""
@@ -146,8 +129,7 @@ def run_mindformers(args):
             if done < 0 or done % args.steps:
                 return
             if done == 0:
-                reply({"first_loss": self.first_loss, "forward_loss": forward_loss, "trainable": trainable,
-                       "forward_time": statistics.median(forward_times), "flop_shape": flop_shape(model.config)})
+                reply({"first_loss": self.first_loss, "trainable": trainable, "flop_shape": flop_shape(model.config)})
                 reset_peak_rss()  # the peak of the timed steps alone (model, optimizer state, activations)
             else:
                 reply({"time": time.perf_counter() - self.start, "peak_mb": peak_rss_mb()})
@@ -158,6 +140,20 @@ def run_mindformers(args):
 
     finetune(model, tokenizer, data, args.warmup + args.rounds * args.steps, args.batch, args.seq, Pace())
 
+    # After training, so that the training peak is that of a process that only trains (a freed graph's
+    # buffers stay in MindSpore's memory pool and would be reused by the step's)
+    first = next(batch_stream(data, args.batch, args.seq))
+    ids, mask, labels = (ms.Tensor(first[k]) for k in ("input_ids", "attention_mask", "labels"))
+    model.set_train(False)
+    if not sys.stdin.readline():  # our turn
+        sys.exit("the parent process has gone")
+
+    @ms.jit
+    def forward(ids, mask, labels):  # the loss alone: no gradients, no update
+        return model(ids, mask, None, labels)[0]
+
+    reply({"forward_time": forward_time(lambda: forward(ids, mask, labels).asnumpy())})  # .asnumpy() waits
+
 
 def run_transformers(args):
     import torch
@@ -165,7 +161,6 @@ def run_transformers(args):
     from peft import LoraConfig, get_peft_model
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, ROOT)
     from mindformers import AutoModel, AutoTokenizer
 
     ours = AutoModel.from_pretrained(PRESET)  # the same weights and config, under Hugging Face names
@@ -203,24 +198,35 @@ def run_transformers(args):
         return loss.item()
 
     first = next(batches)
-    with torch.no_grad():
-        forward_loss = float(loss_of(first))
-        forward_times = []
-        for _ in range(FORWARD_REPEATS):
-            start = time.perf_counter()
-            loss_of(first)
-            forward_times.append(time.perf_counter() - start)
     first_loss = step(first)
     for _ in range(args.warmup - 1):
         step(next(batches))
-    reply({"first_loss": first_loss, "forward_loss": forward_loss, "trainable": sum(p.numel() for p in params),
-           "forward_time": statistics.median(forward_times)})
+    reply({"first_loss": first_loss, "trainable": sum(p.numel() for p in params)})
     reset_peak_rss()
-    for _ in sys.stdin:  # one round per request, so the parent can alternate the two sides
+    for _ in range(args.rounds):  # one round per request, so the parent can alternate the two sides
+        if not sys.stdin.readline():
+            sys.exit("the parent process has gone")
         start = time.perf_counter()
         for _ in range(args.steps):
             step(next(batches))
         reply({"time": time.perf_counter() - start, "peak_mb": peak_rss_mb()})
+    model.eval()
+    if not sys.stdin.readline():  # our turn
+        sys.exit("the parent process has gone")
+    with torch.no_grad():
+        reply({"forward_time": forward_time(lambda: loss_of(first))})
+
+
+def forward_time(run) -> float:
+    """Median seconds of ``run()`` (one forward pass with the loss) over FORWARD_REPEATS calls after a first,
+    compiling one."""
+    run()
+    times = []
+    for _ in range(FORWARD_REPEATS):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measure(mode, args, env):
@@ -241,6 +247,10 @@ def measure(mode, args, env):
                 answer = read_reply(proc, side)
                 times[side].append(answer["time"])
                 ready[side]["peak_mb"] = answer["peak_mb"]
+        for side, proc in sides.items():  # each side's forward pass alone, after its training
+            proc.stdin.write("forward\n")
+            proc.stdin.flush()
+            ready[side]["forward_time"] = read_reply(proc, side)["forward_time"]
     except SideFailed as error:
         print(f"{mode}: {error}", file=sys.stderr)
         for proc in sides.values():
@@ -327,9 +337,8 @@ def main():
     for mode, sides in results.items():
         ours, theirs = sides["mindformers"], sides["transformers"]
         diff = abs(ours["first_loss"] - theirs["first_loss"])
-        print(f"{mode:>4} first-step loss: mindformers {ours['first_loss']:.6f} (forward only "
-              f"{ours['forward_loss']:.6f}), transformers {theirs['first_loss']:.6f} (forward only "
-              f"{theirs['forward_loss']:.6f}); |diff| {diff:.1e} {'ok' if diff <= 1e-4 else 'MISMATCH'}; "
+        print(f"{mode:>4} first-step loss: mindformers {ours['first_loss']:.6f}, transformers "
+              f"{theirs['first_loss']:.6f}; |diff| {diff:.1e} {'ok' if diff <= 1e-4 else 'MISMATCH'}; "
               f"trainable parameters {ours['trainable']:,} vs {theirs['trainable']:,}")
     if not results:
         raise SystemExit(1)
