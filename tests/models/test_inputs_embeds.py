@@ -30,3 +30,17 @@ def test_inputs_embeds_give_the_logits_and_loss_of_the_ids(make):
                                rtol=1e-6, atol=1e-6)
     loss, _ = model(ids, mask, None, ids, embeds * 2.0)  # other embeddings: another loss
     assert abs(float(loss.asnumpy()) - float(model(ids, mask, None, ids)[0].asnumpy())) > 1e-4
+
+
+def test_inputs_embeds_with_a_prompt_tuners_virtual_tokens_are_refused():
+    """The virtual tokens are looked up in the tuner's own table before the ids: given embeddings cannot hold
+    them, so the call says so instead of running on misaligned positions."""
+    from mindformers.tuners import PromptTuningConfig
+    from mindformers.tuners.peft import get_peft_model
+
+    model = get_peft_model(_llama(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    assert model.get_base_model().tied_embedding_table() is None  # the trainer differentiates its lookup
+    ids = Tensor(np.zeros((1, 4), np.int32))
+    embeds = ops.zeros((1, 4, 16), ids.dtype).astype("float32")
+    with pytest.raises(ValueError, match="inputs_embeds cannot be given to a model with a prompt tuner's virtual"):
+        model(ids, None, None, None, embeds)

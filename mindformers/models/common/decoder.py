@@ -280,8 +280,8 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
             input_ids, attention_mask, labels = self.with_virtual_tokens(input_ids, attention_mask, labels)
         if position_ids is None and self.prefix_positions:
             position_ids = default_position_ids(attention_mask, *input_ids.shape) + self.prefix_positions
-        hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids, None, None, None,
-                                                 inputs_embeds)
+        hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids,
+                                                 inputs_embeds=inputs_embeds)
         out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul,
                         self.fused_loss if self.training else None)
         if labels is None or self.aux_loss is None:
