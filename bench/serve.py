@@ -32,7 +32,12 @@ tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exact
 Each side runs in its own process with --threads CPU threads and warms up (the engine compiles its graphs
 in ``start_model``, then every configuration runs once; PyTorch runs the base and one LoRA configuration),
 then rounds alternate between the two processes; figures are medians over --rounds:
-- decode tokens/s = batch * (new tokens - 1) / (time of new tokens - time of 1 new token), as generate.py;
+- decode tokens/s = batch / time of one decode step of the whole batch. transformers: (time of new tokens -
+  time of 1 new token) / (new tokens - 1), as generate.py. mindformers: the mean of the engine's own step
+  times (``Engine.decode_steps``: one token for every row, sampling and delivery included) over the steps
+  that ran every row; its scheduler admits requests as they are submitted, so the run's first steps decode
+  fewer rows between prefills, and a difference of wall times measured that admission order too (one
+  round could put 8 adapters above the base);
 - ratio = decode tokens/s with N adapters / decode tokens/s of the base, per side;
 - load s: wall time of loading one adapter (``load_lora`` / ``load_adapter``), median over every load;
 - memory per adapter: mindformers preallocates the pool, so its figure is the pool's bytes per slot
@@ -228,6 +233,16 @@ class MindformersSide:
             self.engine.release_request(MODEL_NAME, handle)
         return outputs
 
+    def full_steps(self, since):
+        """Seconds of each decode step after the first ``since`` (``decode_steps()["steps"]`` of
+        :meth:`steps_run`) that ran every row of the batch."""
+        new = self.steps_run() - since
+        log = self.engine.decode_steps(MODEL_NAME)[-new:] if new else []
+        return [seconds for rows, _, seconds in log if rows == self.args.batch]
+
+    def steps_run(self):
+        return self.engine.metrics(MODEL_NAME)["decode"]["steps"]
+
     def summary(self):
         return {"prompts": self.prompts, "load_seconds": self.load_seconds, "load_rss": self.load_rss,
                 "bytes_per_adapter": self.slot_bytes}
@@ -305,13 +320,21 @@ def run_side(side, args):
         start = time.perf_counter()
         runner.generate(rank, count, 1)
         first = time.perf_counter() - start
+        since = runner.steps_run() if side != "transformers" else 0
         start = time.perf_counter()
         outputs = runner.generate(rank, count, args.new_tokens)
         full = time.perf_counter() - start
         if any(len(row) != args.new_tokens for row in outputs):
             raise RuntimeError(f"{side}: rows decoded {sorted({len(r) for r in outputs})} tokens, "
                                f"expected exactly {args.new_tokens}")
-        reply({"first": first, "full": full, "outputs": outputs})
+        if side == "transformers":  # generate() decodes the whole batch at every step
+            step = (full - first) / (args.new_tokens - 1)
+        else:  # the engine admits rows while others decode: its steps that ran every row
+            steps = runner.full_steps(since)
+            if not steps:
+                raise RuntimeError(f"{side}: no decode step ran all {args.batch} rows")
+            step = statistics.fmean(steps)
+        reply({"first": first, "full": full, "step": step, "outputs": outputs})
     if side != "transformers":
         runner.engine.stop_model(MODEL_NAME)
 
@@ -395,10 +418,8 @@ def main():
 
 def report(args, sides, ready, runs, file_bytes):
     """Medians of the rounds as a dict (written to --out first), then printed as two tables."""
-    def decode(side, config):
-        first = statistics.median(r["first"] for r in runs[(side, config)])
-        full = statistics.median(r["full"] for r in runs[(side, config)])
-        return args.batch * (args.new_tokens - 1) / (full - first)
+    def decode(side, config):  # tokens/s of a decode step of the whole batch
+        return args.batch / statistics.median(r["step"] for r in runs[(side, config)])
 
     def outputs(side, config):  # the last round's generated ids, one list per row
         return runs[(side, config)][-1]["outputs"]

@@ -70,6 +70,7 @@ from .lora import AdapterPool, PreparedAdapter, attach_pool
 from .status import GenerateStatus, ServingError, Status, StatusCode
 
 MIN_PROMPT_BUCKET = 16
+DECODE_LOG = 4096  # decode steps kept for Engine.decode_steps
 BASE = "base"  # the metrics key of requests without an adapter
 REQUEST_KEYS = ("max_new_tokens", "max_length", "min_new_tokens", "do_sample", "top_k", "top_p", "temperature",
                 "repetition_penalty", "eos_token_id", "stop_strings", "seed", "lora_name")
@@ -202,6 +203,9 @@ class _ServedModel:
         self.running: Dict[int, _Request] = {}  # row -> request
         self.requests: Dict[int, _Request] = {}  # handle -> request, until released
         self.counters: Dict[str, Dict[str, int]] = collections.defaultdict(collections.Counter)
+        # the last DECODE_LOG decode steps: (rows decoded, rows with an adapter, seconds), and all steps' totals
+        self.decode_log: collections.deque = collections.deque(maxlen=DECODE_LOG)
+        self.decode_totals = collections.Counter()
         # the adapter cache (module docstring): every known adapter, resident in a slot or not
         self.adapters: Dict[str, dict] = {}  # name -> {path, rank, modules, weight_bytes, slot_bytes[, load_seconds]}
         self.recency: Dict[str, int] = {}  # name -> tick of its last use; the smallest resident one is the LRU
@@ -535,6 +539,7 @@ class _ServedModel:
         """One token for every running row. Rows are the cache rows in order when the batch bucket is the
         whole cache (no copy of the cache); a smaller bucket picks its rows out of the cache, ordered by
         adapter so each adapter's rows are one slice."""
+        start = time.perf_counter()
         max_batch = self.config.max_batch
         with self.cond:
             requests = list(self.running.values())
@@ -567,6 +572,10 @@ class _ServedModel:
             if request is not None:
                 token, reason = request.choose(logits[i])
                 self._deliver(request, token, reason, first=False)
+        seconds = time.perf_counter() - start
+        with self.cond:
+            self.decode_log.append((len(requests), sum(r.lora is not None for r in requests), seconds))
+            self.decode_totals.update(steps=1, tokens=len(requests), seconds=seconds)
 
     def warmup(self) -> None:
         """Compile every prefill and decode graph now (base rows on idle cache rows), so no request waits for
@@ -605,6 +614,8 @@ class _ServedModel:
                                  load_seconds_max=float(counter["load_seconds_max"]))
             out["pool"] = {"slots": self.config.lora_max_num, "resident": len(self.pool.slots),
                            "known": len(self.adapters), "loading": len(self.loads)}
+            out["decode"] = {"steps": int(self.decode_totals["steps"]), "tokens": int(self.decode_totals["tokens"]),
+                             "seconds": float(self.decode_totals["seconds"])}
             return out
 
 
@@ -855,6 +866,14 @@ class Engine:
             self.release_request(model_name, handle)
         return status, list(queue.output_ids)
 
+    def decode_steps(self, model_name: str) -> List[Tuple[int, int, float]]:
+        """The model's last decode steps (up to 4,096), oldest first: (rows decoded, rows with an adapter,
+        seconds). A step's time per token is seconds / rows; steps with every row running give the engine's
+        decode throughput without the admissions around them (``bench/serve.py`` reads it)."""
+        served = self._served(model_name)
+        with served.cond:
+            return list(served.decode_log)
+
     def release_request(self, model_name: str, handle: int) -> Status:
         """Forget a request; one still running is interrupted (its tokens so far stay in its queue)."""
         try:
@@ -865,7 +884,9 @@ class Engine:
     def metrics(self, model_name: str) -> Dict[str, Any]:
         """{running, waiting, adapters: {name: {requests, finished, interrupted, prompt_tokens,
         completion_tokens, and for adapters: hits, misses, evictions, loads, load_seconds, load_seconds_max}},
-        pool: {slots, resident, known, loading}}; ``base`` counts requests without an adapter.
+        pool: {slots, resident, known, loading}, decode: {steps, tokens, seconds}}; ``base`` counts requests
+        without an adapter; ``decode`` sums every decode step (one token for each running row, its sampling
+        and delivery included; prefills not).
 
         A request counts as a hit or a miss when it gets its row: a hit if its adapter was resident when it
         arrived and stayed so, a miss if it had to be loaded. ``load_seconds`` sums every load (read and

@@ -91,6 +91,7 @@ def test_mixed_batch_equals_each_request_alone(engine, reference, monkeypatch):
     bind = pool.bind_rows
     monkeypatch.setattr(pool, "bind_rows", lambda rows: (groups_seen.append(list(rows)), bind(rows)))
     names = [None] + list(ADAPTERS)
+    decode_before = engine.metrics("tiny")["decode"]
     requests = []
     for i, prompt in enumerate(PROMPTS):  # 12 requests on 4 rows: they join and leave between steps
         settings = {"max_new_tokens": 6 + 3 * (i % 4), "do_sample": False}
@@ -102,8 +103,10 @@ def test_mixed_batch_equals_each_request_alone(engine, reference, monkeypatch):
         status, handle, queue = engine.start_request_text("tiny", prompt, {**settings, "lora_name": lora})
         assert status.ok, status.message
         requests.append((prompt, lora, settings, handle, queue))
+    generated = 0
     for prompt, lora, settings, handle, queue in requests:
         got = read_all(queue)
+        generated += len(got)
         assert queue.GenerateStatus() is GenerateStatus.GenerateFinished
         assert queue.finish_reason in ("stop", "length")
         assert got == queue.output_ids
@@ -116,6 +119,15 @@ def test_mixed_batch_equals_each_request_alone(engine, reference, monkeypatch):
     metrics = engine.metrics("tiny")
     assert metrics["adapters"]["base"]["requests"] >= 2
     assert metrics["running"] == 0 and metrics["waiting"] == 0
+    # every token after a request's first (its prefill's) came from a decode step, which the log has
+    steps = metrics["decode"]["steps"] - decode_before["steps"]
+    assert metrics["decode"]["tokens"] - decode_before["tokens"] == generated - len(PROMPTS)
+    log = engine.decode_steps("tiny")[-steps:]
+    assert len(log) == steps and sum(rows for rows, _, _ in log) == generated - len(PROMPTS)
+    assert max(rows for rows, _, _ in log) == 4 and all(0 <= lora_rows <= rows for rows, lora_rows, _ in log)
+    assert any(0 < lora_rows < rows for rows, lora_rows, _ in log)  # adapter rows beside base rows, counted
+    assert all(seconds > 0 for _, _, seconds in log)
+    assert sum(seconds for _, _, seconds in log) == pytest.approx(metrics["decode"]["seconds"] - decode_before["seconds"])
 
 
 def test_stop_strings_end_the_request_as_in_generate(engine, reference, tokenizer):

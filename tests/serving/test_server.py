@@ -511,6 +511,10 @@ def test_prometheus_metrics_count_requests_and_latencies(engine):
         assert value("mindformers_time_to_first_token_seconds_sum", adapter=adapter) > 0
     assert value("mindformers_requests_running") == 0 and value("mindformers_requests_waiting") == 0
     assert value("mindformers_request_errors_total", status="404", code="model_not_found") == 1
+    decode = json_metrics["decode"]  # the engine's decode steps, as the JSON has them
+    assert value("mindformers_decode_steps_total") == decode["steps"] > 0
+    assert value("mindformers_decode_tokens_total") == decode["tokens"] >= decode["steps"]
+    assert value("mindformers_decode_seconds_total") == pytest.approx(decode["seconds"]) and decode["seconds"] > 0
 
 
 # ------------------------------------------------------------------------------------------- fuzzing
