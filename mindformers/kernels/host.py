@@ -247,7 +247,8 @@ def lora_delta(x, a, bt, ranks, row_slots, base=None):
     """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
 
     Args:
-        x: float32 [rows, ..., in]; a: float32 [slots, max_rank, in]; bt: float32 [slots, max_rank, out];
+        x: float32 [rows, ..., in]; a: [slots, max_rank, in] and bt: [slots, max_rank, out], both float32 or
+            both float16 (widened to float32 as they are read);
         ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none;
         base: float32 [rows, ..., out] or None: added to the product (in the kernel, not as a graph op).
     Returns:

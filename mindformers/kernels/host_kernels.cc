@@ -9,6 +9,9 @@
 // the two.
 #include <math.h>
 #include <unistd.h>
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -188,6 +191,47 @@ inline vfloat vload(const float *p) {  // unaligned
 
 inline void vstore(float *p, vfloat v) { std::memcpy(p, &v, sizeof v); }
 
+// IEEE binary16 as numpy's float16 stores it: the serving pool's factors may be kept in it (half the bytes
+// a decode step reads); they are widened to float32 as they are loaded, the arithmetic stays float32.
+struct half_t { uint16_t bits; };
+
+inline float to_float(float v) { return v; }
+
+inline float to_float(half_t h) {
+#if defined(__F16C__) || defined(__AVX512F__)
+  return _cvtsh_ss(h.bits);
+#else
+  const uint32_t sign = (h.bits & 0x8000u) << 16, exp = (h.bits >> 10) & 0x1f, man = h.bits & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf, nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);  // normal: rebias 15 -> 127
+  } else if (man == 0) {
+    bits = sign;  // zero
+  } else {  // subnormal: man * 2^-24
+    float value = std::ldexp(static_cast<float>(man), -24);
+    std::memcpy(&bits, &value, sizeof bits);
+    bits |= sign;
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+#endif
+}
+
+inline vfloat vload(const half_t *p) {  // unaligned, widened
+#if defined(__AVX512F__)
+  return (vfloat)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(p)));
+#elif defined(__F16C__) && defined(__AVX__)
+  return (vfloat)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+#else
+  vfloat v;
+  for (int k = 0; k < VW; ++k) v[k] = to_float(p[k]);
+  return v;
+#endif
+}
+
 inline float hsum(vfloat v) {  // a tree of halves: lane by lane would be VW dependent adds
   vfloat4 part[VW / 4], total;
   std::memcpy(part, &v, sizeof v);
@@ -205,8 +249,8 @@ template <int TB> constexpr int out_block() { return TB == 1 ? 8 : (VW == 16 ? 4
 
 // h[t * ld + r] = x[t] . a[r] for t < TB, r < RB: one pass over `in` for the whole block, one horizontal
 // sum per accumulator at the end.  x: TB rows of `in`, a [RB, in].
-template <int TB, int RB>
-void lora_dots(const float *const *x, const float *a, int64_t in, float *h, int64_t ld) {
+template <int TB, int RB, typename T>
+void lora_dots(const float *const *x, const T *a, int64_t in, float *h, int64_t ld) {
   vfloat acc[TB][RB] = {};
   int64_t i = 0;
   for (; i + VW <= in; i += VW) {
@@ -220,15 +264,15 @@ void lora_dots(const float *const *x, const float *a, int64_t in, float *h, int6
   for (int t = 0; t < TB; ++t)
     for (int r = 0; r < RB; ++r) {
       float sum = hsum(acc[t][r]);
-      for (int64_t k = i; k < in; ++k) sum += x[t][k] * a[r * in + k];
+      for (int64_t k = i; k < in; ++k) sum += x[t][k] * to_float(a[r * in + k]);
       h[t * ld + r] = sum;
     }
 }
 
 // out[t, :NV * VW] (+)= h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
 // ranks and is stored once (added to what out holds if `add`).  h [TB, rank], bt [rank, out_n], out: TB rows.
-template <int TB, int NV>
-void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, float *const *out, int64_t o, bool add) {
+template <int TB, int NV, typename T>
+void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o, bool add) {
   vfloat acc[TB][NV] = {};
   if (add)
     for (int t = 0; t < TB; ++t)
@@ -248,48 +292,63 @@ void lora_tile(const float *h, int64_t rank, const float *bt, int64_t out_n, flo
 // out [out_n] = h [rank] . bt [rank, out_n] for a block of one token, whose adapter is read once and from
 // memory when each row has its own: bt is streamed 4 rows at a time, front to back (tiles across its rows, as
 // lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher).
-void lora_row(const float *h, int64_t rank, const float *bt, int64_t out_n, float *out, bool add) {
+template <typename T>
+void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, bool add) {
   if (!add) std::memset(out, 0, sizeof(float) * out_n);
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const float h0 = h[j], h1 = h[j + 1], h2 = h[j + 2], h3 = h[j + 3];
-    const float *b0 = bt + j * out_n, *b1 = b0 + out_n, *b2 = b1 + out_n, *b3 = b2 + out_n;
+    const T *b0 = bt + j * out_n, *b1 = b0 + out_n, *b2 = b1 + out_n, *b3 = b2 + out_n;
     int64_t o = 0;
     for (; o + VW <= out_n; o += VW)
       vstore(out + o, vload(out + o) + ((h0 * vload(b0 + o) + h1 * vload(b1 + o)) +
                                         (h2 * vload(b2 + o) + h3 * vload(b3 + o))));
-    for (; o < out_n; ++o) out[o] += (h0 * b0[o] + h1 * b1[o]) + (h2 * b2[o] + h3 * b3[o]);
+    for (; o < out_n; ++o)
+      out[o] += (h0 * to_float(b0[o]) + h1 * to_float(b1[o])) + (h2 * to_float(b2[o]) + h3 * to_float(b3[o]));
   }
   for (; j < rank; ++j) {
-    const float hj = h[j], *bj = bt + j * out_n;
+    const float hj = h[j];
+    const T *bj = bt + j * out_n;
     int64_t o = 0;
     for (; o + VW <= out_n; o += VW) vstore(out + o, vload(out + o) + hj * vload(bj + o));
-    for (; o < out_n; ++o) out[o] += hj * bj[o];
+    for (; o < out_n; ++o) out[o] += hj * to_float(bj[o]);
   }
 }
 
 // out[t] (+)= (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n; added to what out
 // holds if `add`); h: room for [TB, rank].
-template <int TB>
-void lora_tokens(const float *const *x, const float *a, const float *bt, int64_t rank, int64_t in, int64_t out_n,
+template <int TB, typename T>
+void lora_tokens(const float *const *x, const T *a, const T *bt, int64_t rank, int64_t in, int64_t out_n,
                  float *h, float *const *out, bool add) {
   constexpr int RB = rank_block<TB>(), NV = out_block<TB>();
   int64_t j = 0;
-  for (; j + RB <= rank; j += RB) lora_dots<TB, RB>(x, a + j * in, in, h + j, rank);
-  for (; j < rank; ++j) lora_dots<TB, 1>(x, a + j * in, in, h + j, rank);
+  for (; j + RB <= rank; j += RB) lora_dots<TB, RB, T>(x, a + j * in, in, h + j, rank);
+  for (; j < rank; ++j) lora_dots<TB, 1, T>(x, a + j * in, in, h + j, rank);
   if (TB == 1) {
     lora_row(h, rank, bt, out_n, out[0], add);
     return;
   }
   int64_t o = 0;
-  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV>(h, rank, bt, out_n, out, o, add);
-  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1>(h, rank, bt, out_n, out, o, add);
+  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o, add);
+  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o, add);
   for (int t = 0; t < TB; ++t)
     for (int64_t k = o; k < out_n; ++k) {
       float sum = 0;
-      for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * bt[r * out_n + k];
+      for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * to_float(bt[r * out_n + k]);
       out[t][k] = add ? out[t][k] + sum : sum;
     }
+}
+
+// One block of tokens of one adapter, by the number of tokens (factors of type T).
+template <typename T>
+void lora_block(const float *const *xs, const T *a, const T *bt, int64_t count, int64_t rank, int64_t in,
+                int64_t out_n, float *h, float *const *os, bool add) {
+  switch (count) {
+    case 4: lora_tokens<4>(xs, a, bt, rank, in, out_n, h, os, add); break;
+    case 3: lora_tokens<3>(xs, a, bt, rank, in, out_n, h, os, add); break;
+    case 2: lora_tokens<2>(xs, a, bt, rank, in, out_n, h, os, add); break;
+    default: lora_tokens<1>(xs, a, bt, rank, in, out_n, h, os, add);
+  }
 }
 
 // silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
@@ -663,21 +722,22 @@ int embedding_grad_add(int nparam, void **params, int *ndims, int64_t **shapes, 
 // go in blocks of TOKENS: the adapter's factors are read once per block, not once per token.
 // With a sixth input `base` [rows, ..., out] the output is base + that (the layer's own product; one op less
 // per layer than adding it in the graph).
-// inputs: x [rows, ..., in] float32, a [slots, max_rank, in] float32, bt [slots, max_rank, out] float32,
-// ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are ignored), optional base;
-// output: [rows, ..., out] float32.
+// inputs: x [rows, ..., in] float32, a [slots, max_rank, in] and bt [slots, max_rank, out] both float32 or
+// both float16 (widened as read), ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are
+// ignored), optional base; output: [rows, ..., out] float32.
 int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if ((nparam != 6 && nparam != 7) || ndims[0] < 2 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 ||
       ndims[4] != 1)
     return 1;
-  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0 ||
-      std::strcmp(dtypes[2], "float32") != 0 || std::strcmp(dtypes[3], "int32") != 0 ||
+  const bool half = std::strcmp(dtypes[1], "float16") == 0;
+  if (std::strcmp(dtypes[0], "float32") != 0 || (!half && std::strcmp(dtypes[1], "float32") != 0) ||
+      std::strcmp(dtypes[2], dtypes[1]) != 0 || std::strcmp(dtypes[3], "int32") != 0 ||
       std::strcmp(dtypes[4], "int32") != 0 || std::strcmp(dtypes[5], "float32") != 0 ||
       (nparam == 7 && std::strcmp(dtypes[6], "float32") != 0))
     return 3;
   const float *x = static_cast<const float *>(params[0]);
-  const float *a = static_cast<const float *>(params[1]);
-  const float *bt = static_cast<const float *>(params[2]);
+  const char *a = static_cast<const char *>(params[1]), *bt = static_cast<const char *>(params[2]);
+  const size_t factor_bytes = half ? sizeof(half_t) : sizeof(float);
   const int32_t *ranks = static_cast<const int32_t *>(params[3]);
   const int32_t *row_slots = static_cast<const int32_t *>(params[4]);
   const float *base = nparam == 7 ? static_cast<const float *>(params[5]) : nullptr;  // out = base + delta
@@ -725,18 +785,19 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
       const Block &blk = blocks[b];
-      const float *xs[TOKENS], *as = a + blk.slot * max_rank * in, *bs = bt + blk.slot * max_rank * out_n;
+      const float *xs[TOKENS];
+      const char *as = a + blk.slot * max_rank * in * factor_bytes, *bs = bt + blk.slot * max_rank * out_n * factor_bytes;
       float *os[TOKENS];
       for (int64_t t = 0; t < blk.count; ++t) {
         xs[t] = x + blk.token[t] * in;
         os[t] = out + blk.token[t] * out_n;
       }
-      switch (blk.count) {
-        case 4: lora_tokens<4>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
-        case 3: lora_tokens<3>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
-        case 2: lora_tokens<2>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add); break;
-        default: lora_tokens<1>(xs, as, bs, blk.rank, in, out_n, h.data(), os, add);
-      }
+      if (half)
+        lora_block(xs, reinterpret_cast<const half_t *>(as), reinterpret_cast<const half_t *>(bs), blk.count,
+                   blk.rank, in, out_n, h.data(), os, add);
+      else
+        lora_block(xs, reinterpret_cast<const float *>(as), reinterpret_cast<const float *>(bs), blk.count,
+                   blk.rank, in, out_n, h.data(), os, add);
     }
   };
   const int64_t count = static_cast<int64_t>(blocks.size());

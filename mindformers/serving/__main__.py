@@ -27,6 +27,8 @@ import sys
 import time
 from typing import List, Optional, Tuple
 
+from .config import LORA_DTYPES
+
 
 def lora_argument(value: str) -> Tuple[str, str]:
     """``name=path`` -> (name, path), for ``--lora``."""
@@ -50,6 +52,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=512, help="longest request: prompt + new tokens")
     parser.add_argument("--lora-max-num", type=int, default=8, help="adapters loaded at once")
     parser.add_argument("--lora-max-rank", type=int, default=64, help="highest adapter rank")
+    parser.add_argument("--lora-dtype", choices=LORA_DTYPES, default="float32",
+                        help="how the adapter pool keeps the factors (float16: half the memory and bytes read "
+                             "per step; the product stays float32)")
     parser.add_argument("--scaled-adapters", action="store_true",
                         help="serve DoRA and IA3 adapters too (a per-row scale in every adapted layer, also for "
                              "LoRA-only batches)")
@@ -86,6 +91,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     config = (RuntimeConfigBuilder(name, model=args.model).max_batch(args.max_batch).max_length(args.max_length)
               .lora_max_num(args.lora_max_num).lora_max_rank(args.lora_max_rank).scaled_adapters(args.scaled_adapters)
+              .lora_dtype(args.lora_dtype)
               .max_queue(args.max_queue).build())
     engine = Engine()
     try:

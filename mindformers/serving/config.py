@@ -10,6 +10,8 @@ from typing import List, Optional
 from .status import ServingError, StatusCode
 
 
+LORA_DTYPES = ("float32", "float16")  # what the adapter pool may keep its factors in
+
 @dataclass
 class RuntimeConfig:
     """Limits of one served model. Every buffer (KV cache, adapter pool) is allocated from these once."""
@@ -32,6 +34,10 @@ class RuntimeConfig:
     lora_kernel: str = "auto"
     """The multi-LoRA product (``serving/lora_kernels.py``): ``host`` (the C++ kernel, CPU), ``gather``
     (MindSpore ops, any device) or ``auto`` (``host`` where it runs, else ``gather``)."""
+    lora_dtype: str = "float32"
+    """How the pool keeps the adapters' factors: ``float32``, or ``float16`` (half the pool's memory and of
+    the bytes a decode step reads; the factors are rounded to float16 at load, the product is computed in
+    float32). Adapters whose factors exceed float16's range (65,504) are refused."""
     scaled_adapters: bool = False
     """Serve DoRA and IA3 adapters too (beside LoRA, mixed in one batch); costs a per-row scale in every
     targeted layer, also for LoRA-only batches. Off: such adapters are refused."""
@@ -47,6 +53,9 @@ class RuntimeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ServingError(StatusCode.INVALID_REQUEST, f"{name} must be a positive integer, found {value!r}")
+        if self.lora_dtype not in LORA_DTYPES:
+            raise ServingError(StatusCode.INVALID_REQUEST, f"lora_dtype must be one of {', '.join(LORA_DTYPES)}, "
+                                                            f"found {self.lora_dtype!r}")
         if not isinstance(self.scaled_adapters, bool):
             raise ServingError(StatusCode.INVALID_REQUEST, f"scaled_adapters must be True or False, found "
                                                             f"{self.scaled_adapters!r}")
@@ -90,6 +99,9 @@ class RuntimeConfigBuilder:
 
     def lora_kernel(self, name: str) -> "RuntimeConfigBuilder":
         return self._set("lora_kernel", name)
+
+    def lora_dtype(self, name: str) -> "RuntimeConfigBuilder":
+        return self._set("lora_dtype", name)
 
     def scaled_adapters(self, on: bool) -> "RuntimeConfigBuilder":
         return self._set("scaled_adapters", on)

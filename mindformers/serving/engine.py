@@ -183,7 +183,7 @@ class _ServedModel:
         try:
             self.pool: AdapterPool = attach_pool(self.model, config.lora_target_modules, config.lora_max_num,
                                                  config.lora_max_rank, config.max_batch, config.lora_kernel,
-                                                 config.scaled_adapters)
+                                                 config.scaled_adapters, config.lora_dtype)
         except ValueError as err:
             raise ServingError(StatusCode.INVALID_REQUEST, str(err)) from None
         self.cache_len = config.max_length + 1

@@ -135,16 +135,19 @@ class AdapterPool:
         max_rows: the most rows a step runs (the engine's max_batch).
         kernel: ``auto``, ``host`` or ``gather`` (see ``lora_kernels.py``).
         scaled: also hold per-slot row scales, so DoRA and IA3 adapters are served (``scaled_adapters``).
+        dtype: ``float32`` or ``float16``, the factors' type in the pool (``lora_dtype``); the product is
+            float32 either way.
     """
 
     def __init__(self, layers: Dict[str, Tuple[int, int]], max_num: int, max_rank: int, max_rows: int,
-                 kernel: str = "auto", scaled: bool = False):
+                 kernel: str = "auto", scaled: bool = False, dtype: str = "float32"):
         self.layers = dict(layers)
         self.max_num, self.max_rank, self.max_rows = max_num, max_rank, max_rows
         self.kernel = lora_kernels.choose(kernel)
         self.scaled = scaled
-        self.a = {p: _zeros((max_num, max_rank, i)) for p, (i, o) in layers.items()}
-        self.bt = {p: _zeros((max_num, max_rank, o)) for p, (i, o) in layers.items()}
+        self.dtype = np.dtype(dtype)
+        self.a = {p: _zeros((max_num, max_rank, i), self.dtype) for p, (i, o) in layers.items()}
+        self.bt = {p: _zeros((max_num, max_rank, o), self.dtype) for p, (i, o) in layers.items()}
         self.ranks = {p: _zeros(max_num, np.int32) for p in layers}  # 0: the adapter leaves that layer alone
         # row scales, indexed by slot + 1 (row 0: base rows): y = out * base(in * x) + delta(x) * out + shift
         self.out_scale = {p: _ones((max_num + 1, o)) for p, (i, o) in layers.items()} if scaled else {}
@@ -173,7 +176,7 @@ class AdapterPool:
     @property
     def slot_bytes(self) -> int:
         """Bytes one slot takes across all layers."""
-        size = sum(4 * self.max_rank * (i + o) for i, o in self.layers.values())
+        size = sum(self.dtype.itemsize * self.max_rank * (i + o) for i, o in self.layers.values())
         if self.scaled:
             size += sum(4 * (i + o) for i, o in self.layers.values()) + sum(4 * self.layers[p][1] for p in self.shift)
         return size
@@ -230,9 +233,15 @@ class AdapterPool:
         for path, (a, b) in files.factors.items():
             r = a.shape[0]
             fan_in, fan_out = self.layers[path]
-            a_slot, bt_slot = np.zeros((self.max_rank, fan_in), np.float32), np.zeros((self.max_rank, fan_out), np.float32)
-            a_slot[:r] = a
-            bt_slot[:r] = (files.scaling[path] * b.astype(np.float64)).T
+            a_slot, bt_slot = np.zeros((self.max_rank, fan_in), self.dtype), np.zeros((self.max_rank, fan_out), self.dtype)
+            with np.errstate(over="ignore"):
+                a_slot[:r] = a
+                bt_slot[:r] = (files.scaling[path] * b.astype(np.float64)).T
+            if not (np.isfinite(a_slot).all() and np.isfinite(bt_slot).all()):
+                raise _invalid(f"{directory}: the factors of {path} do not fit the pool's {self.dtype.name} "
+                               f"(largest |A| {np.abs(a).max():.4g}, |scaling * B| "
+                               f"{np.abs(files.scaling[path] * b.astype(np.float64)).max():.4g}; float16 holds "
+                               "up to 65504); serve it with lora_dtype float32")
             tensors[path], ranks[path] = (a_slot, bt_slot), r
         scales: Dict[str, Dict[str, np.ndarray]] = {"out": {}, "in": {}, "shift": {}}
         for path, magnitude in files.magnitudes.items():
@@ -465,9 +474,9 @@ class MultiLoraLinear(nn.Cell):
 
 
 def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int, max_rows: int,
-                kernel: str = "auto", scaled: bool = False) -> AdapterPool:
+                kernel: str = "auto", scaled: bool = False, dtype: str = "float32") -> AdapterPool:
     """Replace the layers adapters may target by :class:`MultiLoraLinear` sharing one new pool (with row
-    scales when ``scaled``)."""
+    scales when ``scaled``; factors in ``dtype``)."""
     from ..tuners.lora.config import LoraConfig
     from ..tuners.lora.model import is_target
 
@@ -478,7 +487,7 @@ def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: in
         raise _invalid(f"lora_target_modules {target_modules!r} match no linear layer; layers are named like "
                        f"{', '.join(list(linear)[:4])}")
     pool = AdapterPool({n: (c.in_features, c.out_features) for n, c in chosen.items()}, max_num, max_rank,
-                       max_rows, kernel, scaled)
+                       max_rows, kernel, scaled, dtype)
     for name, cell in chosen.items():
         replace_module(model, name, MultiLoraLinear(cell, pool, name))
     for path, param in model.parameters_and_names():  # keep the checkpoint names ("...q_proj.weight")

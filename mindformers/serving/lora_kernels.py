@@ -5,7 +5,8 @@ Every kernel computes, for ``x [rows, ..., in]`` and the adapter pool of one lay
     out[row] = (x[row] @ a[s, :k]^T) @ bt[s, :k]      s = row_slots[row], k = ranks[s]
     out[row] = 0                                       where s < 0 (a base row) or k = 0
 
-with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``), ``ranks [slots]`` int32
+with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``; both float32 or both
+float16, the pool's ``lora_dtype``, widened to float32 as they are read), ``ranks [slots]`` int32
 and ``row_slots [>= rows]`` int32 (entries past ``rows`` are ignored). All are graph inputs (the pool's
 Parameters), so one compiled step serves any mix of adapters; the output is float32. Given ``base`` (the
 layer's own output, float32), a kernel returns ``base + out`` (the host kernel adds it as it writes).
@@ -22,7 +23,7 @@ import mindspore as ms
 from mindspore import ops
 
 from ..kernels import host
-from ..models.common.layers import arange
+from ..models.common.layers import arange, cast
 
 
 def host_delta(x, a, bt, ranks, row_slots, base=None):
@@ -35,8 +36,9 @@ def gather_delta(x, a, bt, ranks, row_slots, base=None):
     index = ops.maximum(slots, 0)
     rank = ops.gather(ranks, index, 0) * (slots >= 0).astype(ms.int32)  # [rows]; 0 for base rows
     keep = (arange(0, a.shape[1]).reshape(1, 1, -1) < rank.reshape(-1, 1, 1)).astype(ms.float32)
-    hidden = ops.bmm(x.reshape(rows, -1, fan_in), ops.gather(a, index, 0).swapaxes(1, 2)) * keep
-    out = ops.bmm(hidden, ops.gather(bt, index, 0)).reshape(x.shape[:-1] + (bt.shape[-1],))
+    a_rows, bt_rows = cast(ops.gather(a, index, 0), ms.float32), cast(ops.gather(bt, index, 0), ms.float32)
+    hidden = ops.bmm(x.reshape(rows, -1, fan_in), a_rows.swapaxes(1, 2)) * keep
+    out = ops.bmm(hidden, bt_rows).reshape(x.shape[:-1] + (bt.shape[-1],))
     return out if base is None else base + out
 
 

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from mindformers.kernels import host
 from mindformers.serving import Engine, GenerateStatus, RuntimeConfigBuilder, ServingError, StatusCode
@@ -194,6 +195,50 @@ def test_bad_requests_are_refused_with_a_reason(engine):
         status, handle, queue = engine.start_request_ids(*args)
         assert status.code is code and words in status.message, (args, status)
         assert handle is None and queue is None
+
+
+def test_float16_pool_serves_the_factors_rounded_to_float16(model_dir, adapter_dirs, tokenizer, tmp_path):
+    """``lora_dtype("float16")``: half the pool's bytes, and each request gets the ids ``generate`` gives with
+    the adapter's factors rounded to float16 (alpha / r = 2 scales B exactly); factors float16 cannot hold are
+    refused with the option to use."""
+    rounded = tmp_path / "all-8-fp16"
+    rounded.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        data = open(os.path.join(adapter_dirs["all-8"], name), "rb").read()
+        (rounded / name).write_bytes(data)
+    tensors = load_file(str(rounded / "adapter_model.safetensors"))
+    save_file({k: v.astype(np.float16).astype(np.float32) for k, v in tensors.items()},
+              str(rounded / "adapter_model.safetensors"))
+    peft = PeftModel.from_pretrained(tiny_model(), str(rounded))
+    peft.base_model.generation_mode = "pynative"
+
+    engine = Engine()
+    engine.install_model(RuntimeConfigBuilder("half", model=model_dir).max_batch(2).max_length(64).lora_max_num(2)
+                         .lora_max_rank(8).lora_dtype("float16").warmup(False).build())
+    engine.start_model("half")
+    try:
+        engine.load_lora("half", "all-8", adapter_dirs["all-8"])
+        # 2 bytes x rank 8 x 2 layers x (in + out) of their 7 linear layers (q 64+64, k 64+32, v 64+32, o 64+64,
+        # gate 64+128, up 64+128, down 128+64)
+        assert engine.loras("half")["all-8"]["slot_bytes"] == 2 * 8 * 2 * 1024
+        for prompt in ("Tell me about robots", "Hi"):
+            ids = tokenizer(prompt)["input_ids"]
+            status, got = engine.sync_request("half", ids, {"max_new_tokens": 8, "min_new_tokens": 8,
+                                                            "lora_name": "all-8"})
+            assert status.ok
+            assert got == peft.generate(ids, max_new_tokens=8, min_new_tokens=8)[0, len(ids):].tolist()
+        huge = tmp_path / "huge"
+        config = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+        get_peft_model(tiny_model(), config, seed=0).save_pretrained(str(huge))
+        tensors = load_file(str(huge / "adapter_model.safetensors"))
+        save_file({k: v * (1e6 if "lora_B" in k else 1) for k, v in tensors.items()}, str(huge / "adapter_model.safetensors"))
+        with pytest.raises(ServingError) as info:
+            engine.load_lora("half", "huge", str(huge))
+        assert "float16" in info.value.message and "lora_dtype float32" in info.value.message
+    finally:
+        engine.uninstall_model("half")
+    with pytest.raises(ServingError, match="lora_dtype must be one of float32, float16, found 'bfloat16'"):
+        RuntimeConfigBuilder("x", model=model_dir).lora_dtype("bfloat16").build()
 
 
 def test_adapter_loading_errors(engine, adapter_dirs, tmp_path):

@@ -55,6 +55,29 @@ def test_kernel_matches_numpy(kernel, row_slots, seq):
         np.testing.assert_allclose(got, base + want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("fan_in, fan_out, seq", [(6, 5, 1), (37, 83, 1), (37, 83, 7), (64, 48, 5)])
+def test_float16_factors_are_widened(kernel, fan_in, fan_out, seq):
+    """A float16 pool (``lora_dtype``): the product of the float16 factors, computed in float32; sizes with
+    and without vector tails, one-token rows and blocks of tokens."""
+    rng = np.random.default_rng(fan_in + seq)
+    a, bt, ranks = pool_arrays(rng, max_rank=8, fan_in=fan_in, fan_out=fan_out)
+    a, bt = a.astype(np.float16), bt.astype(np.float16)  # 1e6 beyond the ranks: inf in float16, never read
+    x = rng.normal(size=(8, seq, fan_in)).astype(np.float32)
+    slots = np.array([0, 2, -1, 0, 2, 1, 3, 3], np.int32)
+    want = expected(x, a, bt, ranks, slots)
+    base = rng.normal(size=(8, seq, fan_out)).astype(np.float32)
+    fn = lora_kernels.KERNELS[kernel]
+    if kernel == "gather":  # it multiplies at max_rank (masked): the factors beyond a rank must be finite
+        a[np.isinf(a)] = 0
+    for call in (fn, ms.jit(fn)):
+        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, base + want, rtol=1e-5, atol=1e-4)
+    # float32 factors give another product (the float16 rounding is what the pool serves)
+    assert not np.allclose(want, expected(x, a.astype(np.float32) * (1 + 1e-3), bt, ranks, slots), atol=1e-4)
+
+
 @pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
 def test_host_kernel_threads_and_high_ranks():
     """Enough work for the kernel's two threads, and a rank above its 256-wide block."""
@@ -88,10 +111,13 @@ def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_pool_writes_reach_a_compiled_step(kernel):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_pool_writes_reach_a_compiled_step(kernel, dtype):
     """Loading, unloading and binding rows write the pool's Parameters in place: a step compiled before sees
     them (no recompilation)."""
-    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=4, max_rows=4, kernel=kernel)
+    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=4, max_rows=4, kernel=kernel, dtype=dtype)
+    assert pool.a["layer"].dtype == pool.bt["layer"].dtype == getattr(ms, dtype)
+    assert pool.slot_bytes == np.dtype(dtype).itemsize * 4 * (6 + 5)
     layer = MultiLoraLinear(Linear(6, 5, bias=False), pool, "layer")
     layer.base.weight.set_data(Tensor(np.zeros((5, 6), np.float32)))  # the output is the adapters' delta alone
     step = ms.jit(layer.construct)
@@ -99,7 +125,9 @@ def test_pool_writes_reach_a_compiled_step(kernel):
     assert not step(Tensor(x)).asnumpy().any()  # nothing loaded, every row base
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
-    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), np.pad(b.T, ((0, 1), (0, 0))))}, {"layer": 3})
+    a, b = a.astype(dtype).astype(np.float32), b.astype(dtype).astype(np.float32)  # as the pool holds them
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))).astype(dtype), np.pad(b.T, ((0, 1), (0, 0))).astype(dtype))},
+                {"layer": 3})
     pool.bind_rows([-1, 1, 1])
     got = step(Tensor(x)).asnumpy()
     assert not got[0].any() and not got[3].any()
