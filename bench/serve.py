@@ -4,7 +4,7 @@
 Usage:
     python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
-                          [--sides mindformers transformers mindformers-scaled] [--out serve.json] [--quick]
+                          [--sides mindformers transformers mindformers-scaled mindformers-float16] [--out serve.json] [--quick]
     python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
     python bench/serve.py --soak SECONDS [--soak-clients 64] [--soak-adapters 16] [--soak-slots 8]
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
@@ -29,6 +29,9 @@ tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exact
 - mindformers-scaled (not run by default): the engine with ``scaled_adapters`` on (``--scaled-adapters`` of
   the server: DoRA and IA3 servable, per-slot row scales around the LoRA kernels) serving the same LoRA
   adapters; ``--sides mindformers mindformers-scaled`` measures what the scales cost a whole decode step.
+- mindformers-float16 (not run by default): the engine with ``lora_dtype("float16")`` (``--lora-dtype
+  float16`` of the server: the pool keeps the factors in half the bytes, the product stays float32);
+  ``--sides mindformers mindformers-float16`` compares the two pools round by round.
 Each side runs in its own process with --threads CPU threads and warms up (the engine compiles its graphs
 in ``start_model``, then every configuration runs once; PyTorch runs the base and one LoRA configuration),
 then rounds alternate between the two processes; figures are medians over --rounds:
@@ -85,7 +88,7 @@ ROOT = os.path.dirname(HERE)
 PRESET = "smollm2_135m_instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2"
-SIDES = ("mindformers", "transformers", "mindformers-scaled")
+SIDES = ("mindformers", "transformers", "mindformers-scaled", "mindformers-float16")
 SEED = 0
 
 
@@ -185,7 +188,7 @@ def vm_rss():
 class MindformersSide:
     """The serving engine with one installed model; adapters of one rank loaded at a time."""
 
-    def __init__(self, args, scaled=False):
+    def __init__(self, args, scaled=False, lora_dtype="float32"):
         sys.path.insert(0, ROOT)
         from mindformers.serving import Engine, RuntimeConfigBuilder
 
@@ -194,7 +197,7 @@ class MindformersSide:
             RuntimeConfigBuilder(MODEL_NAME, model=PRESET).max_batch(args.batch)
             .max_length(args.prompt_tokens + args.new_tokens + 8).max_queue(args.batch)
             .lora_max_num(max(args.adapters)).lora_max_rank(max(args.ranks)).lora_target_modules(args.targets)
-            .scaled_adapters(scaled).build())
+            .scaled_adapters(scaled).lora_dtype(lora_dtype).build())
         self.engine.start_model(MODEL_NAME)  # compiles every prefill and decode graph (warmup=True)
         self.prompts = batch_prompts(self.engine.tokenizer(MODEL_NAME), args.batch, args.prompt_tokens)
         self.load_seconds, self.load_rss = {r: [] for r in args.ranks}, {r: [] for r in args.ranks}
@@ -306,7 +309,10 @@ def configurations(args):
 
 
 def run_side(side, args):
-    runner = TransformersSide(args) if side == "transformers" else MindformersSide(args, side == "mindformers-scaled")
+    if side == "transformers":
+        runner = TransformersSide(args)
+    else:
+        runner = MindformersSide(args, side == "mindformers-scaled", "float16" if side == "mindformers-float16" else "float32")
     # Warm-up: MindSpore compiles its graphs, so each configuration runs once; PyTorch compiles nothing, and
     # one base and one LoRA run fill its caches (its runs with many adapters take minutes each).
     for rank, count in configurations(args) if side != "transformers" else configurations(args)[:2]:
@@ -585,9 +591,11 @@ def targets(results, names):
     if "transformers" in names:
         base = results["base"]
         add("base decode / PEFT's plain model", base["mindformers"]["decode"] / base["transformers"]["decode"], 1.0)
-    for (rank, count), goal in (((8, 8), 0.9), ((8, 32), 0.8), ((64, 8), 0.75)):
-        if (rank, count) in rows:
-            add(f"{count} adapters rank {rank} / our base", rows[(rank, count)]["mindformers"]["ratio"], goal)
+    for side in [n for n in names if n.startswith("mindformers")]:
+        pool = "" if side == "mindformers" else f" ({side[len('mindformers-'):]})"
+        for (rank, count), goal in (((8, 8), 0.9), ((8, 32), 0.8), ((64, 8), 0.75)):
+            if (rank, count) in rows:
+                add(f"{count} adapters rank {rank} / our base{pool}", rows[(rank, count)][side]["ratio"], goal)
     if "transformers" in names and (8, 8) in rows:
         row = rows[(8, 8)]
         add("8 adapters rank 8 / PEFT's mixed batch", row["mindformers"]["decode"] / row["transformers"]["decode"],
