@@ -4,7 +4,8 @@
 Usage:
     python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
-                          [--sides mindformers transformers mindformers-scaled mindformers-float16] [--out serve.json] [--quick]
+                          [--sides mindformers transformers mindformers-scaled mindformers-float16]
+                          [--out serve.json] [--quick]
     python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
     python bench/serve.py --soak SECONDS [--soak-clients 64] [--soak-adapters 16] [--soak-slots 8]
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
@@ -237,13 +238,14 @@ class MindformersSide:
         return outputs
 
     def full_steps(self, since):
-        """Seconds of each decode step after the first ``since`` (``decode_steps()["steps"]`` of
-        :meth:`steps_run`) that ran every row of the batch."""
+        """Seconds of the decode steps run since :meth:`steps_run` returned ``since`` that ran every row of
+        the batch."""
         new = self.steps_run() - since
         log = self.engine.decode_steps(MODEL_NAME)[-new:] if new else []
         return [seconds for rows, _, seconds in log if rows == self.args.batch]
 
     def steps_run(self):
+        """Decode steps the engine has run so far."""
         return self.engine.metrics(MODEL_NAME)["decode"]["steps"]
 
     def summary(self):
@@ -312,7 +314,8 @@ def run_side(side, args):
     if side == "transformers":
         runner = TransformersSide(args)
     else:
-        runner = MindformersSide(args, side == "mindformers-scaled", "float16" if side == "mindformers-float16" else "float32")
+        lora_dtype = "float16" if side == "mindformers-float16" else "float32"
+        runner = MindformersSide(args, side == "mindformers-scaled", lora_dtype)
     # Warm-up: MindSpore compiles its graphs, so each configuration runs once; PyTorch compiles nothing, and
     # one base and one LoRA run fill its caches (its runs with many adapters take minutes each).
     for rank, count in configurations(args) if side != "transformers" else configurations(args)[:2]:
@@ -323,10 +326,12 @@ def run_side(side, args):
         rank, count = json.loads(line)
         if count:
             runner.use_rank(rank)  # mindformers: swaps the pool's adapters when the rank changes; not timed
-        start = time.perf_counter()
-        runner.generate(rank, count, 1)
-        first = time.perf_counter() - start
-        since = runner.steps_run() if side != "transformers" else 0
+        if side == "transformers":  # what the prefill and first token cost, subtracted below
+            start = time.perf_counter()
+            runner.generate(rank, count, 1)
+            first = time.perf_counter() - start
+        else:
+            since = runner.steps_run()
         start = time.perf_counter()
         outputs = runner.generate(rank, count, args.new_tokens)
         full = time.perf_counter() - start
@@ -340,7 +345,7 @@ def run_side(side, args):
             if not steps:
                 raise RuntimeError(f"{side}: no decode step ran all {args.batch} rows")
             step = statistics.fmean(steps)
-        reply({"first": first, "full": full, "step": step, "outputs": outputs})
+        reply({"step": step, "outputs": outputs})
     if side != "transformers":
         runner.engine.stop_model(MODEL_NAME)
 

@@ -736,8 +736,6 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
       (nparam == 7 && std::strcmp(dtypes[6], "float32") != 0))
     return 3;
   const float *x = static_cast<const float *>(params[0]);
-  const char *a = static_cast<const char *>(params[1]), *bt = static_cast<const char *>(params[2]);
-  const size_t factor_bytes = half ? sizeof(half_t) : sizeof(float);
   const int32_t *ranks = static_cast<const int32_t *>(params[3]);
   const int32_t *row_slots = static_cast<const int32_t *>(params[4]);
   const float *base = nparam == 7 ? static_cast<const float *>(params[5]) : nullptr;  // out = base + delta
@@ -786,18 +784,18 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     for (int64_t b = first; b < last; ++b) {
       const Block &blk = blocks[b];
       const float *xs[TOKENS];
-      const char *as = a + blk.slot * max_rank * in * factor_bytes, *bs = bt + blk.slot * max_rank * out_n * factor_bytes;
       float *os[TOKENS];
       for (int64_t t = 0; t < blk.count; ++t) {
         xs[t] = x + blk.token[t] * in;
         os[t] = out + blk.token[t] * out_n;
       }
+      const int64_t a_at = blk.slot * max_rank * in, bt_at = blk.slot * max_rank * out_n;  // the slot's factors
       if (half)
-        lora_block(xs, reinterpret_cast<const half_t *>(as), reinterpret_cast<const half_t *>(bs), blk.count,
-                   blk.rank, in, out_n, h.data(), os, add);
+        lora_block(xs, static_cast<const half_t *>(params[1]) + a_at, static_cast<const half_t *>(params[2]) + bt_at,
+                   blk.count, blk.rank, in, out_n, h.data(), os, add);
       else
-        lora_block(xs, reinterpret_cast<const float *>(as), reinterpret_cast<const float *>(bs), blk.count,
-                   blk.rank, in, out_n, h.data(), os, add);
+        lora_block(xs, static_cast<const float *>(params[1]) + a_at, static_cast<const float *>(params[2]) + bt_at,
+                   blk.count, blk.rank, in, out_n, h.data(), os, add);
     }
   };
   const int64_t count = static_cast<int64_t>(blocks.size());

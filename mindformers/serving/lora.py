@@ -233,7 +233,8 @@ class AdapterPool:
         for path, (a, b) in files.factors.items():
             r = a.shape[0]
             fan_in, fan_out = self.layers[path]
-            a_slot, bt_slot = np.zeros((self.max_rank, fan_in), self.dtype), np.zeros((self.max_rank, fan_out), self.dtype)
+            a_slot = np.zeros((self.max_rank, fan_in), self.dtype)
+            bt_slot = np.zeros((self.max_rank, fan_out), self.dtype)
             with np.errstate(over="ignore"):
                 a_slot[:r] = a
                 bt_slot[:r] = (files.scaling[path] * b.astype(np.float64)).T
