@@ -351,6 +351,78 @@ void lora_block(const float *const *xs, const T *a, const T *bt, int64_t count, 
   }
 }
 
+
+// The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the
+// [out, in] weight as stored): dot products along k, a block of TB rows by NB weight rows at a time, whose
+// TB x NB accumulators stay in registers over k (each loaded vector of w serves TB rows, each of x NB
+// weight rows). The weight rows of a block are read from memory once and from L1 by the row blocks after
+// the first; x (m rows) stays in L2. MindSpore's MatMul packs w for every call, which costs a decode step
+// (a few rows against every weight of the model) about twice what this loop does.
+// v, loaded into a register once: otherwise GCC folds each use's load into its multiply-add (a memory
+// operand), and the loop reloads every vector of w TB times: bound by loads, not by arithmetic.
+inline vfloat in_register(vfloat v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
+template <int TB, int NB, bool FETCH>
+void linear_dots(const float *const *x, const float *w, int64_t k, float *const *y, int64_t n0) {
+  vfloat acc[TB][NB] = {};
+  int64_t i = 0;
+  for (; i + VW <= k; i += VW) {
+    if (FETCH)
+      for (int j = 0; j < NB; ++j) __builtin_prefetch(w + (NB + j) * k + i);
+    vfloat xv[TB], wv[NB];
+    for (int t = 0; t < TB; ++t) xv[t] = in_register(vload(x[t] + i));
+    for (int j = 0; j < NB; ++j) wv[j] = in_register(vload(w + j * k + i));
+    for (int t = 0; t < TB; ++t)
+      for (int j = 0; j < NB; ++j) acc[t][j] += xv[t] * wv[j];
+  }
+  for (int t = 0; t < TB; ++t)
+    for (int j = 0; j < NB; ++j) {
+      float sum = hsum(acc[t][j]);
+      for (int64_t q = i; q < k; ++q) sum += x[t][q] * w[j * k + q];
+      y[t][n0 + j] = sum;
+    }
+}
+
+// Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time.
+template <int NB>
+void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k, int64_t n,
+                 int64_t first, int64_t last) {
+  constexpr int TB = 4;
+  const float *xs[TB];
+  float *ys[TB];
+  for (int64_t j = first; j < last;) {
+    const bool whole = j + NB <= last;
+    for (int64_t t0 = 0; t0 < m; t0 += TB) {
+      const int64_t count = std::min<int64_t>(TB, m - t0);
+      for (int64_t t = 0; t < count; ++t) {
+        xs[t] = x + (t0 + t) * k;
+        ys[t] = y + (t0 + t) * n;
+      }
+      if (whole && t0 == 0 && j + 2 * NB <= last) {
+        switch (count) {
+          case 4: linear_dots<4, NB, true>(xs, w + j * k, k, ys, j); break;
+          case 3: linear_dots<3, NB, true>(xs, w + j * k, k, ys, j); break;
+          case 2: linear_dots<2, NB, true>(xs, w + j * k, k, ys, j); break;
+          default: linear_dots<1, NB, true>(xs, w + j * k, k, ys, j);
+        }
+      } else if (whole) {
+        switch (count) {
+          case 4: linear_dots<4, NB, false>(xs, w + j * k, k, ys, j); break;
+          case 3: linear_dots<3, NB, false>(xs, w + j * k, k, ys, j); break;
+          case 2: linear_dots<2, NB, false>(xs, w + j * k, k, ys, j); break;
+          default: linear_dots<1, NB, false>(xs, w + j * k, k, ys, j);
+        }
+      } else {
+        for (int64_t t = 0; t < count; ++t) linear_dots<1, 1, false>(xs + t, w + j * k, k, ys + t, j);
+      }
+    }
+    j += whole ? NB : 1;
+  }
+}
+
 // silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
 inline float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 
@@ -804,6 +876,29 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     run(0, count);
   } else {
     Helper::get().run(count, 1, run);
+  }
+  return 0;
+}
+
+// y = x w^T for few rows (a decode step; see linear_dots). inputs: x [..., k], w [n, k], float32; output:
+// y [..., n] float32. Both threads take blocks of w's rows.
+int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] < 1 || ndims[1] != 2) return 1;
+  if (!all_float32(nparam, dtypes)) return 3;
+  const int64_t k = shapes[1][1], n = shapes[1][0], m = k == 0 ? 0 : numel(ndims[0], shapes[0]) / k;
+  if (shapes[0][ndims[0] - 1] != k || numel(ndims[2], shapes[2]) != m * n) return 2;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  constexpr int NB = 4, CHUNK = 8 * NB;  // weight rows a thread takes at a time
+  auto run = [&](int64_t first, int64_t last) {
+    linear_rows<NB>(x, w, y, m, k, n, first * CHUNK, std::min(last * CHUNK, n));
+  };
+  const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+  if (m * n * k < (int64_t(1) << 17) || chunks < 2 || threads() < 2) {
+    run(0, chunks);
+  } else {
+    Helper::get().run(chunks, 1, run);
   }
   return 0;
 }

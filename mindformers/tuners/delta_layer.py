@@ -7,7 +7,8 @@ from typing import Iterable
 import numpy as np
 from mindspore import nn, ops
 
-from ..models.common.layers import Conv1D, Linear
+from ..kernels import host
+from ..models.common.layers import Conv1D, Linear, product_nt
 from ..utils import write_parameter
 from .tuner_layer import AdapterState, TunerLayer
 
@@ -33,6 +34,7 @@ class DeltaLinear(nn.Cell, TunerLayer):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.matmul_nt = ops.MatMul(transpose_b=True)
         self.base_matmul = ops.MatMul() if self.fan_in_fan_out else self.matmul_nt
+        self.host_linear = host.enabled() and not self.fan_in_fan_out  # as the base Linear (product_nt)
 
     def adapter_output(self, name: str, x):
         """Adapter ``name``'s term for inputs ``x`` [tokens, in]: [tokens, out]."""
@@ -45,7 +47,7 @@ class DeltaLinear(nn.Cell, TunerLayer):
     def construct(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        y = self.base_matmul(x, self.weight)
+        y = product_nt(x, self.weight, self.base_matmul, self.host_linear and not self.training)
         if self.bias is not None:
             y = y + self.bias
         for name in self.running_adapters():

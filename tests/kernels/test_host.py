@@ -412,3 +412,56 @@ def test_untied_or_tuned_models_differentiate_their_lookup(tmp_path):
     tuned = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
     assert tuner_of(tuned) is not None
     assert _tied_table_index(tuned, build_optimizer(tuned, args).parameters, tuner_of(tuned), None) is None
+
+
+@pytest.mark.parametrize("rows,fan_in,fan_out", [(1, 576, 1536), (7, 33, 13), (32, 64, 40), (3, 5, 2), (65, 17, 9)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_linear_kernel_against_numpy(rows, fan_in, fan_out, jit):
+    # row counts off the 4-row blocks, weights off the 4-row blocks and 32-row chunks, inputs off the vector
+    # width; 1 x 576 -> 1536 is a batch-1 decode step of SmolLM2's MLP (both threads)
+    rng = np.random.default_rng(rows * fan_in + fan_out)
+    x = rng.normal(size=(rows, fan_in)).astype(np.float32)
+    w = rng.normal(size=(fan_out, fan_in)).astype(np.float32)
+    run = ms.jit(host.linear) if jit else host.linear
+    got = run(Tensor(x), Tensor(w)).asnumpy()
+    assert got.shape == (rows, fan_out)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+    got3 = run(Tensor(x.reshape(1, rows, fan_in)), Tensor(w)).asnumpy()  # leading axes kept
+    np.testing.assert_array_equal(got3, got.reshape(1, rows, fan_out))
+
+
+def test_linear_layer_uses_the_kernel_for_few_rows_outside_training(monkeypatch):
+    from mindformers.models.common import layers
+
+    rng = np.random.default_rng(3)
+    layer = layers.Linear(24, 10, bias=True)
+    layer.weight.set_data(Tensor(rng.normal(size=(10, 24)).astype(np.float32)))
+    layer.bias.set_data(Tensor(rng.normal(size=(10,)).astype(np.float32)))
+    calls = []
+    monkeypatch.setattr(layers.host, "linear", lambda x, w: calls.append(x.shape) or ms.ops.matmul(x, w.T))
+    x = rng.normal(size=(2, 3, 24)).astype(np.float32)
+    want = x @ layer.weight.asnumpy().T + layer.bias.asnumpy()
+    np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), want, rtol=1e-5, atol=1e-5)
+    assert calls == [(6, 24)]
+    layer.set_train(True)  # training graphs keep MindSpore's MatMul (and its gradient)
+    np.testing.assert_allclose(layer(Tensor(x)).asnumpy(), want, rtol=1e-5, atol=1e-5)
+    layer.set_train(False)
+    many = rng.normal(size=(layers.HOST_LINEAR_ROWS + 1, 24)).astype(np.float32)  # a prefill: MatMul
+    layer(Tensor(many))
+    assert calls == [(6, 24)]
+
+
+def test_linear_kernel_gradient_outside_training():
+    # a model not in training mode still differentiates (its bprop is MindSpore's matmuls)
+    from mindformers.models.common.layers import Linear
+
+    rng = np.random.default_rng(4)
+    layer = Linear(20, 7, bias=False)
+    w = rng.normal(size=(7, 20)).astype(np.float32)
+    layer.weight.set_data(Tensor(w))
+    x = rng.normal(size=(5, 20)).astype(np.float32)
+    dy = rng.normal(size=(5, 7)).astype(np.float32)
+    grad = ms.grad(lambda inp: (layer(inp) * Tensor(dy)).sum(), grad_position=0, weights=layer.trainable_params())
+    dx, (dw,) = grad(Tensor(x))
+    np.testing.assert_allclose(dx.asnumpy(), dy @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw.asnumpy(), dy.T @ x, rtol=1e-5, atol=1e-5)

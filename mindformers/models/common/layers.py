@@ -61,6 +61,23 @@ def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
     return Tensor(shape=shape, dtype=dtype, init=One() if value == 1.0 else Zero())
 
 
+# Rows (tokens) up to which a Linear outside training runs the host kernel (CPU, float32): a decode step's
+# batch. MindSpore's MatMul packs the weight on every call, which a few rows do not amortise (32 rows of
+# SmolLM2's layers: ~1.7x the host kernel's time; from ~128 rows MindSpore's is the faster).
+HOST_LINEAR_ROWS = 64
+
+
+def product_nt(x, weight, matmul_nt, use_host: bool):
+    """``x [rows, in] @ weight [out, in]^T``: by the host kernel when ``use_host`` (a layer outside training
+    on a CPU with the kernels: ``host_linear and not self.training``) and the rows are few float32 ones (a
+    decode step; see ``HOST_LINEAR_ROWS``), else by ``matmul_nt`` (the layer's MatMul primitive, which a
+    strategy shards). Every layer holding a Linear's weight (the tuners' too) takes its product here, so a
+    tuned layer and its base round alike."""
+    if use_host and x.shape[0] <= HOST_LINEAR_ROWS and x.dtype == ms.float32 and weight.dtype == ms.float32:
+        return host.linear(x, weight)
+    return matmul_nt(x, weight)
+
+
 class Linear(nn.Cell):
     """``y = x W^T + b`` with ``W`` stored ``[out_features, in_features]`` like ``torch.nn.Linear``."""
 
@@ -74,10 +91,11 @@ class Linear(nn.Cell):
         # primitives, not functions, so that mindformers.parallel.shard can give them strategies
         self.matmul = ops.MatMul(transpose_b=True)
         self.add = ops.Add()
+        self.host_linear = host.enabled()
 
     def construct(self, x):
         shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        y = product_nt(x.reshape(-1, shape[-1]), self.weight, self.matmul, self.host_linear and not self.training)
         if self.bias is not None:
             y = self.add(y, self.bias)
         return y.reshape(shape[:-1] + (self.out_features,))

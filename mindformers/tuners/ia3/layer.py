@@ -13,7 +13,8 @@ from typing import Iterable
 import numpy as np
 from mindspore import nn, ops
 
-from ...models.common.layers import Conv1D, Linear
+from ...kernels import host
+from ...models.common.layers import Conv1D, Linear, product_nt
 from ..lora.layer import _Vector
 from ..tuner_layer import AdapterState, TunerLayer
 
@@ -38,6 +39,7 @@ class IA3Linear(nn.Cell, TunerLayer):
         self.is_feedforward = is_feedforward
         self.ia3_l = nn.CellDict()
         self.base_matmul = ops.MatMul() if self.fan_in_fan_out else ops.MatMul(transpose_b=True)
+        self.host_linear = host.enabled() and not self.fan_in_fan_out  # as the base Linear (product_nt)
 
     def add_adapter(self, name: str, init_weights: bool, rng: np.random.Generator) -> None:
         shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
@@ -62,7 +64,7 @@ class IA3Linear(nn.Cell, TunerLayer):
             scale = vector if scale is None else scale * vector
         if scale is not None and self.is_feedforward:
             x = x * scale
-        y = self.base_matmul(x, self.weight)
+        y = product_nt(x, self.weight, self.base_matmul, self.host_linear and not self.training)
         if self.bias is not None:
             y = y + self.bias
         if scale is not None and not self.is_feedforward:

@@ -17,7 +17,8 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from ...models.common.layers import Conv1D, Embedding, Linear
+from ...kernels import host
+from ...models.common.layers import Conv1D, Embedding, Linear, product_nt
 from ...utils import write_parameter
 from ..tuner_layer import AdapterState, TunerLayer
 
@@ -69,6 +70,7 @@ class LoraLinear(nn.Cell, TunerLayer):
         self.matmul_nt = ops.MatMul(transpose_b=True)
         # the base product as a primitive of this layer, so that mindformers.parallel.shard can split it
         self.base_matmul = ops.MatMul() if self.fan_in_fan_out else self.matmul_nt
+        self.host_linear = host.enabled() and not self.fan_in_fan_out  # as the base Linear (product_nt)
 
     # ------------------------------------------------------------------ adapters
     def add_adapter(self, name: str, r: int, alpha: float, scaling: float, dropout: float, init, use_dora: bool,
@@ -118,7 +120,7 @@ class LoraLinear(nn.Cell, TunerLayer):
     def construct(self, x):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        base = self.base_matmul(x, self.weight)
+        base = product_nt(x, self.weight, self.base_matmul, self.host_linear and not self.training)
         y = base if self.bias is None else base + self.bias
         for name in self.running_adapters():
             dropped = self.lora_dropout[name](x) if name in self.lora_dropout else x
@@ -136,7 +138,7 @@ class LoraLinear(nn.Cell, TunerLayer):
         norm = ops.stop_gradient(ops.sqrt(ops.square(weight + lora_weight * self.scaling[name]).sum(-1)))
         scale = self.lora_magnitude_vector[name].weight / norm  # [out]
         if name in self.lora_dropout:  # the base product must see the same dropped input
-            base = ops.matmul(dropped, self.weight) if self.fan_in_fan_out else self.matmul_nt(dropped, self.weight)
+            base = product_nt(dropped, self.weight, self.base_matmul, self.host_linear and not self.training)
         return (scale - 1) * base + scale * update
 
     # ------------------------------------------------------------------ merging
