@@ -144,6 +144,10 @@ def _linear_shape(x, w):
     return x[:-1] + [w[0]]
 
 
+def _linear_lora_shape(x, w, a, bt, ranks, row_slots, bias=None):
+    return x[:-1] + [w[0]]
+
+
 def _first_shape(first, *others):
     return first
 
@@ -278,6 +282,18 @@ def linear(x, weight):
     the weight on every call (~1.7x slower for 32 rows of SmolLM2's layers). Differentiable (the gradient is
     MindSpore's two matmuls)."""
     return _primitive("linear", out_shape=_linear_shape, bprop=_linear_bprop)(x, weight)
+
+
+def linear_lora(x, weight, a, bt, ranks, row_slots, bias=None):
+    """``lora_delta(x, a, bt, ranks, row_slots, base=linear(x, weight) + bias)`` in one kernel, for few rows (a
+    served decode step's adapted layer): each chunk of the base product gets its rows' adapter products while
+    it is in cache, one launch per layer; the same numbers as the separate kernels. Arguments as ``linear``'s
+    and ``lora_delta``'s (x float32 [rows, ..., in], weight float32 [out, in], bias float32 [out] or None);
+    returns float32 [rows, ..., out]. Not differentiable (serving only)."""
+    op = _primitive("linear_lora", out_shape=_linear_lora_shape)
+    if bias is None:
+        return op(x, weight, a, bt, ranks, row_slots)
+    return op(x, weight, a, bt, ranks, row_slots, bias)
 
 
 def cache_write(cache, values, index):

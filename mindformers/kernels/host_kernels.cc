@@ -23,6 +23,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -292,27 +293,56 @@ void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *
 // out [out_n] = h [rank] . bt [rank, out_n] for a block of one token, whose adapter is read once and from
 // memory when each row has its own: bt is streamed 4 rows at a time, front to back (tiles across its rows, as
 // lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher).
+// Columns [o0, o1) only (the rest of out untouched) when given: the same sums for each column.
 template <typename T>
-void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, bool add) {
-  if (!add) std::memset(out, 0, sizeof(float) * out_n);
+void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, bool add, int64_t o0 = 0,
+              int64_t o1 = -1) {
+  if (o1 < 0) o1 = out_n;
+  if (!add) std::memset(out + o0, 0, sizeof(float) * (o1 - o0));
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const float h0 = h[j], h1 = h[j + 1], h2 = h[j + 2], h3 = h[j + 3];
     const T *b0 = bt + j * out_n, *b1 = b0 + out_n, *b2 = b1 + out_n, *b3 = b2 + out_n;
-    int64_t o = 0;
-    for (; o + VW <= out_n; o += VW)
+    int64_t o = o0;
+    for (; o + VW <= o1; o += VW)
       vstore(out + o, vload(out + o) + ((h0 * vload(b0 + o) + h1 * vload(b1 + o)) +
                                         (h2 * vload(b2 + o) + h3 * vload(b3 + o))));
-    for (; o < out_n; ++o)
+    for (; o < o1; ++o)
       out[o] += (h0 * to_float(b0[o]) + h1 * to_float(b1[o])) + (h2 * to_float(b2[o]) + h3 * to_float(b3[o]));
   }
   for (; j < rank; ++j) {
     const float hj = h[j];
     const T *bj = bt + j * out_n;
-    int64_t o = 0;
-    for (; o + VW <= out_n; o += VW) vstore(out + o, vload(out + o) + hj * vload(bj + o));
-    for (; o < out_n; ++o) out[o] += hj * to_float(bj[o]);
+    int64_t o = o0;
+    for (; o + VW <= o1; o += VW) vstore(out + o, vload(out + o) + hj * vload(bj + o));
+    for (; o < o1; ++o) out[o] += hj * to_float(bj[o]);
   }
+}
+
+// h[t * rank + r] = x[t] . a[r] for t < TB, r < rank (the first product of a block of TB tokens).
+template <int TB, typename T>
+void lora_hidden(const float *const *x, const T *a, int64_t rank, int64_t in, float *h) {
+  constexpr int RB = rank_block<TB>();
+  int64_t j = 0;
+  for (; j + RB <= rank; j += RB) lora_dots<TB, RB, T>(x, a + j * in, in, h + j, rank);
+  for (; j < rank; ++j) lora_dots<TB, 1, T>(x, a + j * in, in, h + j, rank);
+}
+
+// out[t, o0:o1] (+)= h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
+// register tiles of NV vectors, then single vectors, then the columns left.
+template <int TB, typename T>
+void lora_columns(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o0,
+                  int64_t o1, bool add) {
+  constexpr int NV = out_block<TB>();
+  int64_t o = o0;
+  for (; o + NV * VW <= o1; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o, add);
+  for (; o + VW <= o1; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o, add);
+  for (int t = 0; t < TB; ++t)
+    for (int64_t k = o; k < o1; ++k) {
+      float sum = 0;
+      for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * to_float(bt[r * out_n + k]);
+      out[t][k] = add ? out[t][k] + sum : sum;
+    }
 }
 
 // out[t] (+)= (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n; added to what out
@@ -320,23 +350,11 @@ void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *o
 template <int TB, typename T>
 void lora_tokens(const float *const *x, const T *a, const T *bt, int64_t rank, int64_t in, int64_t out_n,
                  float *h, float *const *out, bool add) {
-  constexpr int RB = rank_block<TB>(), NV = out_block<TB>();
-  int64_t j = 0;
-  for (; j + RB <= rank; j += RB) lora_dots<TB, RB, T>(x, a + j * in, in, h + j, rank);
-  for (; j < rank; ++j) lora_dots<TB, 1, T>(x, a + j * in, in, h + j, rank);
-  if (TB == 1) {
+  lora_hidden<TB, T>(x, a, rank, in, h);
+  if (TB == 1)
     lora_row(h, rank, bt, out_n, out[0], add);
-    return;
-  }
-  int64_t o = 0;
-  for (; o + NV * VW <= out_n; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o, add);
-  for (; o + VW <= out_n; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o, add);
-  for (int t = 0; t < TB; ++t)
-    for (int64_t k = o; k < out_n; ++k) {
-      float sum = 0;
-      for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * to_float(bt[r * out_n + k]);
-      out[t][k] = add ? out[t][k] + sum : sum;
-    }
+  else
+    lora_columns<TB, T>(h, rank, bt, out_n, out, 0, out_n, add);
 }
 
 // One block of tokens of one adapter, by the number of tokens (factors of type T).
@@ -351,6 +369,60 @@ void lora_block(const float *const *xs, const T *a, const T *bt, int64_t count, 
   }
 }
 
+
+// Blocks of up to TOKENS tokens of one slot, wherever its rows are in the batch (the engine's rows are in
+// request order): an adapter's factors are read once per block. `rows` rows of `per_row` tokens; row r's
+// slot is row_slots[r]; rows without an adapter (a negative slot, one past the pool, or rank 0) are in none.
+struct LoraBlock { int64_t slot, rank, count, token[TOKENS]; };
+
+std::vector<LoraBlock> lora_blocks(int64_t rows, int64_t per_row, const int32_t *row_slots, const int32_t *ranks,
+                                   int64_t slots, int64_t max_rank) {
+  auto rank_of = [&](int64_t slot) { return slot >= 0 && slot < slots ? std::min<int64_t>(ranks[slot], max_rank) : 0; };
+  std::vector<int64_t> order;  // the rows with an adapter, by slot, in batch order within a slot
+  for (int64_t r = 0; r < rows; ++r)
+    if (rank_of(row_slots[r]) > 0) order.push_back(r);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return row_slots[p] < row_slots[q]; });
+  std::vector<LoraBlock> blocks;
+  for (size_t g = 0; g < order.size();) {
+    const int64_t slot = row_slots[order[g]];
+    size_t next = g + 1;
+    while (next < order.size() && row_slots[order[next]] == slot) ++next;
+    LoraBlock blk{slot, rank_of(slot), 0, {}};
+    for (size_t k = g; k < next; ++k)
+      for (int64_t t = order[k] * per_row; t < (order[k] + 1) * per_row; ++t) {
+        blk.token[blk.count++] = t;
+        if (blk.count == TOKENS) {
+          blocks.push_back(blk);
+          blk.count = 0;
+        }
+      }
+    if (blk.count > 0) blocks.push_back(blk);
+    g = next;
+  }
+  return blocks;
+}
+
+// lora_hidden and lora_columns (added to out) by the number of tokens of a block.
+template <typename T>
+void lora_block_hidden(const float *const *xs, const T *a, int64_t count, int64_t rank, int64_t in, float *h) {
+  switch (count) {
+    case 4: lora_hidden<4>(xs, a, rank, in, h); break;
+    case 3: lora_hidden<3>(xs, a, rank, in, h); break;
+    case 2: lora_hidden<2>(xs, a, rank, in, h); break;
+    default: lora_hidden<1>(xs, a, rank, in, h);
+  }
+}
+
+template <typename T>
+void lora_block_columns(const float *h, int64_t count, int64_t rank, const T *bt, int64_t out_n, float *const *os,
+                        int64_t o0, int64_t o1) {
+  switch (count) {
+    case 4: lora_columns<4>(h, rank, bt, out_n, os, o0, o1, true); break;
+    case 3: lora_columns<3>(h, rank, bt, out_n, os, o0, o1, true); break;
+    case 2: lora_columns<2>(h, rank, bt, out_n, os, o0, o1, true); break;
+    default: lora_row(h, rank, bt, out_n, os[0], true, o0, o1);  // as lora_tokens<1>
+  }
+}
 
 // The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the
 // [out, in] weight as stored): dot products along k, a block of TB rows by NB weight rows at a time, whose
@@ -818,43 +890,22 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
       shapes[4][0] < rows || (base != nullptr && numel(ndims[5], shapes[5]) != tokens * out_n))
     return 2;
-  // Blocks of up to TOKENS tokens of one slot, wherever its rows are in the batch (the engine's rows are in
-  // request order): the adapter's factors are read once per block. cost counts multiply-adds. Rows without
-  // an adapter are zeroed here; every other output row is written (not accumulated) by its block.
-  struct Block { int64_t slot, rank, count, token[TOKENS]; };
-  std::vector<Block> blocks;
-  std::vector<int64_t> order;  // the rows with an adapter, by slot, in batch order within a slot
-  int64_t cost = 0;
-  auto rank_of = [&](int64_t slot) { return slot >= 0 && slot < slots ? std::min<int64_t>(ranks[slot], max_rank) : 0; };
+  // Rows without an adapter are zeroed here (or given base); every other output row is written (or added to
+  // base) by its block. cost counts multiply-adds.
   for (int64_t r = 0; r < rows; ++r) {
-    if (base != nullptr) std::memcpy(out + r * per_row * out_n, base + r * per_row * out_n,
-                                     sizeof(float) * per_row * out_n);
-    if (rank_of(row_slots[r]) > 0) order.push_back(r);
-    else if (base == nullptr) std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
+    if (base != nullptr)
+      std::memcpy(out + r * per_row * out_n, base + r * per_row * out_n, sizeof(float) * per_row * out_n);
+    else
+      std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
   }
-  std::stable_sort(order.begin(), order.end(), [&](int64_t p, int64_t q) { return row_slots[p] < row_slots[q]; });
-  for (size_t g = 0; g < order.size();) {
-    const int64_t slot = row_slots[order[g]], rank = rank_of(slot);
-    size_t next = g + 1;
-    while (next < order.size() && row_slots[order[next]] == slot) ++next;
-    Block blk{slot, rank, 0, {}};
-    for (size_t k = g; k < next; ++k)
-      for (int64_t t = order[k] * per_row; t < (order[k] + 1) * per_row; ++t) {
-        blk.token[blk.count++] = t;
-        if (blk.count == TOKENS) {
-          blocks.push_back(blk);
-          blk.count = 0;
-        }
-      }
-    if (blk.count > 0) blocks.push_back(blk);
-    cost += static_cast<int64_t>(next - g) * per_row * rank * (in + out_n);
-    g = next;
-  }
+  const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
+  int64_t cost = 0;
+  for (const LoraBlock &blk : blocks) cost += blk.count * blk.rank * (in + out_n);
   const bool add = base != nullptr;
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
-      const Block &blk = blocks[b];
+      const LoraBlock &blk = blocks[b];
       const float *xs[TOKENS];
       float *os[TOKENS];
       for (int64_t t = 0; t < blk.count; ++t) {
@@ -899,6 +950,88 @@ int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
     run(0, chunks);
   } else {
     Helper::get().run(chunks, 1, run);
+  }
+  return 0;
+}
+
+// y = x w^T plus each row's own LoRA product (lora_delta's), in one kernel: a decode step's adapted layer.
+// The blocks' first products (h = x a^T) come first; then each chunk of w's rows (a range of y's columns) is
+// multiplied and, while that part of y is in cache, gets the blocks' second products over the range (h bt).
+// The factors are read between the base product's arithmetic instead of in a kernel of their own (one
+// launch per layer instead of two, no second pass over y). Both threads take items in order, the first
+// products before any chunk: a thread that reaches a chunk waits only for first products already claimed.
+// inputs: x [rows, ..., k] float32, w [n, k] float32, a [slots, max_rank, k] and bt [slots, max_rank, n] (both
+// float32 or both float16, widened as read), ranks [slots] int32, row_slots [>= rows] int32 (as lora_delta's),
+// optional bias [n] float32 (added before the adapters' products, as a Linear's output is before lora_delta's);
+// output: y [rows, ..., n] float32.
+int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if ((nparam != 7 && nparam != 8) || ndims[0] < 2 || ndims[1] != 2 || ndims[2] != 3 || ndims[3] != 3 ||
+      ndims[4] != 1 || ndims[5] != 1 || (nparam == 8 && ndims[6] != 1))
+    return 1;
+  const bool half = std::strcmp(dtypes[2], "float16") == 0;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0 ||
+      (!half && std::strcmp(dtypes[2], "float32") != 0) || std::strcmp(dtypes[3], dtypes[2]) != 0 ||
+      std::strcmp(dtypes[4], "int32") != 0 || std::strcmp(dtypes[5], "int32") != 0 ||
+      std::strcmp(dtypes[6], "float32") != 0 || (nparam == 8 && std::strcmp(dtypes[7], "float32") != 0))
+    return 3;
+  const int64_t k = shapes[1][1], n = shapes[1][0], rows = shapes[0][0];
+  const int64_t m = k == 0 ? 0 : numel(ndims[0], shapes[0]) / k, per_row = rows == 0 ? 0 : m / rows;
+  const int64_t slots = shapes[2][0], max_rank = shapes[2][1];
+  if (shapes[0][ndims[0] - 1] != k || shapes[2][2] != k || shapes[3][0] != slots || shapes[3][1] != max_rank ||
+      shapes[3][2] != n || shapes[4][0] != slots || shapes[5][0] < rows || (nparam == 8 && shapes[6][0] != n) ||
+      numel(ndims[nparam - 1], shapes[nparam - 1]) != m * n)
+    return 2;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const int32_t *ranks = static_cast<const int32_t *>(params[4]);
+  const int32_t *row_slots = static_cast<const int32_t *>(params[5]);
+  const float *bias = nparam == 8 ? static_cast<const float *>(params[6]) : nullptr;
+  float *y = static_cast<float *>(params[nparam - 1]);
+  const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
+  const int64_t count = static_cast<int64_t>(blocks.size());
+  std::vector<float> hidden(count * TOKENS * max_rank);  // block b's h [count, rank] at b * TOKENS * max_rank
+  std::atomic<int64_t> hidden_done{0};
+  constexpr int NB = 4, CHUNK = 8 * NB;  // weight rows (columns of y) an item takes
+  const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+  auto block = [&](int64_t b, auto factor) {  // factor: a null pointer of the factors' type
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
+    const T *a = static_cast<const T *>(params[2]) + blocks[b].slot * max_rank * k;
+    const float *xs[TOKENS];
+    for (int64_t t = 0; t < blocks[b].count; ++t) xs[t] = x + blocks[b].token[t] * k;
+    lora_block_hidden(xs, a, blocks[b].count, blocks[b].rank, k, hidden.data() + b * TOKENS * max_rank);
+  };
+  auto columns = [&](int64_t j0, int64_t j1, auto factor) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
+    for (int64_t b = 0; b < count; ++b) {
+      const LoraBlock &blk = blocks[b];
+      float *os[TOKENS];
+      for (int64_t t = 0; t < blk.count; ++t) os[t] = y + blk.token[t] * n;
+      const T *bt = static_cast<const T *>(params[3]) + blk.slot * max_rank * n;
+      lora_block_columns(hidden.data() + b * TOKENS * max_rank, blk.count, blk.rank, bt, n, os, j0, j1);
+    }
+  };
+  auto run = [&](int64_t first, int64_t last) {
+    for (int64_t item = first; item < last; ++item) {
+      if (item < count) {
+        half ? block(item, static_cast<const half_t *>(nullptr)) : block(item, static_cast<const float *>(nullptr));
+        hidden_done.fetch_add(1, std::memory_order_release);
+        continue;
+      }
+      for (int spins = 0; hidden_done.load(std::memory_order_acquire) < count; ++spins)
+        if (spins > 4096) std::this_thread::yield();
+      const int64_t j0 = (item - count) * CHUNK, j1 = std::min(j0 + CHUNK, n);
+      linear_rows<NB>(x, w, y, m, k, n, j0, j1);
+      if (bias != nullptr)
+        for (int64_t t = 0; t < m; ++t)
+          for (int64_t j = j0; j < j1; ++j) y[t * n + j] += bias[j];
+      half ? columns(j0, j1, static_cast<const half_t *>(nullptr)) : columns(j0, j1, static_cast<const float *>(nullptr));
+    }
+  };
+  const int64_t items = count + chunks;
+  if (m * n * k < (int64_t(1) << 17) || chunks < 2 || threads() < 2) {
+    run(0, items);
+  } else {
+    Helper::get().run(items, 1, run);
   }
   return 0;
 }

@@ -17,7 +17,9 @@ sets before each step (:meth:`AdapterPool.bind_rows`), so the model's forward si
 
 The product itself is a compiled kernel inside the step, one implementation per platform
 (``lora_kernels.py``): the C++ host kernel on CPU (each adapter at its own rank, base rows free), MindSpore
-ops (gather + batched matmul) elsewhere.
+ops (gather + batched matmul) elsewhere. On CPU a decode step's few float32 rows of a ``Linear`` take the
+base product and the adapters' in one kernel (``host.linear_lora``: one launch per layer, the factors read
+between the base product's arithmetic).
 
 DoRA and IA3 (``scaled_adapters``): a scaled pool also holds, per layer, row scales indexed by slot + 1 (row
 0, the identity, serves base rows): ``out [max_num + 1, out]``, ``in [max_num + 1, in]`` and, on layers with a
@@ -45,7 +47,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..checkpoint.safetensors_dir import _read_file
-from ..models.common.layers import Conv1D, Linear, cast
+from ..kernels import host
+from ..models.common.layers import HOST_LINEAR_ROWS, Conv1D, Linear, cast
 from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME
 from ..tuners.lora.model import replace_module, resolve_targets
 from ..utils import EXECUTION_LOCK
@@ -443,6 +446,8 @@ class MultiLoraLinear(nn.Cell):
         self.pool_a, self.pool_bt, self.pool_ranks = pool.a[path], pool.bt[path], pool.ranks[path]
         self.row_slots = pool.row_slots
         self.host = pool.kernel == "host"
+        # a decode step's few rows: the base product and the adapters' in one host kernel (linear_lora)
+        self.fused = self.host and type(base) is Linear and base.host_linear
         self.scaled, self.shifted = pool.scaled, path in pool.shift
         if self.scaled:
             self.out_scale, self.in_scale = pool.out_scale[path], pool.in_scale[path]  # [slots + 1, out / in]
@@ -456,6 +461,10 @@ class MultiLoraLinear(nn.Cell):
             return self.base(x)
         h = cast(x, ms.float32)
         if not self.scaled:
+            if self.fused and not self.training and x.dtype == ms.float32 and self.base.weight.dtype == ms.float32 \
+                    and x.size // x.shape[-1] <= HOST_LINEAR_ROWS:
+                return host.linear_lora(x, self.base.weight, self.pool_a, self.pool_bt, self.pool_ranks,
+                                        self.row_slots, self.base.bias)
             return cast(self.add_delta(h, self.base(x)), x.dtype)
         rows = x.shape[0]
         index = self.row_slots[:rows] + 1  # row 0 of the scales: the identity, for base rows (slot -1)

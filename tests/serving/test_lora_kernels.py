@@ -141,3 +141,63 @@ def test_pool_writes_reach_a_compiled_step(kernel, dtype):
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="lora_kernel must be"):
         lora_kernels.choose("punica")
+
+
+@pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("rows, seq, fan_in, fan_out, max_rank, row_slots", [
+    (8, 1, 37, 83, 8, [0, 2, -1, 0, 2, 1, 3, 0]),  # vector tails, scattered rows, a rank-0 slot
+    (32, 1, 96, 200, 16, [s % 4 for s in range(32)]),  # enough work for both threads, chunks and their tail
+    (3, 7, 64, 48, 5, [3, -1, 0, 0]),  # rows of several tokens (blocks of 4 and their tails)
+    (2, 1, 13, 7, 3, [-1, -1])])  # base rows only, below one vector
+def test_fused_linear_kernel_matches_numpy(dtype, rows, seq, fan_in, fan_out, max_rank, row_slots):
+    """host.linear_lora: the base product plus each row's adapter product, as linear + lora_delta compute them."""
+    rng = np.random.default_rng(rows + seq)
+    a, bt, ranks = pool_arrays(rng, slots=4, max_rank=max_rank, fan_in=fan_in, fan_out=fan_out,
+                               ranks=(max_rank, max_rank - 1, 0, 1))
+    a[a == 1e6] = 0  # beyond the ranks (float16 would make them inf; never read either way)
+    a, bt = a.astype(dtype), bt.astype(dtype)
+    x = rng.normal(size=(rows, seq, fan_in)).astype(np.float32)
+    w = rng.normal(size=(fan_out, fan_in)).astype(np.float32)
+    slots = np.array(row_slots, np.int32)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + expected(x, a, bt, ranks, slots)
+    for call in (host.linear_lora, ms.jit(host.linear_lora)):
+        got = call(Tensor(x), Tensor(w), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+        assert got.shape == (rows, seq, fan_out) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # the separate kernels' numbers exactly, with a bias added before the adapters' products as a Linear does
+    bias = rng.normal(size=(fan_out,)).astype(np.float32)
+    got = host.linear_lora(Tensor(x), Tensor(w), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots),
+                           Tensor(bias)).asnumpy()
+    unfused = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots),
+                              host.linear(Tensor(x), Tensor(w)) + Tensor(bias)).asnumpy()
+    np.testing.assert_array_equal(got, unfused)
+
+
+@pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+@pytest.mark.parametrize("bias", [False, True])
+def test_layer_fuses_the_base_product_for_few_rows(monkeypatch, bias):
+    """A MultiLoraLinear over a Linear takes host.linear_lora for a decode step's rows (same output as the
+    base layer plus lora_delta, bias included), and the separate kernels for more rows than HOST_LINEAR_ROWS."""
+    from mindformers.models.common import layers
+    pool = AdapterPool({"layer": (6, 5)}, max_num=2, max_rank=4, max_rows=80, kernel="host")
+    layer = MultiLoraLinear(Linear(6, 5, bias=bias), pool, "layer")
+    layer.set_train(False)
+    rng = np.random.default_rng(3)
+    layer.base.weight.set_data(Tensor(rng.normal(size=(5, 6)).astype(np.float32)))
+    if bias:
+        layer.base.bias.set_data(Tensor(rng.normal(size=(5,)).astype(np.float32)))
+    a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), np.pad(b.T, ((0, 1), (0, 0))))}, {"layer": 3})
+    calls = []
+    real = host.linear_lora
+    monkeypatch.setattr(host, "linear_lora", lambda *args: calls.append(1) or real(*args))
+    for rows in (4, layers.HOST_LINEAR_ROWS + 1):
+        calls.clear()
+        pool.bind_rows([1, -1] * (rows // 2) + [1] * (rows % 2))
+        x = rng.normal(size=(rows, 1, 6)).astype(np.float32)
+        got = layer(Tensor(x)).asnumpy()
+        base = x @ layer.base.weight.asnumpy().T + (layer.base.bias.asnumpy() if bias else 0)
+        want = base + np.where(np.arange(rows)[:, None, None] % 2 == 0, x @ a.T @ b.T, 0)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert len(calls) == (1 if rows <= layers.HOST_LINEAR_ROWS else 0)
