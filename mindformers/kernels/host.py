@@ -140,11 +140,7 @@ def _lora_delta_shape(x, a, bt, ranks, row_slots, base=None):
     return x[:-1] + [bt[-1]]
 
 
-def _linear_shape(x, w):
-    return x[:-1] + [w[0]]
-
-
-def _linear_lora_shape(x, w, a, bt, ranks, row_slots, bias=None):
+def _linear_shape(x, w, *factors):  # linear's, and linear_lora's (whose factors follow)
     return x[:-1] + [w[0]]
 
 
@@ -290,7 +286,7 @@ def linear_lora(x, weight, a, bt, ranks, row_slots, bias=None):
     it is in cache, one launch per layer; the same numbers as the separate kernels. Arguments as ``linear``'s
     and ``lora_delta``'s (x float32 [rows, ..., in], weight float32 [out, in], bias float32 [out] or None);
     returns float32 [rows, ..., out]. Not differentiable (serving only)."""
-    op = _primitive("linear_lora", out_shape=_linear_lora_shape)
+    op = _primitive("linear_lora", out_shape=_linear_shape)
     if bias is None:
         return op(x, weight, a, bt, ranks, row_slots)
     return op(x, weight, a, bt, ranks, row_slots, bias)

@@ -270,14 +270,13 @@ void lora_dots(const float *const *x, const T *a, int64_t in, float *h, int64_t 
     }
 }
 
-// out[t, :NV * VW] (+)= h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
-// ranks and is stored once (added to what out holds if `add`).  h [TB, rank], bt [rank, out_n], out: TB rows.
+// out[t, :NV * VW] += h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
+// ranks and is stored once.  h [TB, rank], bt [rank, out_n], out: TB rows.
 template <int TB, int NV, typename T>
-void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o, bool add) {
-  vfloat acc[TB][NV] = {};
-  if (add)
-    for (int t = 0; t < TB; ++t)
-      for (int v = 0; v < NV; ++v) acc[t][v] = vload(out[t] + o + v * VW);
+void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o) {
+  vfloat acc[TB][NV];
+  for (int t = 0; t < TB; ++t)
+    for (int v = 0; v < NV; ++v) acc[t][v] = vload(out[t] + o + v * VW);
   for (int64_t j = 0; j < rank; ++j) {
     vfloat b[NV];
     for (int v = 0; v < NV; ++v) b[v] = vload(bt + j * out_n + o + v * VW);
@@ -290,15 +289,11 @@ void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *
     for (int v = 0; v < NV; ++v) vstore(out[t] + o + v * VW, acc[t][v]);
 }
 
-// out [out_n] = h [rank] . bt [rank, out_n] for a block of one token, whose adapter is read once and from
+// out [o0:o1] += h [rank] . bt [rank, o0:o1] for a block of one token, whose adapter is read once and from
 // memory when each row has its own: bt is streamed 4 rows at a time, front to back (tiles across its rows, as
 // lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher).
-// Columns [o0, o1) only (the rest of out untouched) when given: the same sums for each column.
 template <typename T>
-void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, bool add, int64_t o0 = 0,
-              int64_t o1 = -1) {
-  if (o1 < 0) o1 = out_n;
-  if (!add) std::memset(out + o0, 0, sizeof(float) * (o1 - o0));
+void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, int64_t o0, int64_t o1) {
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const float h0 = h[j], h1 = h[j + 1], h2 = h[j + 2], h3 = h[j + 3];
@@ -328,45 +323,21 @@ void lora_hidden(const float *const *x, const T *a, int64_t rank, int64_t in, fl
   for (; j < rank; ++j) lora_dots<TB, 1, T>(x, a + j * in, in, h + j, rank);
 }
 
-// out[t, o0:o1] (+)= h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
+// out[t, o0:o1] += h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
 // register tiles of NV vectors, then single vectors, then the columns left.
 template <int TB, typename T>
 void lora_columns(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o0,
-                  int64_t o1, bool add) {
+                  int64_t o1) {
   constexpr int NV = out_block<TB>();
   int64_t o = o0;
-  for (; o + NV * VW <= o1; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o, add);
-  for (; o + VW <= o1; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o, add);
+  for (; o + NV * VW <= o1; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o);
+  for (; o + VW <= o1; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o);
   for (int t = 0; t < TB; ++t)
     for (int64_t k = o; k < o1; ++k) {
       float sum = 0;
       for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * to_float(bt[r * out_n + k]);
-      out[t][k] = add ? out[t][k] + sum : sum;
+      out[t][k] += sum;
     }
-}
-
-// out[t] (+)= (x[t] . a[:rank]^T) . bt[:rank] for TB tokens (rows of `in` and of out_n; added to what out
-// holds if `add`); h: room for [TB, rank].
-template <int TB, typename T>
-void lora_tokens(const float *const *x, const T *a, const T *bt, int64_t rank, int64_t in, int64_t out_n,
-                 float *h, float *const *out, bool add) {
-  lora_hidden<TB, T>(x, a, rank, in, h);
-  if (TB == 1)
-    lora_row(h, rank, bt, out_n, out[0], add);
-  else
-    lora_columns<TB, T>(h, rank, bt, out_n, out, 0, out_n, add);
-}
-
-// One block of tokens of one adapter, by the number of tokens (factors of type T).
-template <typename T>
-void lora_block(const float *const *xs, const T *a, const T *bt, int64_t count, int64_t rank, int64_t in,
-                int64_t out_n, float *h, float *const *os, bool add) {
-  switch (count) {
-    case 4: lora_tokens<4>(xs, a, bt, rank, in, out_n, h, os, add); break;
-    case 3: lora_tokens<3>(xs, a, bt, rank, in, out_n, h, os, add); break;
-    case 2: lora_tokens<2>(xs, a, bt, rank, in, out_n, h, os, add); break;
-    default: lora_tokens<1>(xs, a, bt, rank, in, out_n, h, os, add);
-  }
 }
 
 
@@ -402,7 +373,8 @@ std::vector<LoraBlock> lora_blocks(int64_t rows, int64_t per_row, const int32_t 
   return blocks;
 }
 
-// lora_hidden and lora_columns (added to out) by the number of tokens of a block.
+// A block of `count` tokens of one adapter (factors of type T): its first product into h [count, rank], and
+// its second product over columns [o0, o1) added to its rows of out (one token: lora_row).
 template <typename T>
 void lora_block_hidden(const float *const *xs, const T *a, int64_t count, int64_t rank, int64_t in, float *h) {
   switch (count) {
@@ -417,10 +389,10 @@ template <typename T>
 void lora_block_columns(const float *h, int64_t count, int64_t rank, const T *bt, int64_t out_n, float *const *os,
                         int64_t o0, int64_t o1) {
   switch (count) {
-    case 4: lora_columns<4>(h, rank, bt, out_n, os, o0, o1, true); break;
-    case 3: lora_columns<3>(h, rank, bt, out_n, os, o0, o1, true); break;
-    case 2: lora_columns<2>(h, rank, bt, out_n, os, o0, o1, true); break;
-    default: lora_row(h, rank, bt, out_n, os[0], true, o0, o1);  // as lora_tokens<1>
+    case 4: lora_columns<4>(h, rank, bt, out_n, os, o0, o1); break;
+    case 3: lora_columns<3>(h, rank, bt, out_n, os, o0, o1); break;
+    case 2: lora_columns<2>(h, rank, bt, out_n, os, o0, o1); break;
+    default: lora_row(h, rank, bt, out_n, os[0], o0, o1);
   }
 }
 
@@ -890,8 +862,7 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
       shapes[4][0] < rows || (base != nullptr && numel(ndims[5], shapes[5]) != tokens * out_n))
     return 2;
-  // Rows without an adapter are zeroed here (or given base); every other output row is written (or added to
-  // base) by its block. cost counts multiply-adds.
+  // Every row starts as base (or zeros); the blocks add their rows' products. cost counts multiply-adds.
   for (int64_t r = 0; r < rows; ++r) {
     if (base != nullptr)
       std::memcpy(out + r * per_row * out_n, base + r * per_row * out_n, sizeof(float) * per_row * out_n);
@@ -901,7 +872,6 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
   int64_t cost = 0;
   for (const LoraBlock &blk : blocks) cost += blk.count * blk.rank * (in + out_n);
-  const bool add = base != nullptr;
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
@@ -913,12 +883,15 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
         os[t] = out + blk.token[t] * out_n;
       }
       const int64_t a_at = blk.slot * max_rank * in, bt_at = blk.slot * max_rank * out_n;  // the slot's factors
-      if (half)
-        lora_block(xs, static_cast<const half_t *>(params[1]) + a_at, static_cast<const half_t *>(params[2]) + bt_at,
-                   blk.count, blk.rank, in, out_n, h.data(), os, add);
-      else
-        lora_block(xs, static_cast<const float *>(params[1]) + a_at, static_cast<const float *>(params[2]) + bt_at,
-                   blk.count, blk.rank, in, out_n, h.data(), os, add);
+      if (half) {
+        const half_t *a = static_cast<const half_t *>(params[1]) + a_at, *bt = static_cast<const half_t *>(params[2]) + bt_at;
+        lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
+        lora_block_columns(h.data(), blk.count, blk.rank, bt, out_n, os, 0, out_n);
+      } else {
+        const float *a = static_cast<const float *>(params[1]) + a_at, *bt = static_cast<const float *>(params[2]) + bt_at;
+        lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
+        lora_block_columns(h.data(), blk.count, blk.rank, bt, out_n, os, 0, out_n);
+      }
     }
   };
   const int64_t count = static_cast<int64_t>(blocks.size());

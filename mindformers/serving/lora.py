@@ -48,7 +48,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ..checkpoint.safetensors_dir import _read_file
 from ..kernels import host
-from ..models.common.layers import HOST_LINEAR_ROWS, Conv1D, Linear, cast
+from ..models.common.layers import Conv1D, Linear, cast, few_rows_on_host
 from ..tuners.config import CONFIG_NAME, WEIGHTS_NAME
 from ..tuners.lora.model import replace_module, resolve_targets
 from ..utils import EXECUTION_LOCK
@@ -461,8 +461,7 @@ class MultiLoraLinear(nn.Cell):
             return self.base(x)
         h = cast(x, ms.float32)
         if not self.scaled:
-            if self.fused and not self.training and x.dtype == ms.float32 and self.base.weight.dtype == ms.float32 \
-                    and x.size // x.shape[-1] <= HOST_LINEAR_ROWS:
+            if self.fused and few_rows_on_host(x, self.base.weight, not self.training):
                 return host.linear_lora(x, self.base.weight, self.pool_a, self.pool_bt, self.pool_ranks,
                                         self.row_slots, self.base.bias)
             return cast(self.add_delta(h, self.base(x)), x.dtype)

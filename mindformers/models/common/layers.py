@@ -67,13 +67,19 @@ def _placeholder(shape, dtype, value: float = 0.0) -> Tensor:
 HOST_LINEAR_ROWS = 64
 
 
+def few_rows_on_host(x, weight, use_host: bool) -> bool:
+    """Whether ``x [..., in] @ weight [out, in]^T`` goes to a host kernel: ``use_host`` (a layer outside
+    training on a CPU with the kernels: ``host_linear and not self.training``) and few float32 rows (a decode
+    step; see ``HOST_LINEAR_ROWS``)."""
+    return use_host and x.size // x.shape[-1] <= HOST_LINEAR_ROWS and x.dtype == ms.float32 and \
+        weight.dtype == ms.float32
+
+
 def product_nt(x, weight, matmul_nt, use_host: bool):
-    """``x [rows, in] @ weight [out, in]^T``: by the host kernel when ``use_host`` (a layer outside training
-    on a CPU with the kernels: ``host_linear and not self.training``) and the rows are few float32 ones (a
-    decode step; see ``HOST_LINEAR_ROWS``), else by ``matmul_nt`` (the layer's MatMul primitive, which a
-    strategy shards). Every layer holding a Linear's weight (the tuners' too) takes its product here, so a
-    tuned layer and its base round alike."""
-    if use_host and x.shape[0] <= HOST_LINEAR_ROWS and x.dtype == ms.float32 and weight.dtype == ms.float32:
+    """``x [rows, in] @ weight [out, in]^T``: by the host kernel where ``few_rows_on_host``, else by
+    ``matmul_nt`` (the layer's MatMul primitive, which a strategy shards). Every layer holding a Linear's
+    weight (the tuners' too) takes its product here, so a tuned layer and its base round alike."""
+    if few_rows_on_host(x, weight, use_host):
         return host.linear(x, weight)
     return matmul_nt(x, weight)
 
