@@ -42,7 +42,10 @@ then rounds alternate between the two processes; figures are medians over --roun
   that ran every row; its scheduler admits requests as they are submitted, so the run's first steps decode
   fewer rows between prefills, and a difference of wall times measured that admission order too (one
   round could put 8 adapters above the base);
-- ratio = decode tokens/s with N adapters / decode tokens/s of the base, per side;
+- ratio = per side and round, the decode step of the base run just before N adapters / the decode step
+  with N adapters, median over rounds (each adapter configuration is measured right after a base run: the
+  machine's speed drifts by 10-20% over minutes, and a base measured once per round moved every ratio with
+  it; three runs of one commit gave 0.83, 0.91 and 1.06 for 8 rank-8 adapters that way);
 - load s: wall time of loading one adapter (``load_lora`` / ``load_adapter``), median over every load;
 - memory per adapter: mindformers preallocates the pool, so its figure is the pool's bytes per slot
   (``slot_bytes`` of ``Engine.loras``: every targeted layer at lora_max_rank, whatever the adapter's rank);
@@ -306,8 +309,14 @@ class TransformersSide:
 
 
 def configurations(args):
-    """(rank, adapter count) pairs in measuring order; (None, 0) is the base."""
+    """(rank, adapter count) pairs; (None, 0) is the base."""
     return [(None, 0)] + [(rank, count) for rank in args.ranks for count in args.adapters]
+
+
+def measuring_order(args):
+    """A round's runs: each adapter configuration right after a run of the base, which its ratio is taken
+    against (the machine's speed drifts by 10-20% over minutes here)."""
+    return [run for config in configurations(args)[1:] for run in ((None, 0), config)]
 
 
 def run_side(side, args):
@@ -410,7 +419,7 @@ def main():
             # Rounds alternate between the sides, so drift in machine speed hits both alike.
             runs = {(side, config): [] for side in sides for config in configurations(args)}
             for _ in range(args.rounds):
-                for config in configurations(args):
+                for config in measuring_order(args):
                     for side, proc in sides.items():
                         proc.stdin.write(json.dumps(config) + "\n")
                         proc.stdin.flush()
@@ -435,6 +444,11 @@ def report(args, sides, ready, runs, file_bytes):
     def outputs(side, config):  # the last round's generated ids, one list per row
         return runs[(side, config)][-1]["outputs"]
 
+    def ratio(side, config):  # per round: the step of the base run just before it / its step; median
+        index = configurations(args)[1:].index(config)
+        before = runs[(side, (None, 0))][index::len(configurations(args)) - 1]
+        return statistics.median(b["step"] / r["step"] for b, r in zip(before, runs[(side, config)]))
+
     names = list(sides)
     base = {side: decode(side, (None, 0)) for side in names}
     results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
@@ -444,7 +458,7 @@ def report(args, sides, ready, runs, file_bytes):
         for side in names:
             rate = decode(side, (rank, count))
             differ = sum(o != b for o, b in zip(outputs(side, (rank, count)), outputs(side, (None, 0))))
-            row[side] = {"decode": rate, "ratio": rate / base[side], "rows_differing_from_base": differ}
+            row[side] = {"decode": rate, "ratio": ratio(side, (rank, count)), "rows_differing_from_base": differ}
         if len(names) == 2:
             a, b = (outputs(side, (rank, count)) for side in names)
             row["rows_same_across_sides"] = sum(x == y for x, y in zip(a, b))
@@ -457,6 +471,8 @@ def report(args, sides, ready, runs, file_bytes):
                          "rss_growth_per_load": rss,
                          "bytes_per_adapter": ready[side]["bytes_per_adapter"] if side != "transformers" else rss}
         results["adapters"].append(row)
+    results["steps"] = {f"{side} rank {config[0]} adapters {config[1]}": [r["step"] for r in measured]
+                        for (side, config), measured in runs.items()}  # seconds, in measuring order
     results["targets"] = targets(results, names)
     if {"mindformers", "mindformers-scaled"} <= set(names):  # what the scaled engine's row scales cost
         results["scaled_over_plain"] = [
