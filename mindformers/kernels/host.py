@@ -24,6 +24,7 @@ import tempfile
 from typing import Optional
 
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 from ..utils import logger
@@ -249,12 +250,29 @@ def swap_axes(x):
     return _primitive("swap_axes", out_shape=_swapped_shape, out_dtype=_same_dtype)(x)
 
 
+LORA_COLUMNS = 32  # host_kernels.cc's COLUMNS: the width of bt's column blocks
+
+
+def pack_columns(bt: np.ndarray) -> np.ndarray:
+    """``bt [..., max_rank, out]`` in the host LoRA kernels' column blocks (same shape and dtype): each
+    ``[max_rank, out]`` as blocks of ``LORA_COLUMNS`` columns one after the other, block ``c`` (columns
+    ``o0 = c * LORA_COLUMNS`` up to ``LORA_COLUMNS`` of them) a ``[max_rank, width]`` run at ``o0 * max_rank``.
+    The kernels read one block's factors, for one block of output columns, as one contiguous run."""
+    rank, out = bt.shape[-2:]
+    lead = bt.shape[:-2]
+    packed = np.empty(lead + (rank * out,), bt.dtype)
+    for o0 in range(0, out, LORA_COLUMNS):
+        width = min(LORA_COLUMNS, out - o0)
+        packed[..., o0 * rank:(o0 + width) * rank] = bt[..., o0:o0 + width].reshape(lead + (rank * width,))
+    return packed.reshape(bt.shape)
+
+
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
     """Each row's own LoRA product (the serving engine's adapter pool; see serving/lora_kernels.py).
 
     Args:
-        x: float32 [rows, ..., in]; a: [slots, max_rank, in] and bt: [slots, max_rank, out], both float32 or
-            both float16 (widened to float32 as they are read);
+        x: float32 [rows, ..., in]; a: [slots, max_rank, in] and bt: [slots, max_rank, out] in column blocks
+            (``pack_columns``), both float32 or both float16 (widened to float32 as they are read);
         ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none;
         base: float32 [rows, ..., out] or None: added to the product (in the kernel, not as a graph op).
     Returns:

@@ -242,11 +242,11 @@ inline float hsum(vfloat v) {  // a tree of halves: lane by lane would be VW dep
 }
 
 // Register blocks of the LoRA kernel (TB tokens at once, up to 4). With 32 vector registers (AVX-512) the
-// first product keeps 4 tokens x 4 ranks of accumulators, the second 4 tokens x 4 vectors of out; with 16,
-// half as many.
+// first product keeps 4 tokens x 4 ranks of accumulators; with 16, half as many. The second product works in
+// the pool's column blocks of 32 (COLUMNS below): tiles of 2 vectors by TB tokens.
 constexpr int TOKENS = 4;
 template <int TB> constexpr int rank_block() { return (VW == 16 ? 16 : 8) / TB > 8 ? 8 : (VW == 16 ? 16 : 8) / TB; }
-template <int TB> constexpr int out_block() { return TB == 1 ? 8 : (VW == 16 ? 4 : 2); }
+template <int TB> constexpr int out_block() { return 2; }
 
 // h[t * ld + r] = x[t] . a[r] for t < TB, r < RB: one pass over `in` for the whole block, one horizontal
 // sum per accumulator at the end.  x: TB rows of `in`, a [RB, in].
@@ -396,6 +396,23 @@ void lora_block_columns(const float *h, int64_t count, int64_t rank, const T *bt
   }
 }
 
+// The pool's bt in column blocks (host.pack_columns writes it): a slot's [max_rank, out] as blocks of
+// COLUMNS columns, block c (columns [o0, o0 + width), o0 = c * COLUMNS, width = min(COLUMNS, out - o0)) at
+// offset o0 * max_rank as [max_rank][width]. The columns of one block of y, the unit linear_lora works in,
+// then read their factors as one contiguous run (rank x width) instead of rank pieces `out` apart: too many
+// streams for the hardware prefetcher (~5% of a rank-64 decode step), and one run is simple to prefetch.
+constexpr int64_t COLUMNS = 32;
+
+// out[t, o0:o1] += h[t, :rank] . bt[:rank, o0:o1] for the column block [o0, o1) of a slot's column-blocked
+// bt (slot_bt: the slot's first element); os: the block's rows of out.
+template <typename T>
+void lora_block_of_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, int64_t max_rank,
+                           float *const *os, int64_t o0, int64_t o1) {
+  float *shifted[TOKENS];
+  for (int64_t t = 0; t < count; ++t) shifted[t] = os[t] + o0;
+  lora_block_columns(h, count, rank, slot_bt + o0 * max_rank, o1 - o0, shifted, 0, o1 - o0);
+}
+
 // The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the
 // [out, in] weight as stored): dot products along k, a block of TB rows by NB weight rows at a time, whose
 // TB x NB accumulators stay in registers over k (each loaded vector of w serves TB rows, each of x NB
@@ -430,10 +447,43 @@ void linear_dots(const float *const *x, const float *w, int64_t k, float *const 
     }
 }
 
-// Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time.
+// Software prefetch of memory a caller reads next (linear_lora: the adapters' factors of a column block,
+// fetched while its base product runs), spread over the calls: each call issues `per_call` lines of the
+// runs added. The base product of a block is bound by arithmetic, the factors by memory: issued all at once
+// the prefetches stall on the core's few outstanding misses (no faster than reading them when needed).
+class Prefetch {
+ public:
+  void add(const void *p, int64_t bytes) {
+    if (bytes > 0) runs_.push_back({static_cast<const char *>(p), bytes});
+  }
+  // Spread the runs' lines over `calls` calls.
+  void spread(int64_t calls) {
+    int64_t lines = 0;
+    for (const Run &run : runs_) lines += (run.bytes + 63) / 64;
+    per_call_ = calls > 0 ? (lines + calls - 1) / calls : lines;
+  }
+  void operator()() {
+    for (int64_t q = 0; q < per_call_ && next_ < runs_.size(); ++q) {
+      Run &run = runs_[next_];
+      __builtin_prefetch(run.p, 0, 2);
+      run.p += 64;
+      run.bytes -= 64;
+      if (run.bytes <= 0) ++next_;
+    }
+  }
+
+ private:
+  struct Run { const char *p; int64_t bytes; };
+  std::vector<Run> runs_;
+  size_t next_ = 0;
+  int64_t per_call_ = 0;
+};
+
+// Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time; calls
+// `fetch` (if any) after each block of TB x NB.
 template <int NB>
 void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k, int64_t n,
-                 int64_t first, int64_t last) {
+                 int64_t first, int64_t last, Prefetch *fetch = nullptr) {
   constexpr int TB = 4;
   const float *xs[TB];
   float *ys[TB];
@@ -462,9 +512,16 @@ void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k,
       } else {
         for (int64_t t = 0; t < count; ++t) linear_dots<1, 1, false>(xs + t, w + j * k, k, ys + t, j);
       }
+      if (fetch != nullptr) (*fetch)();
     }
     j += whole ? NB : 1;
   }
+}
+
+// About how many blocks (so `fetch` calls) linear_rows runs for rows [first, last) of w and m rows of x.
+template <int NB>
+int64_t linear_blocks(int64_t m, int64_t first, int64_t last) {
+  return (last - first + NB - 1) / NB * ((m + 3) / 4);
 }
 
 // silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
@@ -838,8 +895,8 @@ int embedding_grad_add(int nparam, void **params, int *ndims, int64_t **shapes, 
 // go in blocks of TOKENS: the adapter's factors are read once per block, not once per token.
 // With a sixth input `base` [rows, ..., out] the output is base + that (the layer's own product; one op less
 // per layer than adding it in the graph).
-// inputs: x [rows, ..., in] float32, a [slots, max_rank, in] and bt [slots, max_rank, out] both float32 or
-// both float16 (widened as read), ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are
+// inputs: x [rows, ..., in] float32, a [slots, max_rank, in] and bt [slots, max_rank, out] (column-blocked,
+// see COLUMNS) both float32 or both float16 (widened as read), ranks [slots] int32, row_slots [>= rows] int32 (entries past `rows` are
 // ignored), optional base; output: [rows, ..., out] float32.
 int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if ((nparam != 6 && nparam != 7) || ndims[0] < 2 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 ||
@@ -886,11 +943,13 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
       if (half) {
         const half_t *a = static_cast<const half_t *>(params[1]) + a_at, *bt = static_cast<const half_t *>(params[2]) + bt_at;
         lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        lora_block_columns(h.data(), blk.count, blk.rank, bt, out_n, os, 0, out_n);
+        for (int64_t o = 0; o < out_n; o += COLUMNS)
+          lora_block_of_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
       } else {
         const float *a = static_cast<const float *>(params[1]) + a_at, *bt = static_cast<const float *>(params[2]) + bt_at;
         lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        lora_block_columns(h.data(), blk.count, blk.rank, bt, out_n, os, 0, out_n);
+        for (int64_t o = 0; o < out_n; o += COLUMNS)
+          lora_block_of_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
       }
     }
   };
@@ -933,7 +992,7 @@ int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
 // The factors are read between the base product's arithmetic instead of in a kernel of their own (one
 // launch per layer instead of two, no second pass over y). Both threads take items in order, the first
 // products before any chunk: a thread that reaches a chunk waits only for first products already claimed.
-// inputs: x [rows, ..., k] float32, w [n, k] float32, a [slots, max_rank, k] and bt [slots, max_rank, n] (both
+// inputs: x [rows, ..., k] float32, w [n, k] float32, a [slots, max_rank, k] and bt [slots, max_rank, n] (column-blocked; both
 // float32 or both float16, widened as read), ranks [slots] int32, row_slots [>= rows] int32 (as lora_delta's),
 // optional bias [n] float32 (added before the adapters' products, as a Linear's output is before lora_delta's);
 // output: y [rows, ..., n] float32.
@@ -964,7 +1023,7 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
   const int64_t count = static_cast<int64_t>(blocks.size());
   std::vector<float> hidden(count * TOKENS * max_rank);  // block b's h [count, rank] at b * TOKENS * max_rank
   std::atomic<int64_t> hidden_done{0};
-  constexpr int NB = 4, CHUNK = 8 * NB;  // weight rows (columns of y) an item takes
+  constexpr int NB = 4, CHUNK = COLUMNS;  // weight rows (columns of y) an item takes: one column block of bt
   const int64_t chunks = (n + CHUNK - 1) / CHUNK;
   auto block = [&](int64_t b, auto factor) {  // factor: a null pointer of the factors' type
     using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
@@ -973,14 +1032,18 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
     for (int64_t t = 0; t < blocks[b].count; ++t) xs[t] = x + blocks[b].token[t] * k;
     lora_block_hidden(xs, a, blocks[b].count, blocks[b].rank, k, hidden.data() + b * TOKENS * max_rank);
   };
+  const int64_t factor_size = half ? sizeof(half_t) : sizeof(float);
+  auto slot_bt = [&](const LoraBlock &blk) {  // the slot's bt (column-blocked, see COLUMNS), as bytes
+    return static_cast<const char *>(params[3]) + blk.slot * max_rank * n * factor_size;
+  };
   auto columns = [&](int64_t j0, int64_t j1, auto factor) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
     for (int64_t b = 0; b < count; ++b) {
       const LoraBlock &blk = blocks[b];
       float *os[TOKENS];
       for (int64_t t = 0; t < blk.count; ++t) os[t] = y + blk.token[t] * n;
-      const T *bt = static_cast<const T *>(params[3]) + blk.slot * max_rank * n;
-      lora_block_columns(hidden.data() + b * TOKENS * max_rank, blk.count, blk.rank, bt, n, os, j0, j1);
+      lora_block_of_columns(hidden.data() + b * TOKENS * max_rank, blk.count, blk.rank,
+                            reinterpret_cast<const T *>(slot_bt(blk)), max_rank, os, j0, j1);
     }
   };
   auto run = [&](int64_t first, int64_t last) {
@@ -993,7 +1056,11 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
       for (int spins = 0; hidden_done.load(std::memory_order_acquire) < count; ++spins)
         if (spins > 4096) std::this_thread::yield();
       const int64_t j0 = (item - count) * CHUNK, j1 = std::min(j0 + CHUNK, n);
-      linear_rows<NB>(x, w, y, m, k, n, j0, j1);
+      Prefetch fetch;  // the block's factors (one run per adapter), read while its base product runs
+      for (const LoraBlock &blk : blocks)
+        fetch.add(slot_bt(blk) + j0 * max_rank * factor_size, blk.rank * (j1 - j0) * factor_size);
+      fetch.spread(linear_blocks<NB>(m, j0, j1));
+      linear_rows<NB>(x, w, y, m, k, n, j0, j1, &fetch);
       if (bias != nullptr)
         for (int64_t t = 0; t < m; ++t)
           for (int64_t j = j0; j < j1; ++j) y[t * n + j] += bias[j];

@@ -7,7 +7,8 @@ gather matrix-vector product, SGMV):
     for each adapter s in the batch, rows R_s:   delta[R_s] = (x[R_s] @ A_s[:r_s]^T) @ (scaling_s * B_s[:, :r_s])^T
 
 The pool holds, per targeted layer, ``A [lora_max_num, lora_max_rank, in]``, ``scaling * B^T
-[lora_max_num, lora_max_rank, out]`` and each slot's rank, allocated once from the runtime limits as
+[lora_max_num, lora_max_rank, out]`` (in the order its kernel reads, ``Kernel.pack``) and each slot's rank,
+allocated once from the runtime limits as
 MindSpore Parameters of the served model. Loading an adapter is reading its files (``prepare``, any
 thread) then writing its factors into a slot (``install``: no recompilation, no new graph); unloading sets
 the slot's ranks to 0. Which adapters are resident, and which one a full pool evicts, is the engine's
@@ -82,7 +83,8 @@ class PreparedAdapter:
     path: str
     """The adapter directory (absolute)."""
     tensors: Dict[str, Tuple[np.ndarray, np.ndarray]]
-    """Module path -> (A [max_rank, in], scaling * B^T [max_rank, out]), zero past the adapter's rank."""
+    """Module path -> (A [max_rank, in], scaling * B^T [max_rank, out] in the pool kernel's order, its
+    ``pack``), zero past the adapter's rank."""
     ranks: Dict[str, int]
     """Module path -> rank; layers the adapter leaves alone are absent (rank 0 in the slot)."""
     rank: int
@@ -246,7 +248,7 @@ class AdapterPool:
                                f"(largest |A| {np.abs(a).max():.4g}, |scaling * B| "
                                f"{np.abs(files.scaling[path] * b.astype(np.float64)).max():.4g}; float16 holds "
                                "up to 65504); serve it with lora_dtype float32")
-            tensors[path], ranks[path] = (a_slot, bt_slot), r
+            tensors[path], ranks[path] = (a_slot, lora_kernels.KERNELS[self.kernel].pack(bt_slot)), r
         scales: Dict[str, Dict[str, np.ndarray]] = {"out": {}, "in": {}, "shift": {}}
         for path, magnitude in files.magnitudes.items():
             a, b = files.factors[path]
@@ -445,9 +447,9 @@ class MultiLoraLinear(nn.Cell):
         pool.add_layer(path, base)
         self.pool_a, self.pool_bt, self.pool_ranks = pool.a[path], pool.bt[path], pool.ranks[path]
         self.row_slots = pool.row_slots
-        self.host = pool.kernel == "host"
+        self.delta = lora_kernels.KERNELS[pool.kernel].delta
         # a decode step's few rows: the base product and the adapters' in one host kernel (linear_lora)
-        self.fused = self.host and type(base) is Linear and base.host_linear
+        self.fused = pool.kernel == "host" and type(base) is Linear and base.host_linear
         self.scaled, self.shifted = pool.scaled, path in pool.shift
         if self.scaled:
             self.out_scale, self.in_scale = pool.out_scale[path], pool.in_scale[path]  # [slots + 1, out / in]
@@ -477,9 +479,7 @@ class MultiLoraLinear(nn.Cell):
     def add_delta(self, h, base_out):
         """``base_out + delta(h)`` in float32, by the pool's kernel."""
         y = cast(base_out, ms.float32)
-        if self.host:
-            return lora_kernels.host_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots, y)
-        return lora_kernels.gather_delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots, y)
+        return self.delta(h, self.pool_a, self.pool_bt, self.pool_ranks, self.row_slots, y)
 
 
 def attach_pool(model: nn.Cell, target_modules: Optional[List[str]], max_num: int, max_rank: int, max_rows: int,

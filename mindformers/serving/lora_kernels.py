@@ -5,21 +5,24 @@ Every kernel computes, for ``x [rows, ..., in]`` and the adapter pool of one lay
     out[row] = (x[row] @ a[s, :k]^T) @ bt[s, :k]      s = row_slots[row], k = ranks[s]
     out[row] = 0                                       where s < 0 (a base row) or k = 0
 
-with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``; both float32 or both
-float16, the pool's ``lora_dtype``, widened to float32 as they are read), ``ranks [slots]`` int32
-and ``row_slots [>= rows]`` int32 (entries past ``rows`` are ignored). All are graph inputs (the pool's
-Parameters), so one compiled step serves any mix of adapters; the output is float32. Given ``base`` (the
-layer's own output, float32), a kernel returns ``base + out`` (the host kernel adds it as it writes).
+with ``a [slots, max_rank, in]``, ``bt [slots, max_rank, out]`` (``scaling * B^T``, its elements in the order
+the kernel's ``pack`` puts them; both float32 or both float16, the pool's ``lora_dtype``, widened to float32 as
+they are read), ``ranks [slots]`` int32 and ``row_slots [>= rows]`` int32 (entries past ``rows`` are
+ignored). All are graph inputs (the pool's Parameters), so one compiled step serves any mix of adapters; the
+output is float32. Given ``base`` (the layer's own output, float32), a kernel returns ``base + out`` (the host
+kernel adds it as it writes).
 
 - ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). The rows of one adapter (adjacent or not) go in
   blocks of 4 tokens whose factors are read once; each adapter runs at its own rank; base rows cost nothing.
+  Its bt is in column blocks (``host.pack_columns``): the factors of 32 output columns are one run in memory.
 - ``gather``: MindSpore ops for GPU/Ascend (and any CPU without a compiler): each row's factors gathered
   from the pool, then two batched matmuls at ``max_rank`` (rank masking zeroes what lies beyond an adapter's
   rank). It costs the same for base and adapter rows; tested on CPU against the host kernel and numpy.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, NamedTuple
 
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 from ..kernels import host
@@ -42,7 +45,13 @@ def gather_delta(x, a, bt, ranks, row_slots, base=None):
     return out if base is None else base + out
 
 
-KERNELS: Dict[str, Callable] = {"host": host_delta, "gather": gather_delta}
+class Kernel(NamedTuple):
+    delta: Callable  # (x, a, bt, ranks, row_slots, base=None) -> base + out, as above
+    pack: Callable[[np.ndarray], np.ndarray]  # bt [..., max_rank, out] -> the same in the order delta reads
+
+
+KERNELS: Dict[str, Kernel] = {"host": Kernel(host_delta, host.pack_columns),
+                              "gather": Kernel(gather_delta, lambda bt: bt)}
 
 
 def choose(name: str = "auto") -> str:

@@ -42,16 +42,16 @@ def test_kernel_matches_numpy(kernel, row_slots, seq):
     x = rng.normal(size=(8, seq, 6)).astype(np.float32)
     slots = np.array(row_slots, np.int32)
     want = expected(x, a, bt, ranks, slots)
-    fn = lora_kernels.KERNELS[kernel]
+    fn, pack = lora_kernels.KERNELS[kernel]
     for call in (fn, ms.jit(fn)):
-        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots)).asnumpy()
         assert got.shape == (8, seq, 5) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         for row, slot in enumerate(slots[:8]):
             if slot < 0 or ranks[slot] == 0:
                 assert not got[row].any()
         base = rng.normal(size=(8, seq, 5)).astype(np.float32)  # the layer's own output, added by the kernel
-        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
         np.testing.assert_allclose(got, base + want, rtol=1e-4, atol=1e-4)
 
 
@@ -67,11 +67,11 @@ def test_float16_factors_are_widened(kernel, fan_in, fan_out, seq):
     slots = np.array([0, 2, -1, 0, 2, 1, 3, 3], np.int32)
     want = expected(x, a, bt, ranks, slots)
     base = rng.normal(size=(8, seq, fan_out)).astype(np.float32)
-    fn = lora_kernels.KERNELS[kernel]
+    fn, pack = lora_kernels.KERNELS[kernel]
     if kernel == "gather":  # it multiplies at max_rank (masked): the factors beyond a rank must be finite
         a[np.isinf(a)] = 0
     for call in (fn, ms.jit(fn)):
-        got = call(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, base + want, rtol=1e-5, atol=1e-4)
     # float32 factors give another product (the float16 rounding is what the pool serves)
@@ -86,7 +86,7 @@ def test_host_kernel_threads_and_high_ranks():
     a[a == 1e6] = 0
     x = rng.normal(size=(6, 33, 64)).astype(np.float32)
     slots = np.array([0, 0, 1, -1, 0, 1], np.int32)
-    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(host.pack_columns(bt)), Tensor(ranks), Tensor(slots)).asnumpy()
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-3)
 
 
@@ -102,11 +102,12 @@ def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
                                ranks=(max_rank, max_rank - 1, 1, 0))
     x = rng.normal(size=(7, seq, fan_in)).astype(np.float32)
     slots = np.array([0, 0, 1, -1, 2, 1, 1, 3, 0], np.int32)
-    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
+    packed = host.pack_columns(bt)
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(packed), Tensor(ranks), Tensor(slots)).asnumpy()
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
     assert not got[3].any()
     base = rng.normal(size=(7, seq, fan_out)).astype(np.float32)  # added in every path: tiles, tails, one token
-    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(packed), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
     np.testing.assert_allclose(got, base + expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
 
 
@@ -115,19 +116,19 @@ def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
 def test_pool_writes_reach_a_compiled_step(kernel, dtype):
     """Loading, unloading and binding rows write the pool's Parameters in place: a step compiled before sees
     them (no recompilation)."""
-    pool = AdapterPool({"layer": (6, 5)}, max_num=3, max_rank=4, max_rows=4, kernel=kernel, dtype=dtype)
+    pool = AdapterPool({"layer": (6, 45)}, max_num=3, max_rank=4, max_rows=4, kernel=kernel, dtype=dtype)
     assert pool.a["layer"].dtype == pool.bt["layer"].dtype == getattr(ms, dtype)
-    assert pool.slot_bytes == np.dtype(dtype).itemsize * 4 * (6 + 5)
-    layer = MultiLoraLinear(Linear(6, 5, bias=False), pool, "layer")
-    layer.base.weight.set_data(Tensor(np.zeros((5, 6), np.float32)))  # the output is the adapters' delta alone
+    assert pool.slot_bytes == np.dtype(dtype).itemsize * 4 * (6 + 45)
+    layer = MultiLoraLinear(Linear(6, 45, bias=False), pool, "layer")
+    layer.base.weight.set_data(Tensor(np.zeros((45, 6), np.float32)))  # the output is the adapters' delta alone
     step = ms.jit(layer.construct)
     x = np.random.default_rng(0).normal(size=(4, 1, 6)).astype(np.float32)
     assert not step(Tensor(x)).asnumpy().any()  # nothing loaded, every row base
     rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(45, 3)).astype(np.float32)
     a, b = a.astype(dtype).astype(np.float32), b.astype(dtype).astype(np.float32)  # as the pool holds them
-    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))).astype(dtype), np.pad(b.T, ((0, 1), (0, 0))).astype(dtype))},
-                {"layer": 3})
+    bt = lora_kernels.KERNELS[kernel].pack(np.pad(b.T, ((0, 1), (0, 0))).astype(dtype))  # in the kernel's order
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))).astype(dtype), bt)}, {"layer": 3})
     pool.bind_rows([-1, 1, 1])
     got = step(Tensor(x)).asnumpy()
     assert not got[0].any() and not got[3].any()
@@ -136,6 +137,20 @@ def test_pool_writes_reach_a_compiled_step(kernel, dtype):
     assert not step(Tensor(x)).asnumpy().any()
     with pytest.raises(ValueError, match="sized for 4"):
         pool.bind_rows([0] * 5)
+
+
+def test_pack_columns_puts_each_column_block_in_one_run():
+    """host.pack_columns: [max_rank, out] as blocks of 32 columns, each block's [max_rank, width] one run
+    (a last block narrower); out <= 32 is the plain layout."""
+    bt = np.arange(2 * 3 * 70).reshape(2, 3, 70)  # [slots, max_rank, out]: blocks of 32, 32 and 6 columns
+    packed = host.pack_columns(bt)
+    assert packed.shape == bt.shape and packed.dtype == bt.dtype
+    flat = packed.reshape(2, -1)
+    np.testing.assert_array_equal(flat[:, :96].reshape(2, 3, 32), bt[..., :32])
+    np.testing.assert_array_equal(flat[:, 96:192].reshape(2, 3, 32), bt[..., 32:64])
+    np.testing.assert_array_equal(flat[:, 192:].reshape(2, 3, 6), bt[..., 64:])
+    small = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(host.pack_columns(small), small)
 
 
 def test_unknown_kernel_is_refused():
@@ -161,6 +176,7 @@ def test_fused_linear_kernel_matches_numpy(dtype, rows, seq, fan_in, fan_out, ma
     w = rng.normal(size=(fan_out, fan_in)).astype(np.float32)
     slots = np.array(row_slots, np.int32)
     want = x.astype(np.float64) @ w.T.astype(np.float64) + expected(x, a, bt, ranks, slots)
+    bt = host.pack_columns(bt)
     for call in (host.linear_lora, ms.jit(host.linear_lora)):
         got = call(Tensor(x), Tensor(w), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
         assert got.shape == (rows, seq, fan_out) and got.dtype == np.float32
@@ -188,7 +204,8 @@ def test_layer_fuses_the_base_product_for_few_rows(monkeypatch, bias):
     if bias:
         layer.base.bias.set_data(Tensor(rng.normal(size=(5,)).astype(np.float32)))
     a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
-    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), np.pad(b.T, ((0, 1), (0, 0))))}, {"layer": 3})
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), host.pack_columns(np.pad(b.T, ((0, 1), (0, 0)))))},
+                {"layer": 3})
     calls = []
     real = host.linear_lora
     monkeypatch.setattr(host, "linear_lora", lambda *args: calls.append(1) or real(*args))
