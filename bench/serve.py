@@ -5,7 +5,7 @@ Usage:
     python bench/serve.py [--batch 32] [--prompt-tokens 32] [--new-tokens 32] [--adapters 1 8 32]
                           [--ranks 8 64] [--targets q_proj k_proj ...] [--rounds 3] [--threads 2]
                           [--sides mindformers transformers mindformers-scaled mindformers-float16]
-                          [--out serve.json] [--quick]
+                          [--out serve.json] [--quick] [--baseline REV]
     python bench/serve.py --lru [--lru-adapters 16] [--lru-slots 4] [--lru-requests 128] [--batch 32] ...
     python bench/serve.py --soak SECONDS [--soak-clients 64] [--soak-adapters 16] [--soak-slots 8]
     (needs `pip install -e .[bench]`, i.e. torch==2.13.0, transformers and peft; `make bench` does it)
@@ -52,6 +52,11 @@ then rounds alternate between the two processes; figures are medians over --roun
   transformers' is the RSS (VmRSS) growth per loaded adapter, median. Next to them the adapter file's size.
 Each measurement also returns the generated ids: the table says how many rows both sides decoded alike and
 how many LoRA rows differ from the base output (a check that the adapters are applied at all).
+
+--baseline REV also runs the mindformers side as it is at git revision REV (``git archive`` of the repository
+into the temporary directory: that revision's bench/serve.py and mindformers/), as side ``mindformers@REV``
+in the same rounds, and prints each configuration's step time at REV over ours, the median over rounds of
+adjacent runs: a change measured under the same drift (sequential runs of one commit differ by 10-20% here).
 
 --lru runs the adapter cache instead (mindformers only, no PyTorch): --lru-adapters adapters of rank
 --ranks[0] are registered (``register_lora``: known, not resident) with a pool of --lru-slots slots, and
@@ -361,9 +366,27 @@ def run_side(side, args):
 
 # ---------------------------------------------------------------- the parent
 
-def start_side(side, extra, env):
-    cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:] + extra
+def side_args(args):
+    """The settings a side process needs (what every revision's bench/serve.py accepts)."""
+    return (["--batch", str(args.batch), "--prompt-tokens", str(args.prompt_tokens), "--new-tokens",
+             str(args.new_tokens), "--init-std", str(args.init_std), "--threads", str(args.threads),
+             "--adapters"] + [str(n) for n in args.adapters] + ["--ranks"] + [str(r) for r in args.ranks]
+            + ["--targets"] + list(args.targets))
+
+
+def start_side(side, args, extra, env, script=__file__):
+    cmd = [sys.executable, script, "--side", side] + side_args(args) + extra
     return subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def baseline_tree(rev, into):
+    """The repository at git revision ``rev`` (``git archive``) in the directory ``into``; returns the path
+    of its bench/serve.py."""
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
+    return os.path.join(into, "bench", "serve.py")
 
 
 def main():
@@ -390,6 +413,8 @@ def main():
     parser.add_argument("--soak-clients", type=int, default=64, help="--soak: concurrent clients")
     parser.add_argument("--soak-adapters", type=int, default=16, help="--soak: adapters under --lora-root")
     parser.add_argument("--soak-slots", type=int, default=8, help="--soak: pool slots (--lora-max-num)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the mindformers side as it is at git revision REV (side mindformers@REV)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--adapter-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -397,6 +422,8 @@ def main():
         args.batch, args.adapters, args.ranks, args.rounds = 8, [1, 8], [8], 1
     if args.side:
         return run_side(args.side, args)
+    if args.baseline and "mindformers" not in args.sides:
+        raise SystemExit("--baseline compares with the mindformers side: add it to --sides")
     if args.lru:
         return run_lru(args)
     if args.soak:
@@ -411,8 +438,14 @@ def main():
               file=sys.stderr)
         sides, ready = {}, {}
         try:
-            for side in args.sides:  # loads and warms up one side at a time
-                sides[side] = start_side(side, ["--adapter-root", root], env)
+            scripts = {side: __file__ for side in args.sides}
+            if args.baseline:
+                os.mkdir(os.path.join(root, "baseline"))
+                scripts[f"mindformers@{args.baseline}"] = baseline_tree(args.baseline, os.path.join(root, "baseline"))
+            assets = dict(env, MINDFORMERS_ASSETS=env.get("MINDFORMERS_ASSETS", os.path.join(ROOT, "assets")))
+            for side, script in scripts.items():  # loads and warms up one side at a time
+                sides[side] = start_side(side.split("@")[0], args, ["--adapter-root", root],
+                                         assets if "@" in side else env, script)  # assets: not in git
                 ready[side] = read_reply(sides[side], side)
             if len({json.dumps(r["prompts"]) for r in ready.values()}) > 1:
                 raise SystemExit("the two sides tokenized the prompts differently")
@@ -479,6 +512,12 @@ def report(args, sides, ready, runs, file_bytes):
             {"rank": rank, "adapters": count,
              "decode": decode("mindformers-scaled", (rank, count)) / decode("mindformers", (rank, count))}
             for rank, count in configurations(args)]
+    for old in (n for n in names if n.startswith("mindformers@")):  # --baseline: the same runs, paired
+        results[f"mindformers over {old}"] = [
+            {"rank": rank, "adapters": count,
+             "decode": statistics.median(b["step"] / r["step"]
+                                         for b, r in zip(runs[(old, (rank, count))], runs[("mindformers", (rank, count))]))}
+            for rank, count in configurations(args)]
     if args.out:
         write_json(args.out, results)
 
@@ -508,10 +547,14 @@ def report(args, sides, ready, runs, file_bytes):
                  for r in results["scaled_over_plain"]]
         print("\nscaled_adapters engine / plain engine, decode tokens/s: "
               + ", ".join(f"{label} {ratio:.2f}" for label, ratio in cells))
+    for key in (k for k in results if k.startswith("mindformers over ")):
+        cells = [("base" if r["rank"] is None else f"{r['adapters']} x r{r['rank']}", r["decode"]) for r in results[key]]
+        print(f"\n{key}, decode step time (its step / ours, median of the rounds' adjacent runs): "
+              + ", ".join(f"{label} {ratio:.3f}" for label, ratio in cells))
     if results["targets"]:
         print("\ntargets (issue 14):")
         for target in results["targets"]:
-            print(f"  {target['name']:<46} {target['value']:6.2f} >= {target['goal']:.2f}: "
+            print(f"  {target['name']:<46} {target['value']:6.3f} >= {target['goal']:.2f}: "
                   f"{'met' if target['met'] else 'NOT met'}")
 
 
@@ -584,6 +627,12 @@ def run_lru(args):
         engine.uninstall_model(MODEL_NAME)
     results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
                "file_bytes": file_bytes, "runs": runs}
+    for old in (n for n in names if n.startswith("mindformers@")):  # --baseline: the same runs, paired
+        results[f"mindformers over {old}"] = [
+            {"rank": rank, "adapters": count,
+             "decode": statistics.median(b["step"] / r["step"]
+                                         for b, r in zip(runs[(old, (rank, count))], runs[("mindformers", (rank, count))]))}
+            for rank, count in configurations(args)]
     if args.out:
         write_json(args.out, results)
     print(f"\nAdapter cache: SmolLM2-135M-Instruct float32, {args.threads} threads, {args.batch} rows, pool of "
