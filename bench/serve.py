@@ -627,12 +627,6 @@ def run_lru(args):
         engine.uninstall_model(MODEL_NAME)
     results = {"settings": {k: v for k, v in vars(args).items() if k not in ("side", "adapter_root")},
                "file_bytes": file_bytes, "runs": runs}
-    for old in (n for n in names if n.startswith("mindformers@")):  # --baseline: the same runs, paired
-        results[f"mindformers over {old}"] = [
-            {"rank": rank, "adapters": count,
-             "decode": statistics.median(b["step"] / r["step"]
-                                         for b, r in zip(runs[(old, (rank, count))], runs[("mindformers", (rank, count))]))}
-            for rank, count in configurations(args)]
     if args.out:
         write_json(args.out, results)
     print(f"\nAdapter cache: SmolLM2-135M-Instruct float32, {args.threads} threads, {args.batch} rows, pool of "
