@@ -104,7 +104,8 @@ class HostAttentionSoftmax(nn.Cell):
         return host.softmax_bias_grad(dout, out, self.scale), ops.zeros_like(bias)
 
 
-def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None, softmax=None):
+def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None, softmax=None,
+                      prefix=None):
     """softmax(q k^T * scale + bias) v for grouped-query attention, softmax in float32.
 
     Query head ``h`` uses key/value head ``h // (heads / kv_heads)`` (Hugging Face's ``repeat_kv`` grouping);
@@ -113,8 +114,11 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     Args:
         q: [batch, heads, q_len, head_dim]; k: [batch, kv_heads, k_len, head_dim];
         v: [batch, kv_heads, k_len, v_dim] (v_dim may differ from head_dim, as in MLA);
-        bias: [batch, 1, q_len, k_len].
+        bias: [batch, 1, q_len, n + k_len] with a prefix, else [batch, 1, q_len, k_len].
         softmax: a :class:`HostAttentionSoftmax` of this ``scale`` (used for float32 tensors), or None.
+        prefix: None, or keys and values that come before k and v (prefix tuning's), ``(pk, pv)`` of
+            [batch, kv_heads, n, head_dim] and [batch, kv_heads, n, v_dim]: attention over their
+            concatenation, without copying k and v (a decode step's whole KV cache) into one with the prefix.
     Returns:
         [batch, heads, q_len, v_dim]
     """
@@ -123,6 +127,9 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     n_rep = heads // kv_heads
     q = q.reshape(batch, kv_heads, n_rep * q_len, head_dim)
     scores = ops.BatchMatMul(transpose_b=True)(q, k)  # [batch, kv_heads, n_rep * q_len, k_len]
+    if prefix is not None:  # [batch, kv_heads, n_rep * q_len, n + k_len]
+        scores = ops.concat((ops.BatchMatMul(transpose_b=True)(q, prefix[0]), scores), -1)
+        k_len = scores.shape[-1]
     if softmax is not None and scores.dtype == ms.float32 and bias.dtype == ms.float32 and v.dtype == ms.float32:
         probs = softmax(scores.reshape(batch, heads, q_len, k_len), bias).reshape(batch, kv_heads, n_rep * q_len, k_len)
     else:
@@ -131,7 +138,11 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
         probs = cast(ops.softmax(scores, -1), v.dtype).reshape(batch, kv_heads, n_rep * q_len, k_len)
     if dropout is not None:
         probs = dropout(probs)
-    return ops.matmul(probs, v).reshape(batch, heads, q_len, v.shape[-1])
+    if prefix is None:
+        return ops.matmul(probs, v).reshape(batch, heads, q_len, v.shape[-1])
+    n = prefix[1].shape[2]
+    out = ops.matmul(probs[..., :n], prefix[1]) + ops.matmul(probs[..., n:], v)
+    return out.reshape(batch, heads, q_len, v.shape[-1])
 
 
 def cache_write_index(cache_slots, kv_heads: int, cache_rows=None):

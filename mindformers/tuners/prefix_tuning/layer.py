@@ -87,8 +87,7 @@ class PrefixAttention(AttentionTuner):
     def attend(self, name, q, k, v, bias):
         table = self.prompt(name).astype(k.dtype)
         n, batch = table.shape[0], q.shape[0]
-        prefix_k, prefix_v = self.prefix(table, self.layer_idx, batch)
-        k, v = ops.concat((prefix_k, k), 2), ops.concat((prefix_v, v), 2)
         seen = ops.zeros((batch, 1, bias.shape[2], n), bias.dtype)  # every query sees the prefix
+        # beside k and v, not concatenated with them: in a decode step they are the whole KV cache
         return grouped_attention(q, k, v, ops.concat((seen, bias), 3), self.scale, self.dropout,
-                                 self.softmax)
+                                 self.softmax, prefix=self.prefix(table, self.layer_idx, batch))
