@@ -243,10 +243,9 @@ inline float hsum(vfloat v) {  // a tree of halves: lane by lane would be VW dep
 
 // Register blocks of the LoRA kernel (TB tokens at once, up to 4). With 32 vector registers (AVX-512) the
 // first product keeps 4 tokens x 4 ranks of accumulators; with 16, half as many. The second product works in
-// the pool's column blocks of 32 (COLUMNS below): tiles of 2 vectors by TB tokens.
-constexpr int TOKENS = 4;
+// the pool's column blocks of 32 (COLUMNS below): tiles of OUT_VECTORS vectors by TB tokens.
+constexpr int TOKENS = 4, OUT_VECTORS = 2;
 template <int TB> constexpr int rank_block() { return (VW == 16 ? 16 : 8) / TB > 8 ? 8 : (VW == 16 ? 16 : 8) / TB; }
-template <int TB> constexpr int out_block() { return 2; }
 
 // h[t * ld + r] = x[t] . a[r] for t < TB, r < RB: one pass over `in` for the whole block, one horizontal
 // sum per accumulator at the end.  x: TB rows of `in`, a [RB, in].
@@ -328,7 +327,7 @@ void lora_hidden(const float *const *x, const T *a, int64_t rank, int64_t in, fl
 template <int TB, typename T>
 void lora_columns(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o0,
                   int64_t o1) {
-  constexpr int NV = out_block<TB>();
+  constexpr int NV = OUT_VECTORS;
   int64_t o = o0;
   for (; o + NV * VW <= o1; o += NV * VW) lora_tile<TB, NV, T>(h, rank, bt, out_n, out, o);
   for (; o + VW <= o1; o += VW) lora_tile<TB, 1, T>(h, rank, bt, out_n, out, o);
@@ -413,6 +412,14 @@ void lora_block_of_columns(const float *h, int64_t count, int64_t rank, const T 
   lora_block_columns(h, count, rank, slot_bt + o0 * max_rank, o1 - o0, shifted, 0, o1 - o0);
 }
 
+// The same over all out_n columns, block by block.
+template <typename T>
+void lora_block_all_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, int64_t max_rank,
+                            float *const *os, int64_t out_n) {
+  for (int64_t o = 0; o < out_n; o += COLUMNS)
+    lora_block_of_columns(h, count, rank, slot_bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
+}
+
 // The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the
 // [out, in] weight as stored): dot products along k, a block of TB rows by NB weight rows at a time, whose
 // TB x NB accumulators stay in registers over k (each loaded vector of w serves TB rows, each of x NB
@@ -479,12 +486,14 @@ class Prefetch {
   int64_t per_call_ = 0;
 };
 
+constexpr int LINEAR_ROWS = 4;  // rows of x a block of linear_rows takes
+
 // Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time; calls
 // `fetch` (if any) after each block of TB x NB.
 template <int NB>
 void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k, int64_t n,
                  int64_t first, int64_t last, Prefetch *fetch = nullptr) {
-  constexpr int TB = 4;
+  constexpr int TB = LINEAR_ROWS;
   const float *xs[TB];
   float *ys[TB];
   for (int64_t j = first; j < last;) {
@@ -521,7 +530,7 @@ void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k,
 // About how many blocks (so `fetch` calls) linear_rows runs for rows [first, last) of w and m rows of x.
 template <int NB>
 int64_t linear_blocks(int64_t m, int64_t first, int64_t last) {
-  return (last - first + NB - 1) / NB * ((m + 3) / 4);
+  return (last - first + NB - 1) / NB * ((m + LINEAR_ROWS - 1) / LINEAR_ROWS);
 }
 
 // silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
@@ -943,13 +952,11 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
       if (half) {
         const half_t *a = static_cast<const half_t *>(params[1]) + a_at, *bt = static_cast<const half_t *>(params[2]) + bt_at;
         lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        for (int64_t o = 0; o < out_n; o += COLUMNS)
-          lora_block_of_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
+        lora_block_all_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, out_n);
       } else {
         const float *a = static_cast<const float *>(params[1]) + a_at, *bt = static_cast<const float *>(params[2]) + bt_at;
         lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        for (int64_t o = 0; o < out_n; o += COLUMNS)
-          lora_block_of_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
+        lora_block_all_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, out_n);
       }
     }
   };
@@ -1057,8 +1064,9 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
         if (spins > 4096) std::this_thread::yield();
       const int64_t j0 = (item - count) * CHUNK, j1 = std::min(j0 + CHUNK, n);
       Prefetch fetch;  // the block's factors (one run per adapter), read while its base product runs
-      for (const LoraBlock &blk : blocks)
-        fetch.add(slot_bt(blk) + j0 * max_rank * factor_size, blk.rank * (j1 - j0) * factor_size);
+      for (int64_t b = 0; b < count; ++b)  // once per slot: its blocks are adjacent (lora_blocks)
+        if (b == 0 || blocks[b].slot != blocks[b - 1].slot)
+          fetch.add(slot_bt(blocks[b]) + j0 * max_rank * factor_size, blocks[b].rank * (j1 - j0) * factor_size);
       fetch.spread(linear_blocks<NB>(m, j0, j1));
       linear_rows<NB>(x, w, y, m, k, n, j0, j1, &fetch);
       if (bias != nullptr)
