@@ -477,6 +477,9 @@ def report(args, sides, ready, runs, file_bytes):
     def outputs(side, config):  # the last round's generated ids, one list per row
         return runs[(side, config)][-1]["outputs"]
 
+    def label(row):  # a configuration of a result row
+        return "base" if row["rank"] is None else f"{row['adapters']} x r{row['rank']}"
+
     def ratio(side, config):  # per round: the step of the base run just before it / its step; median
         index = configurations(args)[1:].index(config)
         before = runs[(side, (None, 0))][index::len(configurations(args)) - 1]
@@ -543,14 +546,11 @@ def report(args, sides, ready, runs, file_bytes):
               + "".join(f"{row[side]['load_seconds']:>{width[side]}.3f} "
                         f"{row[side]['bytes_per_adapter'] / 2**20:>7.1f}" for side in names))
     if "scaled_over_plain" in results:
-        cells = [("base" if r["rank"] is None else f"{r['adapters']} x r{r['rank']}", r["decode"])
-                 for r in results["scaled_over_plain"]]
         print("\nscaled_adapters engine / plain engine, decode tokens/s: "
-              + ", ".join(f"{label} {ratio:.2f}" for label, ratio in cells))
+              + ", ".join(f"{label(r)} {r['decode']:.2f}" for r in results["scaled_over_plain"]))
     for key in (k for k in results if k.startswith("mindformers over ")):
-        cells = [("base" if r["rank"] is None else f"{r['adapters']} x r{r['rank']}", r["decode"]) for r in results[key]]
         print(f"\n{key}, decode step time (its step / ours, median of the rounds' adjacent runs): "
-              + ", ".join(f"{label} {ratio:.3f}" for label, ratio in cells))
+              + ", ".join(f"{label(r)} {r['decode']:.3f}" for r in results[key]))
     if results["targets"]:
         print("\ntargets (issue 14):")
         for target in results["targets"]:
