@@ -14,6 +14,7 @@ source, the compiler and the flags, so an edit or another machine builds its own
 (or with ``MINDFORMERS_HOST_KERNELS=0``) the callers keep their generic MindSpore-ops path, which is also the
 path on GPU/Ascend; tests compare the two.
 """
+import ctypes
 import functools
 import hashlib
 import os
@@ -94,13 +95,29 @@ def build(verbose: bool = False) -> str:
     return path
 
 
+def threads() -> int:
+    """The threads a host kernel may use: ``OMP_NUM_THREADS`` as the process was started with it, else the CPUs
+    this process may run on. Importing MindSpore sets ``OMP_NUM_THREADS`` to 1 in the C environment (which
+    Python's ``os.environ`` does not see), so the library would read 1 there: it is told this number instead."""
+    try:
+        count = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        count = 0
+    if count < 1:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return count
+
+
 @functools.lru_cache(maxsize=None)
 def _library() -> Optional[str]:
     try:
-        return build()
+        path = build()
     except (RuntimeError, OSError) as err:
         logger.warning("host kernels unavailable, using MindSpore's generic ops (slower on CPU): %s", err)
         return None
+    # MindSpore's custom ops open the library by this path, so they share this copy's thread count
+    ctypes.CDLL(path).set_threads(threads())
+    return path
 
 
 def enabled() -> bool:

@@ -45,13 +45,14 @@ bool all_float32(int count, const char **dtypes) {
   return true;
 }
 
+// The threads a kernel may use: set by the Python side when it loads the library (host.threads(); importing
+// MindSpore sets OMP_NUM_THREADS to 1 in the process's environment, so the library cannot read it there),
+// else every CPU.
+std::atomic<int> thread_count{0};
+
 int threads() {
-  static const int count = [] {
-    const char *env = std::getenv("OMP_NUM_THREADS");
-    int n = env ? std::atoi(env) : static_cast<int>(std::thread::hardware_concurrency());
-    return n < 1 ? 1 : (n > 64 ? 64 : n);
-  }();
-  return count;
+  const int n = thread_count.load(std::memory_order_relaxed);
+  return n > 0 ? n : std::max(1, std::min(64, static_cast<int>(std::thread::hardware_concurrency())));
 }
 
 // Runs body(worker, begin, end) over [0, n) split into contiguous parts, one per thread, each at least
@@ -588,6 +589,11 @@ int rotary_kernel(int nparam, void **params, int *ndims, int64_t **shapes, const
 }  // namespace
 
 extern "C" {
+
+// host.py calls these through ctypes when it loads the library (the kernels read threads()).
+void set_threads(int n) { thread_count.store(std::max(1, std::min(64, n)), std::memory_order_relaxed); }
+
+int get_threads() { return threads(); }
 
 // AdamW step on one parameter, in place (torch.optim.AdamW's update, as mindformers/trainer/optim.py's
 // generic path computes it, operation for operation):

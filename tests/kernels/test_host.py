@@ -1,5 +1,6 @@
 """The host (CPU) kernels against MindSpore's generic ops and numpy: same updates, same norms, same training
 run; and what a machine without a compiler gets."""
+import ctypes
 import os
 
 import mindspore as ms
@@ -110,6 +111,23 @@ def test_build_is_cached_per_source(monkeypatch, tmp_path):
     mtime = os.path.getmtime(path)
     assert host.build() == path and os.path.getmtime(path) == mtime  # not rebuilt
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.rsplit("/", 1)[1]]
+
+
+def test_kernels_take_the_thread_count_mindspore_hides(monkeypatch):
+    """Importing MindSpore sets OMP_NUM_THREADS to 1 in the C environment (os.environ keeps the value the
+    process started with): the library runs on host.threads(), not on that 1."""
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_char_p
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert libc.getenv(b"OMP_NUM_THREADS") == b"1"  # what the library would otherwise read
+    assert ctypes.CDLL(host._library()).get_threads() == host.threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert host.threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert host.threads() == 3
+    for unusable in ("0", "four"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert host.threads() == len(os.sched_getaffinity(0))
 
 
 def _loss_and_grads(model, ids, mask, labels, train):
