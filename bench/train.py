@@ -12,7 +12,8 @@ rows of exactly --seq tokens (no padding), in the order our Trainer draws them.
 - ours goes through the public API as a user would: ``Trainer(...).finetune()``, with a callback that
   times the steps (the first --warmup steps, which compile the step graph, are not timed);
 - theirs is a plain PyTorch loop: forward with labels, backward, ``clip_grad_norm_``, ``AdamW.step``.
-Each (mode, side) runs in its own process with --threads CPU threads. Each side warms up, then rounds of
+Each (mode, side) runs in its own process with --threads CPU threads (ours, at the machine's width, without
+OMP_NUM_THREADS, as a user's process: bench/sides.py side_env). Each side warms up, then rounds of
 --steps steps alternate between the two processes; figures are medians over --rounds:
 - train tokens/s   = batch * seq * steps / time of the round's steps (ours / theirs: higher is better for us);
 - forward tokens/s = batch * seq / time of one forward pass with the loss and no gradients (compiled on
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from sides import SideFailed, peak_rss_mb, read_reply, reply, reset_peak_rss
+from sides import SideFailed, peak_rss_mb, read_reply, reply, reset_peak_rss, side_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -229,13 +230,14 @@ def forward_time(run) -> float:
     return statistics.median(times)
 
 
-def measure(mode, args, env):
+def measure(mode, args):
     """Start both sides of one mode, alternate --rounds rounds between them; their messages by side, or
     None when a side failed (the other modes still run)."""
     sides, ready = {}, {}
     try:
         for side in ("mindformers", "transformers"):  # loads and warms up one side at a time
             cmd = [sys.executable, __file__, "--side", side, "--mode", mode] + sys.argv[1:]
+            env = side_env(args.threads, side, OPENBLAS_NUM_THREADS=str(args.threads))
             sides[side] = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             ready[side] = read_reply(sides[side], side)
         # Rounds alternate between the sides, so drift in machine speed hits both alike.
@@ -322,9 +324,7 @@ def main():
     if args.side:
         return (run_mindformers if args.side == "mindformers" else run_transformers)(args)
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads))
-    results = {mode: measure(mode, args, env) for mode in modes}
+    results = {mode: measure(mode, args) for mode in modes}
     peak = matmul_peak(args.threads)
 
     tokens = args.batch * args.seq
