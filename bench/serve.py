@@ -430,7 +430,6 @@ def main():
     if args.soak:
         return soak_bench(args)
 
-    env = {"TQDM_DISABLE": "1"}  # the GGUF conversion's progress bars; with side_env's threads per side
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as root:
         start = time.perf_counter()
         file_bytes = write_adapters(root, args.ranks, max(args.adapters), args.targets, args.init_std)
@@ -442,11 +441,13 @@ def main():
             if args.baseline:
                 os.mkdir(os.path.join(root, "baseline"))
                 scripts[f"mindformers@{args.baseline}"] = baseline_tree(args.baseline, os.path.join(root, "baseline"))
-            assets = {"MINDFORMERS_ASSETS": os.environ.get("MINDFORMERS_ASSETS", os.path.join(ROOT, "assets"))}
+            assets = os.environ.get("MINDFORMERS_ASSETS", os.path.join(ROOT, "assets"))
             for side, script in scripts.items():  # loads and warms up one side at a time
-                side_extra = dict(env, **assets) if "@" in side else env  # assets: not in git
+                extra = {"TQDM_DISABLE": "1"}  # the GGUF conversion's progress bars
+                if "@" in side:
+                    extra["MINDFORMERS_ASSETS"] = assets  # a revision's tree has no assets (not in git)
                 sides[side] = start_side(side.split("@")[0], args, ["--adapter-root", root],
-                                         side_env(args.threads, side, **side_extra), script)
+                                         side_env(args.threads, side, **extra), script)
                 ready[side] = read_reply(sides[side], side)
             if len({json.dumps(r["prompts"]) for r in ready.values()}) > 1:
                 raise SystemExit("the two sides tokenized the prompts differently")
