@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -242,33 +243,10 @@ inline float hsum(vfloat v) {  // a tree of halves: lane by lane would be VW dep
   return (total[0] + total[2]) + (total[1] + total[3]);
 }
 
-// Register blocks of the LoRA kernel (TB tokens at once, up to 4). With 32 vector registers (AVX-512) the
-// first product keeps 4 tokens x 4 ranks of accumulators; with 16, half as many. The second product works in
-// the pool's column blocks of 32 (COLUMNS below): tiles of OUT_VECTORS vectors by TB tokens.
+// The LoRA kernel takes the tokens of one adapter in blocks of up to TOKENS (each factor read once per
+// block). The second product works in the pool's column blocks of 32 (COLUMNS below): tiles of OUT_VECTORS
+// vectors by the block's tokens.
 constexpr int TOKENS = 4, OUT_VECTORS = 2;
-template <int TB> constexpr int rank_block() { return (VW == 16 ? 16 : 8) / TB > 8 ? 8 : (VW == 16 ? 16 : 8) / TB; }
-
-// h[t * ld + r] = x[t] . a[r] for t < TB, r < RB: one pass over `in` for the whole block, one horizontal
-// sum per accumulator at the end.  x: TB rows of `in`, a [RB, in].
-template <int TB, int RB, typename T>
-void lora_dots(const float *const *x, const T *a, int64_t in, float *h, int64_t ld) {
-  vfloat acc[TB][RB] = {};
-  int64_t i = 0;
-  for (; i + VW <= in; i += VW) {
-    vfloat av[RB];
-    for (int r = 0; r < RB; ++r) av[r] = vload(a + r * in + i);
-    for (int t = 0; t < TB; ++t) {
-      const vfloat xv = vload(x[t] + i);
-      for (int r = 0; r < RB; ++r) acc[t][r] += xv * av[r];
-    }
-  }
-  for (int t = 0; t < TB; ++t)
-    for (int r = 0; r < RB; ++r) {
-      float sum = hsum(acc[t][r]);
-      for (int64_t k = i; k < in; ++k) sum += x[t][k] * to_float(a[r * in + k]);
-      h[t * ld + r] = sum;
-    }
-}
 
 // out[t, :NV * VW] += h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
 // ranks and is stored once.  h [TB, rank], bt [rank, out_n], out: TB rows.
@@ -314,13 +292,33 @@ void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *o
   }
 }
 
-// h[t * rank + r] = x[t] . a[r] for t < TB, r < rank (the first product of a block of TB tokens).
+// h[t * rank + r] = x[t] . a[r] for t < TB, r < rank (the first product of a block of TB tokens): a's rows
+// one after the other, so that the slot's factor is read front to back as one stream, with two accumulators
+// a token (x's TB rows stay in L1). Blocks of 4 rows read side by side (4 streams of a few KB each) ran at
+// about a third of the bandwidth a plain sum gets from the same memory on one core, one stream at ~60% of it.
 template <int TB, typename T>
 void lora_hidden(const float *const *x, const T *a, int64_t rank, int64_t in, float *h) {
-  constexpr int RB = rank_block<TB>();
-  int64_t j = 0;
-  for (; j + RB <= rank; j += RB) lora_dots<TB, RB, T>(x, a + j * in, in, h + j, rank);
-  for (; j < rank; ++j) lora_dots<TB, 1, T>(x, a + j * in, in, h + j, rank);
+  for (int64_t r = 0; r < rank; ++r) {
+    const T *row = a + r * in;
+    vfloat acc[TB][2] = {};
+    int64_t i = 0;
+    for (; i + 2 * VW <= in; i += 2 * VW) {
+      const vfloat a0 = vload(row + i), a1 = vload(row + i + VW);
+      for (int t = 0; t < TB; ++t) {
+        acc[t][0] += vload(x[t] + i) * a0;
+        acc[t][1] += vload(x[t] + i + VW) * a1;
+      }
+    }
+    for (; i + VW <= in; i += VW) {
+      const vfloat a0 = vload(row + i);
+      for (int t = 0; t < TB; ++t) acc[t][0] += vload(x[t] + i) * a0;
+    }
+    for (int t = 0; t < TB; ++t) {
+      float sum = hsum(acc[t][0] + acc[t][1]);
+      for (int64_t k = i; k < in; ++k) sum += x[t][k] * to_float(row[k]);
+      h[t * rank + r] = sum;
+    }
+  }
 }
 
 // out[t, o0:o1] += h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
@@ -398,27 +396,34 @@ void lora_block_columns(const float *h, int64_t count, int64_t rank, const T *bt
 
 // The pool's bt in column blocks (host.pack_columns writes it): a slot's [max_rank, out] as blocks of
 // COLUMNS columns, block c (columns [o0, o0 + width), o0 = c * COLUMNS, width = min(COLUMNS, out - o0)) at
-// offset o0 * max_rank as [max_rank][width]. The columns of one block of y, the unit linear_lora works in,
-// then read their factors as one contiguous run (rank x width) instead of rank pieces `out` apart: too many
-// streams for the hardware prefetcher (~5% of a rank-64 decode step), and one run is simple to prefetch.
+// offset o0 * max_rank as [max_rank][width]. A block's second product, a tile of columns after the other,
+// then reads the slot's bt front to back (one stream; contiguous at full rank) instead of rank pieces `out`
+// apart: too many streams for the hardware prefetcher.
 constexpr int64_t COLUMNS = 32;
 
-// out[t, o0:o1] += h[t, :rank] . bt[:rank, o0:o1] for the column block [o0, o1) of a slot's column-blocked
-// bt (slot_bt: the slot's first element); os: the block's rows of out.
-template <typename T>
-void lora_block_of_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, int64_t max_rank,
-                           float *const *os, int64_t o0, int64_t o1) {
-  float *shifted[TOKENS];
-  for (int64_t t = 0; t < count; ++t) shifted[t] = os[t] + o0;
-  lora_block_columns(h, count, rank, slot_bt + o0 * max_rank, o1 - o0, shifted, 0, o1 - o0);
-}
-
-// The same over all out_n columns, block by block.
+// out[t] += h[t, :rank] . bt[:rank, :out_n] for t < count over a slot's column-blocked bt (slot_bt: the slot's
+// first element), block by block; os: the block's rows of out.
 template <typename T>
 void lora_block_all_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, int64_t max_rank,
                             float *const *os, int64_t out_n) {
-  for (int64_t o = 0; o < out_n; o += COLUMNS)
-    lora_block_of_columns(h, count, rank, slot_bt, max_rank, os, o, std::min(o + COLUMNS, out_n));
+  float *shifted[TOKENS];
+  for (int64_t o0 = 0; o0 < out_n; o0 += COLUMNS) {
+    const int64_t width = std::min(COLUMNS, out_n - o0);
+    for (int64_t t = 0; t < count; ++t) shifted[t] = os[t] + o0;
+    lora_block_columns(h, count, rank, slot_bt + o0 * max_rank, width, shifted, 0, width);
+  }
+}
+
+// A block's products added to its tokens' rows of the output (os): h = x a^T into h [count, rank], then
+// os += h bt. a, bt: the pool (a [slots, max_rank, in], bt column-blocked [slots, max_rank, out_n]) of T.
+template <typename T>
+void lora_block_products(const LoraBlock &blk, const float *x, const void *a, const void *bt, int64_t in,
+                         int64_t out_n, int64_t max_rank, float *const *os, float *h) {
+  const float *xs[TOKENS];
+  for (int64_t t = 0; t < blk.count; ++t) xs[t] = x + blk.token[t] * in;
+  lora_block_hidden(xs, static_cast<const T *>(a) + blk.slot * max_rank * in, blk.count, blk.rank, in, h);
+  lora_block_all_columns(h, blk.count, blk.rank, static_cast<const T *>(bt) + blk.slot * max_rank * out_n,
+                         max_rank, os, out_n);
 }
 
 // The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the
@@ -455,45 +460,12 @@ void linear_dots(const float *const *x, const float *w, int64_t k, float *const 
     }
 }
 
-// Software prefetch of memory a caller reads next (linear_lora: the adapters' factors of a column block,
-// fetched while its base product runs), spread over the calls: each call issues `per_call` lines of the
-// runs added. The base product of a block is bound by arithmetic, the factors by memory: issued all at once
-// the prefetches stall on the core's few outstanding misses (no faster than reading them when needed).
-class Prefetch {
- public:
-  void add(const void *p, int64_t bytes) {
-    if (bytes > 0) runs_.push_back({static_cast<const char *>(p), bytes});
-  }
-  // Spread the runs' lines over `calls` calls.
-  void spread(int64_t calls) {
-    int64_t lines = 0;
-    for (const Run &run : runs_) lines += (run.bytes + 63) / 64;
-    per_call_ = calls > 0 ? (lines + calls - 1) / calls : lines;
-  }
-  void operator()() {
-    for (int64_t q = 0; q < per_call_ && next_ < runs_.size(); ++q) {
-      Run &run = runs_[next_];
-      __builtin_prefetch(run.p, 0, 2);
-      run.p += 64;
-      run.bytes -= 64;
-      if (run.bytes <= 0) ++next_;
-    }
-  }
-
- private:
-  struct Run { const char *p; int64_t bytes; };
-  std::vector<Run> runs_;
-  size_t next_ = 0;
-  int64_t per_call_ = 0;
-};
-
 constexpr int LINEAR_ROWS = 4;  // rows of x a block of linear_rows takes
 
-// Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time; calls
-// `fetch` (if any) after each block of TB x NB.
+// Rows [first, last) of w (a multiple of NB but the tail) for every row of x, TB rows at a time.
 template <int NB>
 void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k, int64_t n,
-                 int64_t first, int64_t last, Prefetch *fetch = nullptr) {
+                 int64_t first, int64_t last) {
   constexpr int TB = LINEAR_ROWS;
   const float *xs[TB];
   float *ys[TB];
@@ -522,16 +494,9 @@ void linear_rows(const float *x, const float *w, float *y, int64_t m, int64_t k,
       } else {
         for (int64_t t = 0; t < count; ++t) linear_dots<1, 1, false>(xs + t, w + j * k, k, ys + t, j);
       }
-      if (fetch != nullptr) (*fetch)();
     }
     j += whole ? NB : 1;
   }
-}
-
-// About how many blocks (so `fetch` calls) linear_rows runs for rows [first, last) of w and m rows of x.
-template <int NB>
-int64_t linear_blocks(int64_t m, int64_t first, int64_t last) {
-  return (last - first + NB - 1) / NB * ((m + LINEAR_ROWS - 1) / LINEAR_ROWS);
 }
 
 // silu(g) = g * sig(g) with sig(g) = 1 / (1 + exp(-g)); exp(-g) overflows to inf for g < -88, where sig is 0.
@@ -934,36 +899,37 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   if (shapes[1][2] != in || shapes[2][0] != slots || shapes[2][1] != max_rank || shapes[3][0] != slots ||
       shapes[4][0] < rows || (base != nullptr && numel(ndims[5], shapes[5]) != tokens * out_n))
     return 2;
-  // Every row starts as base (or zeros); the blocks add their rows' products. cost counts multiply-adds.
+  // A row without an adapter is base (or zeros). A block's rows get its products from zeros, then base is
+  // added (while they are in cache): the delta's rounding is linear_lora's, so the two kernels give the same
+  // numbers. cost counts multiply-adds.
+  const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
+  std::vector<char> adapted(rows, 0);
+  for (const LoraBlock &blk : blocks)
+    for (int64_t t = 0; t < blk.count; ++t) adapted[blk.token[t] / per_row] = 1;
   for (int64_t r = 0; r < rows; ++r) {
+    if (adapted[r]) continue;
     if (base != nullptr)
       std::memcpy(out + r * per_row * out_n, base + r * per_row * out_n, sizeof(float) * per_row * out_n);
     else
       std::memset(out + r * per_row * out_n, 0, sizeof(float) * per_row * out_n);
   }
-  const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
   int64_t cost = 0;
   for (const LoraBlock &blk : blocks) cost += blk.count * blk.rank * (in + out_n);
   auto run = [&](int64_t first, int64_t last) {
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
-      const LoraBlock &blk = blocks[b];
-      const float *xs[TOKENS];
       float *os[TOKENS];
-      for (int64_t t = 0; t < blk.count; ++t) {
-        xs[t] = x + blk.token[t] * in;
-        os[t] = out + blk.token[t] * out_n;
+      for (int64_t t = 0; t < blocks[b].count; ++t) {
+        os[t] = out + blocks[b].token[t] * out_n;
+        std::fill(os[t], os[t] + out_n, 0.0f);
       }
-      const int64_t a_at = blk.slot * max_rank * in, bt_at = blk.slot * max_rank * out_n;  // the slot's factors
-      if (half) {
-        const half_t *a = static_cast<const half_t *>(params[1]) + a_at, *bt = static_cast<const half_t *>(params[2]) + bt_at;
-        lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        lora_block_all_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, out_n);
-      } else {
-        const float *a = static_cast<const float *>(params[1]) + a_at, *bt = static_cast<const float *>(params[2]) + bt_at;
-        lora_block_hidden(xs, a, blk.count, blk.rank, in, h.data());
-        lora_block_all_columns(h.data(), blk.count, blk.rank, bt, max_rank, os, out_n);
-      }
+      (half ? lora_block_products<half_t> : lora_block_products<float>)(blocks[b], x, params[1], params[2], in,
+                                                                        out_n, max_rank, os, h.data());
+      if (base != nullptr)
+        for (int64_t t = 0; t < blocks[b].count; ++t) {
+          const float *bt = base + blocks[b].token[t] * out_n;
+          for (int64_t j = 0; j < out_n; ++j) os[t][j] += bt[j];
+        }
     }
   };
   const int64_t count = static_cast<int64_t>(blocks.size());
@@ -1000,11 +966,14 @@ int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
 }
 
 // y = x w^T plus each row's own LoRA product (lora_delta's), in one kernel: a decode step's adapted layer.
-// The blocks' first products (h = x a^T) come first; then each chunk of w's rows (a range of y's columns) is
-// multiplied and, while that part of y is in cache, gets the blocks' second products over the range (h bt).
-// The factors are read between the base product's arithmetic instead of in a kernel of their own (one
-// launch per layer instead of two, no second pass over y). Both threads take items in order, the first
-// products before any chunk: a thread that reaches a chunk waits only for first products already claimed.
+// Two kinds of work: the base product in chunks of w's rows (columns of y), bound by arithmetic, and the
+// adapters' products a block of tokens at a time (the slot's factors read front to back once), bound by
+// memory; the latter go to a scratch z of the blocks' rows. Each of two threads starts on its own kind (one
+// the blocks, the other the chunks), then takes what is left of the other: one core streams the factors
+// while the other multiplies. (Reading a chunk's factors between its base product's arithmetic, on both
+// threads, made 8 adapters of rank 64 cost a decode step's 210 layers ~29 ms over the base's ~61; this way
+// ~21.) Whichever ends last, a chunk's base product or the last block, adds the chunk's columns of z to y:
+// y = (x w^T + bias) + z however the threads ran, which is lora_delta's base + delta.
 // inputs: x [rows, ..., k] float32, w [n, k] float32, a [slots, max_rank, k] and bt [slots, max_rank, n] (column-blocked; both
 // float32 or both float16, widened as read), ranks [slots] int32, row_slots [>= rows] int32 (as lora_delta's),
 // optional bias [n] float32 (added before the adapters' products, as a Linear's output is before lora_delta's);
@@ -1034,58 +1003,67 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
   float *y = static_cast<float *>(params[nparam - 1]);
   const std::vector<LoraBlock> blocks = lora_blocks(rows, per_row, row_slots, ranks, slots, max_rank);
   const int64_t count = static_cast<int64_t>(blocks.size());
-  std::vector<float> hidden(count * TOKENS * max_rank);  // block b's h [count, rank] at b * TOKENS * max_rank
-  std::atomic<int64_t> hidden_done{0};
-  constexpr int NB = 4, CHUNK = COLUMNS;  // weight rows (columns of y) an item takes: one column block of bt
+  constexpr int NB = 4, CHUNK = COLUMNS;  // weight rows (columns of y) a chunk takes
   const int64_t chunks = (n + CHUNK - 1) / CHUNK;
-  auto block = [&](int64_t b, auto factor) {  // factor: a null pointer of the factors' type
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
-    const T *a = static_cast<const T *>(params[2]) + blocks[b].slot * max_rank * k;
-    const float *xs[TOKENS];
-    for (int64_t t = 0; t < blocks[b].count; ++t) xs[t] = x + blocks[b].token[t] * k;
-    lora_block_hidden(xs, a, blocks[b].count, blocks[b].rank, k, hidden.data() + b * TOKENS * max_rank);
-  };
-  const int64_t factor_size = half ? sizeof(half_t) : sizeof(float);
-  auto slot_bt = [&](const LoraBlock &blk) {  // the slot's bt (column-blocked, see COLUMNS), as bytes
-    return static_cast<const char *>(params[3]) + blk.slot * max_rank * n * factor_size;
-  };
-  auto columns = [&](int64_t j0, int64_t j1, auto factor) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(factor)>>;
-    for (int64_t b = 0; b < count; ++b) {
-      const LoraBlock &blk = blocks[b];
-      float *os[TOKENS];
-      for (int64_t t = 0; t < blk.count; ++t) os[t] = y + blk.token[t] * n;
-      lora_block_of_columns(hidden.data() + b * TOKENS * max_rank, blk.count, blk.rank,
-                            reinterpret_cast<const T *>(slot_bt(blk)), max_rank, os, j0, j1);
-    }
-  };
-  auto run = [&](int64_t first, int64_t last) {
-    for (int64_t item = first; item < last; ++item) {
-      if (item < count) {
-        half ? block(item, static_cast<const half_t *>(nullptr)) : block(item, static_cast<const float *>(nullptr));
-        hidden_done.fetch_add(1, std::memory_order_release);
-        continue;
+  // z: block b's token t at row b * TOKENS + t. Kept by the calling thread: a new buffer this size (a few
+  // hundred KB) is mapped afresh, so page-faulted, by every call.
+  static thread_local std::vector<float> z_rows;
+  if (z_rows.size() < static_cast<size_t>(count * TOKENS * n)) z_rows.resize(count * TOKENS * n);
+  float *z = z_rows.data();
+  // ended[c]: how many of chunk c's two parts (its base product, all the blocks) are done; with no blocks,
+  // one already is.
+  std::unique_ptr<std::atomic<int>[]> ended(new std::atomic<int>[chunks]);
+  for (int64_t c = 0; c < chunks; ++c) ended[c].store(count == 0 ? 1 : 0, std::memory_order_relaxed);
+  std::atomic<int64_t> next_block{0}, next_chunk{0}, blocks_done{0};
+  auto part_done = [&](int64_t c) {  // the second of chunk c's parts adds its columns of z to y
+    if (ended[c].fetch_add(1, std::memory_order_acq_rel) != 1) return;
+    const int64_t j0 = c * CHUNK, j1 = std::min<int64_t>(j0 + CHUNK, n);
+    for (int64_t b = 0; b < count; ++b)
+      for (int64_t t = 0; t < blocks[b].count; ++t) {
+        float *yt = y + blocks[b].token[t] * n;
+        const float *zt = z + (b * TOKENS + t) * n;
+        for (int64_t j = j0; j < j1; ++j) yt[j] += zt[j];
       }
-      for (int spins = 0; hidden_done.load(std::memory_order_acquire) < count; ++spins)
-        if (spins > 4096) std::this_thread::yield();
-      const int64_t j0 = (item - count) * CHUNK, j1 = std::min(j0 + CHUNK, n);
-      Prefetch fetch;  // the block's factors (one run per adapter), read while its base product runs
-      for (int64_t b = 0; b < count; ++b)  // once per slot: its blocks are adjacent (lora_blocks)
-        if (b == 0 || blocks[b].slot != blocks[b - 1].slot)
-          fetch.add(slot_bt(blocks[b]) + j0 * max_rank * factor_size, blocks[b].rank * (j1 - j0) * factor_size);
-      fetch.spread(linear_blocks<NB>(m, j0, j1));
-      linear_rows<NB>(x, w, y, m, k, n, j0, j1, &fetch);
-      if (bias != nullptr)
-        for (int64_t t = 0; t < m; ++t)
-          for (int64_t j = j0; j < j1; ++j) y[t * n + j] += bias[j];
-      half ? columns(j0, j1, static_cast<const half_t *>(nullptr)) : columns(j0, j1, static_cast<const float *>(nullptr));
+  };
+  auto take_block = [&](float *h) {
+    const int64_t b = next_block.fetch_add(1, std::memory_order_relaxed);
+    if (b >= count) return false;
+    float *os[TOKENS];
+    for (int64_t t = 0; t < blocks[b].count; ++t) {
+      os[t] = z + (b * TOKENS + t) * n;
+      std::fill(os[t], os[t] + n, 0.0f);
+    }
+    (half ? lora_block_products<half_t> : lora_block_products<float>)(blocks[b], x, params[2], params[3], k, n,
+                                                                      max_rank, os, h);
+    if (blocks_done.fetch_add(1, std::memory_order_acq_rel) == count - 1)
+      for (int64_t c = 0; c < chunks; ++c) part_done(c);
+    return true;
+  };
+  auto take_chunk = [&] {
+    const int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
+    if (c >= chunks) return false;
+    const int64_t j0 = c * CHUNK, j1 = std::min<int64_t>(j0 + CHUNK, n);
+    linear_rows<NB>(x, w, y, m, k, n, j0, j1);
+    if (bias != nullptr)
+      for (int64_t t = 0; t < m; ++t)
+        for (int64_t j = j0; j < j1; ++j) y[t * n + j] += bias[j];
+    part_done(c);
+    return true;
+  };
+  auto work = [&](int64_t role, int64_t) {  // role 0 starts on the blocks, role 1 on the chunks
+    std::vector<float> h(TOKENS * max_rank);
+    if (role == 0) {
+      while (take_block(h.data())) {}
+      while (take_chunk()) {}
+    } else {
+      while (take_chunk()) {}
+      while (take_block(h.data())) {}
     }
   };
-  const int64_t items = count + chunks;
   if (m * n * k < (int64_t(1) << 17) || chunks < 2 || threads() < 2) {
-    run(0, items);
+    work(0, 1);
   } else {
-    Helper::get().run(items, 1, run);
+    Helper::get().run(2, 1, work);
   }
   return 0;
 }

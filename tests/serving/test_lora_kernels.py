@@ -1,5 +1,7 @@
 """The multi-LoRA kernels (serving/lora_kernels.py) against numpy: each row its own adapter at its own rank,
 base rows and rank-0 slots untouched, in and out of a compiled graph; and the pool's writes reach them."""
+import ctypes
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -188,6 +190,29 @@ def test_fused_linear_kernel_matches_numpy(dtype, rows, seq, fan_in, fan_out, ma
     unfused = host.lora_delta(Tensor(x), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots),
                               host.linear(Tensor(x), Tensor(w)) + Tensor(bias)).asnumpy()
     np.testing.assert_array_equal(got, unfused)
+
+
+@pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
+def test_fused_linear_kernel_gives_the_same_numbers_however_its_threads_ran():
+    """host.linear_lora's two threads each start on one kind of work (the adapters' products, the base
+    product's column chunks) and take what is left of the other's; a chunk gets its adapters' part from
+    whichever ends last. Call after call on two threads, and on one, the numbers are the same (and lora_delta's
+    over the base)."""
+    rng = np.random.default_rng(7)
+    a, bt, ranks = pool_arrays(rng, slots=8, max_rank=16, fan_in=256, fan_out=320, ranks=(16,) * 8)
+    x = rng.normal(size=(32, 1, 256)).astype(np.float32)
+    w = rng.normal(size=(320, 256)).astype(np.float32)
+    slots = np.array([s % 8 for s in range(32)], np.int32)
+    args = [Tensor(t) for t in (x, w, a, host.pack_columns(bt), ranks, slots)]
+    want = host.lora_delta(args[0], args[2], args[3], args[4], args[5], host.linear(args[0], args[1])).asnumpy()
+    library = ctypes.CDLL(host._library())
+    try:
+        for threads in (2, 1):
+            library.set_threads(threads)
+            for _ in range(10):
+                np.testing.assert_array_equal(host.linear_lora(*args).asnumpy(), want)
+    finally:
+        library.set_threads(host.threads())
 
 
 @pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the host kernels are not built")
