@@ -274,7 +274,8 @@ def pack_columns(bt: np.ndarray) -> np.ndarray:
     """``bt [..., max_rank, out]`` in the host LoRA kernels' column blocks (same shape and dtype): each
     ``[max_rank, out]`` as blocks of ``LORA_COLUMNS`` columns one after the other, block ``c`` (columns
     ``o0 = c * LORA_COLUMNS`` up to ``LORA_COLUMNS`` of them) a ``[max_rank, width]`` run at ``o0 * max_rank``.
-    The kernels read one block's factors, for one block of output columns, as one contiguous run."""
+    The kernels go over the output columns a block at a time, so they read a slot's factors front to back
+    (one contiguous run at full rank) instead of ``max_rank`` runs ``out`` apart."""
     rank, out = bt.shape[-2:]
     lead = bt.shape[:-2]
     packed = np.empty(lead + (rank * out,), bt.dtype)
@@ -317,8 +318,9 @@ def linear(x, weight):
 
 def linear_lora(x, weight, a, bt, ranks, row_slots, bias=None):
     """``lora_delta(x, a, bt, ranks, row_slots, base=linear(x, weight) + bias)`` in one kernel, for few rows (a
-    served decode step's adapted layer): each chunk of the base product gets its rows' adapter products while
-    it is in cache, one launch per layer; the same numbers as the separate kernels. Arguments as ``linear``'s
+    served decode step's adapted layer), one launch per layer: one thread starts on the adapters' products
+    (bound by reading the factors), the other on the base product (bound by arithmetic), each then takes what
+    is left of the other's; the same numbers as the separate kernels. Arguments as ``linear``'s
     and ``lora_delta``'s (x float32 [rows, ..., in], weight float32 [out, in], bias float32 [out] or None);
     returns float32 [rows, ..., out]. Not differentiable (serving only)."""
     op = _primitive("linear_lora", out_shape=_linear_shape)

@@ -19,8 +19,8 @@ sets before each step (:meth:`AdapterPool.bind_rows`), so the model's forward si
 The product itself is a compiled kernel inside the step, one implementation per platform
 (``lora_kernels.py``): the C++ host kernel on CPU (each adapter at its own rank, base rows free), MindSpore
 ops (gather + batched matmul) elsewhere. On CPU a decode step's few float32 rows of a ``Linear`` take the
-base product and the adapters' in one kernel (``host.linear_lora``: one launch per layer, the factors read
-between the base product's arithmetic).
+base product and the adapters' in one kernel (``host.linear_lora``: one launch per layer; one thread streams
+the adapters' factors while the other computes the base product).
 
 DoRA and IA3 (``scaled_adapters``): a scaled pool also holds, per layer, row scales indexed by slot + 1 (row
 0, the identity, serves base rows): ``out [max_num + 1, out]``, ``in [max_num + 1, in]`` and, on layers with a
