@@ -1005,42 +1005,44 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
   const int64_t count = static_cast<int64_t>(blocks.size());
   constexpr int NB = 4, CHUNK = COLUMNS;  // weight rows (columns of y) a chunk takes
   const int64_t chunks = (n + CHUNK - 1) / CHUNK;
-  // z: block b's token t at row b * TOKENS + t. Kept by the calling thread: a new buffer this size (a few
-  // hundred KB) is mapped afresh, so page-faulted, by every call.
+  // z: y's shape, a token's products in its row (rows without an adapter unused). Kept by the calling
+  // thread: a new buffer this size (a few hundred KB) is mapped afresh, so page-faulted, by every call.
   static thread_local std::vector<float> z_rows;
-  if (z_rows.size() < static_cast<size_t>(count * TOKENS * n)) z_rows.resize(count * TOKENS * n);
+  if (z_rows.size() < static_cast<size_t>(m * n)) z_rows.resize(m * n);
   float *z = z_rows.data();
   // ended[c]: how many of chunk c's two parts (its base product, all the blocks) are done; with no blocks,
   // one already is.
   std::unique_ptr<std::atomic<int>[]> ended(new std::atomic<int>[chunks]);
   for (int64_t c = 0; c < chunks; ++c) ended[c].store(count == 0 ? 1 : 0, std::memory_order_relaxed);
-  std::atomic<int64_t> next_block{0}, next_chunk{0}, blocks_done{0};
+  // Each on a cache line of its own: the threads take items from different counters, ~13,000 a decode step.
+  struct alignas(64) Counter { std::atomic<int64_t> value{0}; };
+  Counter next_block, next_chunk, blocks_done;
   auto part_done = [&](int64_t c) {  // the second of chunk c's parts adds its columns of z to y
     if (ended[c].fetch_add(1, std::memory_order_acq_rel) != 1) return;
     const int64_t j0 = c * CHUNK, j1 = std::min<int64_t>(j0 + CHUNK, n);
     for (int64_t b = 0; b < count; ++b)
       for (int64_t t = 0; t < blocks[b].count; ++t) {
         float *yt = y + blocks[b].token[t] * n;
-        const float *zt = z + (b * TOKENS + t) * n;
+        const float *zt = z + blocks[b].token[t] * n;
         for (int64_t j = j0; j < j1; ++j) yt[j] += zt[j];
       }
   };
   auto take_block = [&](float *h) {
-    const int64_t b = next_block.fetch_add(1, std::memory_order_relaxed);
+    const int64_t b = next_block.value.fetch_add(1, std::memory_order_relaxed);
     if (b >= count) return false;
     float *os[TOKENS];
     for (int64_t t = 0; t < blocks[b].count; ++t) {
-      os[t] = z + (b * TOKENS + t) * n;
+      os[t] = z + blocks[b].token[t] * n;
       std::fill(os[t], os[t] + n, 0.0f);
     }
     (half ? lora_block_products<half_t> : lora_block_products<float>)(blocks[b], x, params[2], params[3], k, n,
                                                                       max_rank, os, h);
-    if (blocks_done.fetch_add(1, std::memory_order_acq_rel) == count - 1)
+    if (blocks_done.value.fetch_add(1, std::memory_order_acq_rel) == count - 1)
       for (int64_t c = 0; c < chunks; ++c) part_done(c);
     return true;
   };
   auto take_chunk = [&] {
-    const int64_t c = next_chunk.fetch_add(1, std::memory_order_relaxed);
+    const int64_t c = next_chunk.value.fetch_add(1, std::memory_order_relaxed);
     if (c >= chunks) return false;
     const int64_t j0 = c * CHUNK, j1 = std::min<int64_t>(j0 + CHUNK, n);
     linear_rows<NB>(x, w, y, m, k, n, j0, j1);
