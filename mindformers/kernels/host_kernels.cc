@@ -24,7 +24,6 @@
 #include <memory>
 #include <mutex>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -414,13 +413,17 @@ void lora_block_all_columns(const float *h, int64_t count, int64_t rank, const T
   }
 }
 
-// A block's products added to its tokens' rows of the output (os): h = x a^T into h [count, rank], then
-// os += h bt. a, bt: the pool (a [slots, max_rank, in], bt column-blocked [slots, max_rank, out_n]) of T.
+// A block's products written to its tokens' rows of the output (os), from zeros: h = x a^T into
+// h [count, rank], then os = h bt. a, bt: the pool (a [slots, max_rank, in], bt column-blocked
+// [slots, max_rank, out_n]) of T.
 template <typename T>
 void lora_block_products(const LoraBlock &blk, const float *x, const void *a, const void *bt, int64_t in,
                          int64_t out_n, int64_t max_rank, float *const *os, float *h) {
   const float *xs[TOKENS];
-  for (int64_t t = 0; t < blk.count; ++t) xs[t] = x + blk.token[t] * in;
+  for (int64_t t = 0; t < blk.count; ++t) {
+    xs[t] = x + blk.token[t] * in;
+    std::fill(os[t], os[t] + out_n, 0.0f);
+  }
   lora_block_hidden(xs, static_cast<const T *>(a) + blk.slot * max_rank * in, blk.count, blk.rank, in, h);
   lora_block_all_columns(h, blk.count, blk.rank, static_cast<const T *>(bt) + blk.slot * max_rank * out_n,
                          max_rank, os, out_n);
@@ -919,10 +922,7 @@ int lora_delta(int nparam, void **params, int *ndims, int64_t **shapes, const ch
     std::vector<float> h(TOKENS * max_rank);
     for (int64_t b = first; b < last; ++b) {
       float *os[TOKENS];
-      for (int64_t t = 0; t < blocks[b].count; ++t) {
-        os[t] = out + blocks[b].token[t] * out_n;
-        std::fill(os[t], os[t] + out_n, 0.0f);
-      }
+      for (int64_t t = 0; t < blocks[b].count; ++t) os[t] = out + blocks[b].token[t] * out_n;
       (half ? lora_block_products<half_t> : lora_block_products<float>)(blocks[b], x, params[1], params[2], in,
                                                                         out_n, max_rank, os, h.data());
       if (base != nullptr)
@@ -968,7 +968,7 @@ int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
 // y = x w^T plus each row's own LoRA product (lora_delta's), in one kernel: a decode step's adapted layer.
 // Two kinds of work: the base product in chunks of w's rows (columns of y), bound by arithmetic, and the
 // adapters' products a block of tokens at a time (the slot's factors read front to back once), bound by
-// memory; the latter go to a scratch z of the blocks' rows. Each of two threads starts on its own kind (one
+// memory; the latter go to a scratch z of y's shape. Each of two threads starts on its own kind (one
 // the blocks, the other the chunks), then takes what is left of the other: one core streams the factors
 // while the other multiplies. (Reading a chunk's factors between its base product's arithmetic, on both
 // threads, made 8 adapters of rank 64 cost a decode step's 210 layers ~29 ms over the base's ~61; this way
@@ -1031,10 +1031,7 @@ int linear_lora(int nparam, void **params, int *ndims, int64_t **shapes, const c
     const int64_t b = next_block.value.fetch_add(1, std::memory_order_relaxed);
     if (b >= count) return false;
     float *os[TOKENS];
-    for (int64_t t = 0; t < blocks[b].count; ++t) {
-      os[t] = z + blocks[b].token[t] * n;
-      std::fill(os[t], os[t] + n, 0.0f);
-    }
+    for (int64_t t = 0; t < blocks[b].count; ++t) os[t] = z + blocks[b].token[t] * n;
     (half ? lora_block_products<half_t> : lora_block_products<float>)(blocks[b], x, params[2], params[3], k, n,
                                                                       max_rank, os, h);
     if (blocks_done.value.fetch_add(1, std::memory_order_acq_rel) == count - 1)
