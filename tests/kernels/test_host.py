@@ -448,6 +448,36 @@ def test_linear_kernel_against_numpy(rows, fan_in, fan_out, jit):
     np.testing.assert_array_equal(got3, got.reshape(1, rows, fan_out))
 
 
+def test_linear_kernel_gives_a_row_the_same_numbers_alone_or_in_a_batch():
+    # a single row reads the weight row after row, more rows in blocks side by side: each dot product sums
+    # in the same order, so a batch-1 decode step and a batch's row agree to the bit
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 576)).astype(np.float32)
+    w = rng.normal(size=(1536, 576)).astype(np.float32)
+    batch = host.linear(Tensor(x), Tensor(w)).asnumpy()
+    for row in range(len(x)):
+        np.testing.assert_array_equal(host.linear(Tensor(x[row:row + 1]), Tensor(w)).asnumpy(), batch[row:row + 1])
+
+
+def test_tied_head_uses_the_kernel_for_few_rows_outside_training(monkeypatch):
+    from mindformers.models.common import layers
+    from tests.trainer.conftest import tiny_llama
+
+    model = tiny_llama(seed=6, vocab_size=300)
+    model.set_train(False)
+    table = model.tied_embedding_table().asnumpy()
+    calls = []
+    monkeypatch.setattr(layers.host, "linear",
+                        lambda x, w: calls.append((x.shape, w.shape)) or ms.ops.matmul(x, w.T))
+    ids = Tensor(np.array([[5, 17, 42]], np.int32))
+    logits = model(ids).asnumpy()
+    assert ((3, 32), table.shape) in calls  # the head's product: 3 rows against the table
+    calls.clear()
+    model.set_train(True)  # training keeps MindSpore's MatMul (and the fused loss with labels)
+    np.testing.assert_allclose(model(ids).asnumpy(), logits, rtol=1e-5, atol=1e-5)
+    assert calls == []
+
+
 def test_linear_layer_uses_the_kernel_for_few_rows_outside_training(monkeypatch):
     from mindformers.models.common import layers
 

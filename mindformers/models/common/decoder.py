@@ -257,6 +257,7 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         self.aux_loss = config.aux_loss_settings()  # (coefficient, experts, top_k) or None
         # training on CPU: the loss and its gradient from the host kernel, no logits (see LinearCrossEntropy)
         self.fused_loss = LinearCrossEntropy() if host.enabled() else None
+        self.host_linear = host.enabled()  # outside training, a tied head's product over few rows on the host
 
     def stack(self):
         return getattr(self, self.base_model_prefix)
@@ -283,7 +284,7 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         hidden, router_logits = self.stack().run(input_ids, attention_mask, position_ids,
                                                  inputs_embeds=inputs_embeds)
         out = lm_output(hidden, self.lm_head, self.stack().embedding_weight(), labels, self.tied_matmul,
-                        self.fused_loss if self.training else None)
+                        self.fused_loss if self.training else None, self.host_linear and not self.training)
         if labels is None or self.aux_loss is None:
             return out
         coefficient, experts, top_k = self.aux_loss
@@ -308,7 +309,7 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
         if hidden.shape[1] != 1:
             hidden = hidden[:, -1:]
-        logits = lm_output(hidden, self.lm_head, weight, None, self.tied_matmul)
+        logits = lm_output(hidden, self.lm_head, weight, None, self.tied_matmul, use_host=self.host_linear)
         # a reshape, not logits[:, 0]: MindSpore's CPU StridedSlice took 33 ms on [32, 1, 49152] logits
         return cast(logits.reshape(logits.shape[0], logits.shape[-1]), ms.float32)
 

@@ -474,7 +474,7 @@ def shifted_labels(labels, seq: int):
     return ops.concat((labels[:, 1:].astype(ms.int32), tail), 1).reshape(-1)
 
 
-def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None, fused_loss=None):
+def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None, fused_loss=None, use_host=False):
     """Logits [batch, seq, vocab] from the final hidden states (through ``lm_head`` or the tied
     embedding), and ``(loss, logits)`` when ``labels`` are given.
 
@@ -484,6 +484,8 @@ def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None, fused
         fused_loss: a :class:`LinearCrossEntropy` to compute the loss with (a model in training on CPU),
             giving ``(loss, None)``: no logits. Used when the head is the plain product (tied, or a whole
             bias-free ``Linear``; a tuner's or a split head is not).
+        use_host: a tied head's product may run the host kernel (``product_nt``): the model is outside
+            training on a CPU with the kernels (an own ``lm_head`` decides this itself).
     """
     if labels is not None and fused_loss is not None:
         if lm_head is None or (isinstance(lm_head, Linear) and lm_head.whole_product and lm_head.bias is None):
@@ -495,7 +497,8 @@ def lm_output(hidden, lm_head, embedding_weight, labels, tied_matmul=None, fused
         # tied weights [vocab, hidden]: transpose inside the matmul (``weight.T`` would copy 100+ MB per call)
         shape = hidden.shape
         matmul = _MATMUL_NT if tied_matmul is None else tied_matmul
-        logits = matmul(hidden.reshape(-1, shape[-1]), embedding_weight).reshape(shape[:-1] + (-1,))
+        logits = product_nt(hidden.reshape(-1, shape[-1]), embedding_weight, matmul, use_host)
+        logits = logits.reshape(shape[:-1] + (-1,))
     else:
         logits = lm_head(hidden)
     if labels is None:
