@@ -956,13 +956,13 @@ int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   // Weight rows a thread takes at a time. A single row (batch-1 decode) reads w one row after the other:
   // one stream, which one core reads at about the memory's speed (SmolLM2's 210 layers: ~17 ms, where NB
   // rows side by side took ~23 ms on two threads); each dot product sums in the same order either way.
-  const int64_t CHUNK = m == 1 ? 64 : 8 * NB;
+  const int64_t chunk = m == 1 ? 64 : 8 * NB;
   auto run = [&](int64_t first, int64_t last) {
-    const int64_t j0 = first * CHUNK, j1 = std::min(last * CHUNK, n);
+    const int64_t j0 = first * chunk, j1 = std::min(last * chunk, n);
     if (m != 1) return linear_rows<NB>(x, w, y, m, k, n, j0, j1);
     for (int64_t j = j0; j < j1; ++j) linear_dots<1, 1, false>(&x, w + j * k, k, &y, j);
   };
-  const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+  const int64_t chunks = (n + chunk - 1) / chunk;
   if (m * n * k < (int64_t(1) << 17) || chunks < 2 || threads() < 2) {
     run(0, chunks);
   } else {

@@ -309,7 +309,8 @@ class DecoderForCausalLM(PreTrainedModel, PromptInputs, GenerationMixin):
         hidden = self.stack().run(input_ids, attention_mask, position_ids, kv_cache, cache_slots, cache_rows)[0]
         if hidden.shape[1] != 1:
             hidden = hidden[:, -1:]
-        logits = lm_output(hidden, self.lm_head, weight, None, self.tied_matmul, use_host=self.host_linear)
+        logits = lm_output(hidden, self.lm_head, weight, None, self.tied_matmul,
+                           use_host=self.host_linear and not self.training)  # as the layers' Linears decide
         # a reshape, not logits[:, 0]: MindSpore's CPU StridedSlice took 33 ms on [32, 1, 49152] logits
         return cast(logits.reshape(logits.shape[0], logits.shape[-1]), ms.float32)
 
