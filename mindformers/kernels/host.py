@@ -270,19 +270,29 @@ def swap_axes(x):
 LORA_COLUMNS = 32  # host_kernels.cc's COLUMNS: the width of bt's column blocks
 
 
-def pack_columns(bt: np.ndarray) -> np.ndarray:
-    """``bt [..., max_rank, out]`` in the host LoRA kernels' column blocks (same shape and dtype): each
-    ``[max_rank, out]`` as blocks of ``LORA_COLUMNS`` columns one after the other, block ``c`` (columns
-    ``o0 = c * LORA_COLUMNS`` up to ``LORA_COLUMNS`` of them) a ``[max_rank, width]`` run at ``o0 * max_rank``.
-    The kernels go over the output columns a block at a time, so they read a slot's factors front to back
-    (one contiguous run at full rank) instead of ``max_rank`` runs ``out`` apart."""
-    rank, out = bt.shape[-2:]
+def pack_columns(bt: np.ndarray, ranks) -> np.ndarray:
+    """``bt [..., max_rank, out]`` in the host LoRA kernels' column blocks at each slot's own rank (same
+    shape and dtype; a permutation of each ``[max_rank, out]``): its first ``rank`` rows as blocks of
+    ``LORA_COLUMNS`` columns one after the other, block ``c`` (columns ``o0 = c * LORA_COLUMNS``, up to
+    ``LORA_COLUMNS`` of them) a ``[rank, width]`` run at ``o0 * rank``, then the rows past the rank the same
+    way (never read). The kernels go over the output columns a block at a time, so they read a slot's
+    ``rank * out`` factors front to back as one run, whatever ``max_rank`` is. ``ranks``: an int, or one per
+    ``[max_rank, out]`` (the leading shape, e.g. ``[slots]``); the ranks the kernel is given with it."""
+    bt = np.asarray(bt)
+    max_rank, out = bt.shape[-2:]
     lead = bt.shape[:-2]
-    packed = np.empty(lead + (rank * out,), bt.dtype)
-    for o0 in range(0, out, LORA_COLUMNS):
-        width = min(LORA_COLUMNS, out - o0)
-        packed[..., o0 * rank:(o0 + width) * rank] = bt[..., o0:o0 + width].reshape(lead + (rank * width,))
+    ranks = np.broadcast_to(np.asarray(ranks), lead)
+    packed = np.empty(lead + (max_rank * out,), bt.dtype)
+    for index in np.ndindex(*lead):
+        rank = int(np.clip(ranks[index], 0, max_rank))
+        packed[index] = np.concatenate([_column_blocks(bt[index][:rank]), _column_blocks(bt[index][rank:])])
     return packed.reshape(bt.shape)
+
+
+def _column_blocks(rows: np.ndarray) -> np.ndarray:
+    """``rows [r, out]`` as ``[r, width]`` blocks of ``LORA_COLUMNS`` columns, one after the other, flat."""
+    return np.concatenate([rows[:, o0:o0 + LORA_COLUMNS].ravel() for o0 in range(0, rows.shape[1], LORA_COLUMNS)]
+                          + [rows[:0, 0]])
 
 
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
@@ -290,7 +300,7 @@ def lora_delta(x, a, bt, ranks, row_slots, base=None):
 
     Args:
         x: float32 [rows, ..., in]; a: [slots, max_rank, in] and bt: [slots, max_rank, out] in column blocks
-            (``pack_columns``), both float32 or both float16 (widened to float32 as they are read);
+            (``pack_columns`` at ``ranks``), both float32 or both float16 (widened to float32 as they are read);
         ranks: int32 [slots]; row_slots: int32 [>= rows], the slot of each row, negative for none;
         base: float32 [rows, ..., out] or None: added to the product (in the kernel, not as a graph op).
     Returns:

@@ -393,23 +393,25 @@ void lora_block_columns(const float *h, int64_t count, int64_t rank, const T *bt
   }
 }
 
-// The pool's bt in column blocks (host.pack_columns writes it): a slot's [max_rank, out] as blocks of
-// COLUMNS columns, block c (columns [o0, o0 + width), o0 = c * COLUMNS, width = min(COLUMNS, out - o0)) at
-// offset o0 * max_rank as [max_rank][width]. A block's second product, a tile of columns after the other,
-// then reads the slot's bt front to back (one stream; contiguous at full rank) instead of rank pieces `out`
-// apart: too many streams for the hardware prefetcher.
+// The pool's bt in column blocks at the slot's own rank (host.pack_columns writes it): of a slot's
+// [max_rank, out], the first `rank` rows as blocks of COLUMNS columns, block c (columns [o0, o0 + width),
+// o0 = c * COLUMNS, width = min(COLUMNS, out - o0)) at offset o0 * rank as [rank][width]; the rows past the
+// rank after them. A block's second product, a tile of columns after the other, then reads the slot's
+// rank * out factors front to back as one stream, whatever max_rank is, instead of rank pieces `out` apart
+// (or, blocked at max_rank, rank * width pieces max_rank * width apart: a rank-8 adapter in a rank-64 pool
+// read 1 KB of every 8): too many streams for the hardware prefetcher.
 constexpr int64_t COLUMNS = 32;
 
 // out[t] += h[t, :rank] . bt[:rank, :out_n] for t < count over a slot's column-blocked bt (slot_bt: the slot's
 // first element), block by block; os: the block's rows of out.
 template <typename T>
-void lora_block_all_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, int64_t max_rank,
-                            float *const *os, int64_t out_n) {
+void lora_block_all_columns(const float *h, int64_t count, int64_t rank, const T *slot_bt, float *const *os,
+                            int64_t out_n) {
   float *shifted[TOKENS];
   for (int64_t o0 = 0; o0 < out_n; o0 += COLUMNS) {
     const int64_t width = std::min(COLUMNS, out_n - o0);
     for (int64_t t = 0; t < count; ++t) shifted[t] = os[t] + o0;
-    lora_block_columns(h, count, rank, slot_bt + o0 * max_rank, width, shifted, 0, width);
+    lora_block_columns(h, count, rank, slot_bt + o0 * rank, width, shifted, 0, width);
   }
 }
 
@@ -425,8 +427,8 @@ void lora_block_products(const LoraBlock &blk, const float *x, const void *a, co
     std::fill(os[t], os[t] + out_n, 0.0f);
   }
   lora_block_hidden(xs, static_cast<const T *>(a) + blk.slot * max_rank * in, blk.count, blk.rank, in, h);
-  lora_block_all_columns(h, blk.count, blk.rank, static_cast<const T *>(bt) + blk.slot * max_rank * out_n,
-                         max_rank, os, out_n);
+  lora_block_all_columns(h, blk.count, blk.rank, static_cast<const T *>(bt) + blk.slot * max_rank * out_n, os,
+                         out_n);
 }
 
 // The linear layer of a decode step, y = x w^T, for a few rows x [m, k] against w [n, k] (the

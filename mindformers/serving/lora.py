@@ -248,7 +248,7 @@ class AdapterPool:
                                f"(largest |A| {np.abs(a).max():.4g}, |scaling * B| "
                                f"{np.abs(files.scaling[path] * b.astype(np.float64)).max():.4g}; float16 holds "
                                "up to 65504); serve it with lora_dtype float32")
-            tensors[path], ranks[path] = (a_slot, lora_kernels.KERNELS[self.kernel].pack(bt_slot)), r
+            tensors[path], ranks[path] = (a_slot, lora_kernels.KERNELS[self.kernel].pack(bt_slot, r)), r
         scales: Dict[str, Dict[str, np.ndarray]] = {"out": {}, "in": {}, "shift": {}}
         for path, magnitude in files.magnitudes.items():
             a, b = files.factors[path]

@@ -14,12 +14,12 @@ kernel adds it as it writes).
 
 - ``host``: the C++ kernel of ``mindformers/kernels`` (CPU). The rows of one adapter (adjacent or not) go in
   blocks of 4 tokens whose factors are read once; each adapter runs at its own rank; base rows cost nothing.
-  Its bt is in column blocks (``host.pack_columns``): the factors of 32 output columns are one run in memory.
+  Its bt is in column blocks at each slot's rank (``host.pack_columns``): a slot's factors are one run in memory.
 - ``gather``: MindSpore ops for GPU/Ascend (and any CPU without a compiler): each row's factors gathered
   from the pool, then two batched matmuls at ``max_rank`` (rank masking zeroes what lies beyond an adapter's
   rank). It costs the same for base and adapter rows; tested on CPU against the host kernel and numpy.
 """
-from typing import Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict, NamedTuple
 
 import mindspore as ms
 import numpy as np
@@ -47,11 +47,11 @@ def gather_delta(x, a, bt, ranks, row_slots, base=None):
 
 class Kernel(NamedTuple):
     delta: Callable  # (x, a, bt, ranks, row_slots, base=None) -> base + out, as above
-    pack: Callable[[np.ndarray], np.ndarray]  # bt [..., max_rank, out] -> the same in the order delta reads
+    pack: Callable[[np.ndarray, Any], np.ndarray]  # (bt [..., max_rank, out], ranks) -> the order delta reads
 
 
 KERNELS: Dict[str, Kernel] = {"host": Kernel(host_delta, host.pack_columns),
-                              "gather": Kernel(gather_delta, lambda bt: bt)}
+                              "gather": Kernel(gather_delta, lambda bt, ranks: bt)}
 
 
 def choose(name: str = "auto") -> str:

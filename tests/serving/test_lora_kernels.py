@@ -46,14 +46,14 @@ def test_kernel_matches_numpy(kernel, row_slots, seq):
     want = expected(x, a, bt, ranks, slots)
     fn, pack = lora_kernels.KERNELS[kernel]
     for call in (fn, ms.jit(fn)):
-        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt, ranks)), Tensor(ranks), Tensor(slots)).asnumpy()
         assert got.shape == (8, seq, 5) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         for row, slot in enumerate(slots[:8]):
             if slot < 0 or ranks[slot] == 0:
                 assert not got[row].any()
         base = rng.normal(size=(8, seq, 5)).astype(np.float32)  # the layer's own output, added by the kernel
-        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt, ranks)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
         np.testing.assert_allclose(got, base + want, rtol=1e-4, atol=1e-4)
 
 
@@ -73,7 +73,7 @@ def test_float16_factors_are_widened(kernel, fan_in, fan_out, seq):
     if kernel == "gather":  # it multiplies at max_rank (masked): the factors beyond a rank must be finite
         a[np.isinf(a)] = 0
     for call in (fn, ms.jit(fn)):
-        got = call(Tensor(x), Tensor(a), Tensor(pack(bt)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
+        got = call(Tensor(x), Tensor(a), Tensor(pack(bt, ranks)), Tensor(ranks), Tensor(slots), Tensor(base)).asnumpy()
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, base + want, rtol=1e-5, atol=1e-4)
     # float32 factors give another product (the float16 rounding is what the pool serves)
@@ -88,7 +88,7 @@ def test_host_kernel_threads_and_high_ranks():
     a[a == 1e6] = 0
     x = rng.normal(size=(6, 33, 64)).astype(np.float32)
     slots = np.array([0, 0, 1, -1, 0, 1], np.int32)
-    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(host.pack_columns(bt)), Tensor(ranks), Tensor(slots)).asnumpy()
+    got = host.lora_delta(Tensor(x), Tensor(a), Tensor(host.pack_columns(bt, ranks)), Tensor(ranks), Tensor(slots)).asnumpy()
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-3)
 
 
@@ -104,7 +104,7 @@ def test_host_kernel_odd_sizes(fan_in, fan_out, max_rank, seq):
                                ranks=(max_rank, max_rank - 1, 1, 0))
     x = rng.normal(size=(7, seq, fan_in)).astype(np.float32)
     slots = np.array([0, 0, 1, -1, 2, 1, 1, 3, 0], np.int32)
-    packed = host.pack_columns(bt)
+    packed = host.pack_columns(bt, ranks)
     got = host.lora_delta(Tensor(x), Tensor(a), Tensor(packed), Tensor(ranks), Tensor(slots)).asnumpy()
     np.testing.assert_allclose(got, expected(x, a, bt, ranks, slots), rtol=1e-4, atol=1e-4)
     assert not got[3].any()
@@ -129,7 +129,7 @@ def test_pool_writes_reach_a_compiled_step(kernel, dtype):
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(45, 3)).astype(np.float32)
     a, b = a.astype(dtype).astype(np.float32), b.astype(dtype).astype(np.float32)  # as the pool holds them
-    bt = lora_kernels.KERNELS[kernel].pack(np.pad(b.T, ((0, 1), (0, 0))).astype(dtype))  # in the kernel's order
+    bt = lora_kernels.KERNELS[kernel].pack(np.pad(b.T, ((0, 1), (0, 0))).astype(dtype), 3)  # in the kernel's order
     pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))).astype(dtype), bt)}, {"layer": 3})
     pool.bind_rows([-1, 1, 1])
     got = step(Tensor(x)).asnumpy()
@@ -142,17 +142,33 @@ def test_pool_writes_reach_a_compiled_step(kernel, dtype):
 
 
 def test_pack_columns_puts_each_column_block_in_one_run():
-    """host.pack_columns: [max_rank, out] as blocks of 32 columns, each block's [max_rank, width] one run
-    (a last block narrower); out <= 32 is the plain layout."""
+    """host.pack_columns: a [max_rank, out] at full rank as blocks of 32 columns, each block's [max_rank, width]
+    one run (a last block narrower); out <= 32 is the plain layout."""
     bt = np.arange(2 * 3 * 70).reshape(2, 3, 70)  # [slots, max_rank, out]: blocks of 32, 32 and 6 columns
-    packed = host.pack_columns(bt)
+    packed = host.pack_columns(bt, 3)
     assert packed.shape == bt.shape and packed.dtype == bt.dtype
     flat = packed.reshape(2, -1)
     np.testing.assert_array_equal(flat[:, :96].reshape(2, 3, 32), bt[..., :32])
     np.testing.assert_array_equal(flat[:, 96:192].reshape(2, 3, 32), bt[..., 32:64])
     np.testing.assert_array_equal(flat[:, 192:].reshape(2, 3, 6), bt[..., 64:])
     small = np.arange(12.0).reshape(3, 4)
-    np.testing.assert_array_equal(host.pack_columns(small), small)
+    np.testing.assert_array_equal(host.pack_columns(small, 3), small)
+
+
+def test_pack_columns_keeps_a_slot_below_max_rank_in_one_run():
+    """A slot of rank r in a pool of a higher max_rank: its r * out factors first, in column blocks of
+    [r, width] (one run, which the kernel reads front to back), then the rows past r the same way; each slot
+    at its own rank, none lost."""
+    bt = np.arange(3 * 8 * 70).reshape(3, 8, 70)
+    packed = host.pack_columns(bt, np.array([2, 8, 0])).reshape(3, -1)
+    np.testing.assert_array_equal(packed[0, :64].reshape(2, 32), bt[0, :2, :32])
+    np.testing.assert_array_equal(packed[0, 64:128].reshape(2, 32), bt[0, :2, 32:64])
+    np.testing.assert_array_equal(packed[0, 128:140].reshape(2, 6), bt[0, :2, 64:])
+    np.testing.assert_array_equal(packed[0, 140:140 + 6 * 32].reshape(6, 32), bt[0, 2:, :32])
+    np.testing.assert_array_equal(packed[1], host.pack_columns(bt[1], 8).ravel())
+    np.testing.assert_array_equal(packed[2], host.pack_columns(bt[2], 8).ravel())  # rank 0: the rest alone
+    for slot in range(3):
+        np.testing.assert_array_equal(np.sort(packed[slot]), bt[slot].ravel())
 
 
 def test_unknown_kernel_is_refused():
@@ -178,7 +194,7 @@ def test_fused_linear_kernel_matches_numpy(dtype, rows, seq, fan_in, fan_out, ma
     w = rng.normal(size=(fan_out, fan_in)).astype(np.float32)
     slots = np.array(row_slots, np.int32)
     want = x.astype(np.float64) @ w.T.astype(np.float64) + expected(x, a, bt, ranks, slots)
-    bt = host.pack_columns(bt)
+    bt = host.pack_columns(bt, ranks)
     for call in (host.linear_lora, ms.jit(host.linear_lora)):
         got = call(Tensor(x), Tensor(w), Tensor(a), Tensor(bt), Tensor(ranks), Tensor(slots)).asnumpy()
         assert got.shape == (rows, seq, fan_out) and got.dtype == np.float32
@@ -203,7 +219,7 @@ def test_fused_linear_kernel_gives_the_same_numbers_however_its_threads_ran():
     x = rng.normal(size=(32, 1, 256)).astype(np.float32)
     w = rng.normal(size=(320, 256)).astype(np.float32)
     slots = np.array([s % 8 for s in range(32)], np.int32)
-    args = [Tensor(t) for t in (x, w, a, host.pack_columns(bt), ranks, slots)]
+    args = [Tensor(t) for t in (x, w, a, host.pack_columns(bt, ranks), ranks, slots)]
     want = host.lora_delta(args[0], args[2], args[3], args[4], args[5], host.linear(args[0], args[1])).asnumpy()
     library = ctypes.CDLL(host._library())
     try:
@@ -229,7 +245,7 @@ def test_layer_fuses_the_base_product_for_few_rows(monkeypatch, bias):
     if bias:
         layer.base.bias.set_data(Tensor(rng.normal(size=(5,)).astype(np.float32)))
     a, b = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
-    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), host.pack_columns(np.pad(b.T, ((0, 1), (0, 0)))))},
+    pool._write(1, {"layer": (np.pad(a, ((0, 1), (0, 0))), host.pack_columns(np.pad(b.T, ((0, 1), (0, 0))), 3))},
                 {"layer": 3})
     calls = []
     real = host.linear_lora
