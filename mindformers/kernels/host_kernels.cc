@@ -242,21 +242,28 @@ inline float hsum(vfloat v) {  // a tree of halves: lane by lane would be VW dep
   return (total[0] + total[2]) + (total[1] + total[3]);
 }
 
+// v, loaded into a register once: otherwise GCC folds each use's load into its multiply-add (a memory
+// operand), and a register block's loop reloads every vector once per row of the block (linear_dots: each
+// vector of w TB times; lora_tile: each of bt's once per token): bound by loads, not by arithmetic.
+inline vfloat in_register(vfloat v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
 // The LoRA kernel takes the tokens of one adapter in blocks of up to TOKENS (each factor read once per
 // block). The second product works in the pool's column blocks of 32 (COLUMNS below): tiles of OUT_VECTORS
 // vectors by the block's tokens.
 constexpr int TOKENS = 4, OUT_VECTORS = 2;
 
-// out[t, :NV * VW] += h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
-// ranks and is stored once.  h [TB, rank], bt [rank, out_n], out: TB rows.
+// out[t, :NV * VW] = h[t, :rank] . bt[:rank, :NV * VW] for t < TB: the tile stays in registers over the
+// ranks and is stored once (written, not added: a block's rows get their products from zeros, so nothing
+// has to clear them first). h [TB, rank], bt [rank, out_n], out: TB rows.
 template <int TB, int NV, typename T>
 void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o) {
-  vfloat acc[TB][NV];
-  for (int t = 0; t < TB; ++t)
-    for (int v = 0; v < NV; ++v) acc[t][v] = vload(out[t] + o + v * VW);
+  vfloat acc[TB][NV] = {};
   for (int64_t j = 0; j < rank; ++j) {
     vfloat b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = vload(bt + j * out_n + o + v * VW);
+    for (int v = 0; v < NV; ++v) b[v] = in_register(vload(bt + j * out_n + o + v * VW));
     for (int t = 0; t < TB; ++t) {
       const float hj = h[t * rank + j];
       for (int v = 0; v < NV; ++v) acc[t][v] += hj * b[v];
@@ -266,28 +273,32 @@ void lora_tile(const float *h, int64_t rank, const T *bt, int64_t out_n, float *
     for (int v = 0; v < NV; ++v) vstore(out[t] + o + v * VW, acc[t][v]);
 }
 
-// out [o0:o1] += h [rank] . bt [rank, o0:o1] for a block of one token, whose adapter is read once and from
+// out [o0:o1] = h [rank] . bt [rank, o0:o1] for a block of one token, whose adapter is read once and from
 // memory when each row has its own: bt is streamed 4 rows at a time, front to back (tiles across its rows, as
-// lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher).
+// lora_tile reads them, were ~1.4x slower there: too many streams for the prefetcher). The first 4 rows (or
+// fewer) write out, the others add to it: the sums of lora_tile's order, from zeros.
 template <typename T>
 void lora_row(const float *h, int64_t rank, const T *bt, int64_t out_n, float *out, int64_t o0, int64_t o1) {
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const float h0 = h[j], h1 = h[j + 1], h2 = h[j + 2], h3 = h[j + 3];
     const T *b0 = bt + j * out_n, *b1 = b0 + out_n, *b2 = b1 + out_n, *b3 = b2 + out_n;
+    const bool first = j == 0;
     int64_t o = o0;
     for (; o + VW <= o1; o += VW)
-      vstore(out + o, vload(out + o) + ((h0 * vload(b0 + o) + h1 * vload(b1 + o)) +
-                                        (h2 * vload(b2 + o) + h3 * vload(b3 + o))));
+      vstore(out + o, (first ? vfloat{} : vload(out + o)) + ((h0 * vload(b0 + o) + h1 * vload(b1 + o)) +
+                                                             (h2 * vload(b2 + o) + h3 * vload(b3 + o))));
     for (; o < o1; ++o)
-      out[o] += (h0 * to_float(b0[o]) + h1 * to_float(b1[o])) + (h2 * to_float(b2[o]) + h3 * to_float(b3[o]));
+      out[o] = (first ? 0.0f : out[o]) +
+               ((h0 * to_float(b0[o]) + h1 * to_float(b1[o])) + (h2 * to_float(b2[o]) + h3 * to_float(b3[o])));
   }
   for (; j < rank; ++j) {
     const float hj = h[j];
     const T *bj = bt + j * out_n;
+    const bool first = j == 0;
     int64_t o = o0;
-    for (; o + VW <= o1; o += VW) vstore(out + o, vload(out + o) + hj * vload(bj + o));
-    for (; o < o1; ++o) out[o] += hj * to_float(bj[o]);
+    for (; o + VW <= o1; o += VW) vstore(out + o, (first ? vfloat{} : vload(out + o)) + hj * vload(bj + o));
+    for (; o < o1; ++o) out[o] = (first ? 0.0f : out[o]) + hj * to_float(bj[o]);
   }
 }
 
@@ -320,7 +331,7 @@ void lora_hidden(const float *const *x, const T *a, int64_t rank, int64_t in, fl
   }
 }
 
-// out[t, o0:o1] += h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
+// out[t, o0:o1] = h[t, :rank] . bt[:rank, o0:o1] for t < TB (the second product over a range of columns):
 // register tiles of NV vectors, then single vectors, then the columns left.
 template <int TB, typename T>
 void lora_columns(const float *h, int64_t rank, const T *bt, int64_t out_n, float *const *out, int64_t o0,
@@ -333,7 +344,7 @@ void lora_columns(const float *h, int64_t rank, const T *bt, int64_t out_n, floa
     for (int64_t k = o; k < o1; ++k) {
       float sum = 0;
       for (int64_t r = 0; r < rank; ++r) sum += h[t * rank + r] * to_float(bt[r * out_n + k]);
-      out[t][k] += sum;
+      out[t][k] = sum;
     }
 }
 
@@ -422,10 +433,7 @@ template <typename T>
 void lora_block_products(const LoraBlock &blk, const float *x, const void *a, const void *bt, int64_t in,
                          int64_t out_n, int64_t max_rank, float *const *os, float *h) {
   const float *xs[TOKENS];
-  for (int64_t t = 0; t < blk.count; ++t) {
-    xs[t] = x + blk.token[t] * in;
-    std::fill(os[t], os[t] + out_n, 0.0f);
-  }
+  for (int64_t t = 0; t < blk.count; ++t) xs[t] = x + blk.token[t] * in;
   lora_block_hidden(xs, static_cast<const T *>(a) + blk.slot * max_rank * in, blk.count, blk.rank, in, h);
   lora_block_all_columns(h, blk.count, blk.rank, static_cast<const T *>(bt) + blk.slot * max_rank * out_n, os,
                          out_n);
@@ -437,13 +445,6 @@ void lora_block_products(const LoraBlock &blk, const float *x, const void *a, co
 // weight rows). The weight rows of a block are read from memory once and from L1 by the row blocks after
 // the first; x (m rows) stays in L2. MindSpore's MatMul packs w for every call, which costs a decode step
 // (a few rows against every weight of the model) about twice what this loop does.
-// v, loaded into a register once: otherwise GCC folds each use's load into its multiply-add (a memory
-// operand), and the loop reloads every vector of w TB times: bound by loads, not by arithmetic.
-inline vfloat in_register(vfloat v) {
-  asm("" : "+x"(v));
-  return v;
-}
-
 template <int TB, int NB, bool FETCH>
 void linear_dots(const float *const *x, const float *w, int64_t k, float *const *y, int64_t n0) {
   vfloat acc[TB][NB] = {};
