@@ -400,7 +400,8 @@ std::vector<LoraBlock> lora_blocks(int64_t rows, int64_t per_row, const int32_t 
 }
 
 // A block of `count` tokens of one adapter (factors of type T): its first product into h [count, rank], and
-// its second product over columns [o0, o1) added to its rows of out (one token: lora_row).
+// its second product over columns [o0, o1) written to its rows of out (one token: lora_row); ahead: the
+// next block's factor (its a, or its bt at these columns) or nullptr.
 template <typename T>
 void lora_block_hidden(const float *const *xs, const T *a, int64_t count, int64_t rank, int64_t in, float *h,
                        const T *ahead) {
