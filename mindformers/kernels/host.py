@@ -291,8 +291,7 @@ def pack_columns(bt: np.ndarray, ranks) -> np.ndarray:
 
 def _column_blocks(rows: np.ndarray) -> np.ndarray:
     """``rows [r, out]`` as ``[r, width]`` blocks of ``LORA_COLUMNS`` columns, one after the other, flat."""
-    return np.concatenate([rows[:, o0:o0 + LORA_COLUMNS].ravel() for o0 in range(0, rows.shape[1], LORA_COLUMNS)]
-                          + [rows[:0, 0]])
+    return np.concatenate([rows[:, o0:o0 + LORA_COLUMNS].ravel() for o0 in range(0, rows.shape[1], LORA_COLUMNS)])
 
 
 def lora_delta(x, a, bt, ranks, row_slots, base=None):
