@@ -312,6 +312,58 @@ def test_attention_softmax_kernel_equals_the_generic_ops(heads, kv_heads, q_len,
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_attention_softmax_kernel_with_a_prefix_equals_the_generic_ops(jit):
+    """With a prefix (prefix tuning's keys and values) grouped_attention takes the host softmax alone, not the
+    whole attention: the same output and gradients (q, k, v and the prefix's) as the generic ops."""
+    from mindformers.models.common.attention import NEG_INF, HostAttentionSoftmax, grouped_attention
+
+    rng = np.random.default_rng(9)
+    batch, heads, kv_heads, q_len, k_len, n, dim = 2, 4, 2, 3, 5, 2, 8
+    shapes = ((batch, heads, q_len, dim), (batch, kv_heads, k_len, dim), (batch, kv_heads, k_len, dim),
+              (batch, kv_heads, n, dim), (batch, kv_heads, n, dim), (batch, heads, q_len, dim))
+    q, k, v, pk, pv, dout = (Tensor(rng.normal(size=s).astype(np.float32)) for s in shapes)
+    bias = Tensor(np.where(rng.random((batch, 1, q_len, n + k_len)) < 0.3, NEG_INF, 0.0).astype(np.float32))
+    softmax = HostAttentionSoftmax(dim ** -0.5)
+
+    def run(fused):
+        def loss_of(q, k, v, pk, pv):
+            out = grouped_attention(q, k, v, bias, dim ** -0.5, None, softmax if fused else None, (pk, pv))
+            return (out * dout).sum()
+
+        grad = ms.value_and_grad(loss_of, (0, 1, 2, 3, 4))
+        value, grads = (ms.jit(grad) if jit else grad)(q, k, v, pk, pv)
+        return [value.asnumpy()] + [g.asnumpy() for g in grads]
+
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_attention_gradient_graph_transposes_nothing(tmp_path):
+    """The host path's attention gradient reads the probabilities and queries as they are (BatchMatMul with
+    transpose_a): MindSpore's autodiff of the products added Transpose kernels, whose buffers a compiled
+    graph keeps for its life (docs/mindspore_cpu.md)."""
+    from mindformers.models.common.attention import HostAttentionSoftmax, grouped_attention
+    from tests.generation.test_decode_graphs import compiled_graphs
+
+    rng = np.random.default_rng(10)
+    q, dout = (Tensor(rng.normal(size=(2, 4, 6, 8)).astype(np.float32)) for _ in range(2))
+    k, v = (Tensor(rng.normal(size=(2, 2, 6, 8)).astype(np.float32)) for _ in range(2))
+    bias = Tensor(np.zeros((2, 1, 6, 6), np.float32))
+    texts = {}
+    for fused in (True, False):
+        softmax = HostAttentionSoftmax(8 ** -0.5) if fused else None
+
+        def loss_of(q, k, v):
+            return (grouped_attention(q, k, v, bias, 8 ** -0.5, None, softmax) * dout).sum()
+
+        run = ms.jit(ms.grad(loss_of, (0, 1, 2)))
+        graphs = compiled_graphs(lambda: run(q, k, v), tmp_path / str(fused))
+        texts[fused] = "\n".join(graphs.values())
+    assert "= PrimFunc_Transpose(" in texts[False] or "= Transpose(" in texts[False]  # what the check would see
+    assert "Transpose(" not in texts[True]
+
+
 @pytest.mark.parametrize("dtype", [ms.float32, ms.float16, ms.bfloat16])
 def test_swap_axes_kernel_equals_swapaxes(dtype):
     """split_heads/merge_heads with HostSwapAxes (the CPU path) give swapaxes' values and gradients, in and

@@ -86,22 +86,72 @@ class HostSwapAxes(nn.Cell):
         return (host.swap_axes(dout),)
 
 
-class HostAttentionSoftmax(nn.Cell):
-    """``softmax(scale * scores + bias)`` by the host kernels, forward and backward (float32 on CPU): one
-    pass each way where MindSpore's scaling, broadcast add and softmax kernels each keep buffers the size of
-    the scores for a compiled graph's life. An attention built with ``host.enabled()`` holds one and hands it
-    to :func:`grouped_attention`. The bias (the mask) gets no gradient: it is never trained here.
-    """
+class _HostSoftmax(nn.Cell):
+    """``softmax(scale * scores + bias)`` by the host kernels, forward and backward; the bias (the mask) gets no
+    gradient: it is never trained here."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: Tensor):
         super().__init__()
-        self.scale = Tensor(np.array([scale], np.float32))
+        self.scale = scale
 
     def construct(self, scores, bias):
         return host.softmax_bias(scores, bias, self.scale)
 
     def bprop(self, scores, bias, out, dout):
         return host.softmax_bias_grad(dout, out, self.scale), ops.zeros_like(bias)
+
+
+class _HostAttentionCore(nn.Cell):
+    """``softmax(scale * q k^T + bias) v`` for grouped heads, returning ``(out, probs)``, with its gradient
+    written out: MindSpore's autodiff of the two batched products transposes the probabilities and the
+    queries (Transpose kernels, whose buffers a compiled graph keeps for its life; measured ~6 MB a layer of
+    a SmolLM2 LoRA step at batch 4 x 128, and slower), where ``BatchMatMul(transpose_a=True)`` reads them
+    as they are. The forward pass is :func:`grouped_attention`'s own ops (same numbers)."""
+
+    def __init__(self, scale: Tensor):
+        super().__init__()
+        self.scale = scale
+        self.product = ops.BatchMatMul()
+        self.product_nt = ops.BatchMatMul(transpose_b=True)
+        self.product_tn = ops.BatchMatMul(transpose_a=True)
+
+    def construct(self, q, k, v, bias):
+        batch, heads, q_len, head_dim = q.shape
+        kv_heads, k_len = k.shape[1], k.shape[2]
+        grouped = (batch, kv_heads, heads // kv_heads * q_len)
+        scores = self.product_nt(q.reshape(grouped + (head_dim,)), k)
+        probs = host.softmax_bias(scores.reshape(batch, heads, q_len, k_len), bias, self.scale)
+        probs = probs.reshape(grouped + (k_len,))
+        return self.product(probs, v).reshape(batch, heads, q_len, v.shape[-1]), probs
+
+    def bprop(self, q, k, v, bias, out, dout):
+        batch, heads, q_len, head_dim = q.shape
+        kv_heads, k_len = k.shape[1], k.shape[2]
+        grouped = (batch, kv_heads, heads // kv_heads * q_len)
+        probs = out[1]
+        d_out = dout[0].reshape(grouped + (v.shape[-1],))  # the probabilities' own output is never differentiated
+        d_v = self.product_tn(probs, d_out)
+        d_probs = self.product_nt(d_out, v).reshape(batch, heads, q_len, k_len)
+        d_scores = host.softmax_bias_grad(d_probs, probs.reshape(batch, heads, q_len, k_len), self.scale)
+        d_scores = d_scores.reshape(grouped + (k_len,))
+        d_q = self.product(d_scores, k).reshape(q.shape)
+        d_k = self.product_tn(d_scores, q.reshape(grouped + (head_dim,)))
+        return d_q, d_k, d_v, ops.zeros_like(bias)
+
+
+class HostAttentionSoftmax(nn.Cell):
+    """The host kernels' path of :func:`grouped_attention` (float32 on CPU): the softmax with its scale and
+    mask in one pass each way (MindSpore's scaling, broadcast add and softmax kernels each keep buffers the
+    size of the scores for a compiled graph's life), and without a prefix or dropout the whole of
+    ``softmax(q k^T) v`` with its gradient written out (``_HostAttentionCore``). An attention built with
+    ``host.enabled()`` holds one and hands it to :func:`grouped_attention`.
+    """
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = Tensor(np.array([scale], np.float32))
+        self.probs = _HostSoftmax(self.scale)
+        self.core = _HostAttentionCore(self.scale)
 
 
 def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None, softmax=None,
@@ -122,6 +172,10 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     Returns:
         [batch, heads, q_len, v_dim]
     """
+    fused = softmax is not None and q.dtype == ms.float32 and k.dtype == ms.float32 and v.dtype == ms.float32 \
+        and bias.dtype == ms.float32
+    if fused and prefix is None and dropout is None:
+        return softmax.core(q, k, v, bias)[0]
     batch, heads, q_len, head_dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     n_rep = heads // kv_heads
@@ -130,8 +184,9 @@ def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = 
     if prefix is not None:  # [batch, kv_heads, n_rep * q_len, n + k_len]
         scores = ops.concat((ops.BatchMatMul(transpose_b=True)(q, prefix[0]), scores), -1)
         k_len = scores.shape[-1]
-    if softmax is not None and scores.dtype == ms.float32 and bias.dtype == ms.float32 and v.dtype == ms.float32:
-        probs = softmax(scores.reshape(batch, heads, q_len, k_len), bias).reshape(batch, kv_heads, n_rep * q_len, k_len)
+    if fused:
+        probs = softmax.probs(scores.reshape(batch, heads, q_len, k_len), bias)
+        probs = probs.reshape(batch, kv_heads, n_rep * q_len, k_len)
     else:
         scores = cast(scores, ms.float32) * scale
         scores = scores.reshape(batch, kv_heads, n_rep, q_len, k_len) + bias.reshape(batch, 1, 1, q_len, k_len)
