@@ -75,8 +75,11 @@ void parallel_for(int64_t n, Body body, int64_t min_per_thread = 1 << 15) {
   for (auto &t : pool) t.join();
 }
 
+// max(x[0:n]), n >= 1, in vector lanes: as one chain of compares it waited on each compare's latency (~4
+// cycles an element; the cross entropy of a [512, 49152] batch took 16 ms, 11 ms with the lanes).
 float row_max(const float *x, int64_t n) {
   float top = x[0];
+#pragma omp simd reduction(max : top)
   for (int64_t j = 1; j < n; ++j) top = x[j] > top ? x[j] : top;
   return top;
 }
@@ -88,6 +91,26 @@ float exp_shifted(const float *x, float *out, int64_t n, float shift) {
 #pragma omp simd reduction(+ : total)
   for (int64_t j = 0; j < n; ++j) {
     out[j] = expf(x[j] - shift);
+    total += out[j];
+  }
+  return total;
+}
+
+// exp_shifted for rows with masked positions (an attention's bias at the most negative float): there glibc's
+// vector expf takes a slow scalar path for every vector holding an argument below its range, ~10x slower (a
+// causal training attention or a decode step's empty cache slots mask a large share). The arguments are
+// clamped at -87 (expf: 1.6e-38) in a first pass, and the clamped positions give 0: in one loop GCC moves the
+// call through the clamp's select (expf of the constant for the clamped lanes, of the raw argument for the
+// others), so it would still see the out-of-range arguments. 2x slower than exp_shifted on rows without any.
+// x may be out.
+float exp_shifted_masked(const float *x, float *out, int64_t n, float shift) {
+  constexpr float floor = -87.0f;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = x[j] - shift < floor ? floor : x[j] - shift;
+  float total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = out[j] <= floor ? 0.0f : expf(out[j]);
     total += out[j];
   }
   return total;
@@ -784,7 +807,7 @@ int softmax_bias(int nparam, void **params, int *ndims, int64_t **shapes, const 
 #pragma omp simd
       for (int64_t j = 0; j < k; ++j) p[j] = s[j] * scale + m[j];
       const float top = row_max(p, k);
-      const float total = exp_shifted(p, p, k, top);
+      const float total = exp_shifted_masked(p, p, k, top);
       const float factor = 1.0f / total;
 #pragma omp simd
       for (int64_t j = 0; j < k; ++j) p[j] *= factor;

@@ -312,6 +312,24 @@ def test_attention_softmax_kernel_equals_the_generic_ops(heads, kv_heads, q_len,
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_softmax_kernel_masked_positions_are_exactly_zero():
+    """Masked positions (the most negative float) get probability 0, not expf's smallest values, also in rows
+    whose scores are all negative; the kernel clamps their exponent's argument (glibc's vector expf is ~10x
+    slower on out-of-range arguments) and the others equal numpy's softmax."""
+    from mindformers.models.common.attention import NEG_INF
+
+    rng = np.random.default_rng(11)
+    scores = rng.normal(size=(2, 3, 17, 40)).astype(np.float32) * 4 - 20  # every row's maximum below zero
+    mask = np.where(rng.random((2, 1, 17, 40)) < 0.5, NEG_INF, 0.0).astype(np.float32)
+    mask[..., 0] = 0.0  # each row keeps a position
+    probs = host.softmax_bias(Tensor(scores), Tensor(mask), Tensor(np.array([0.5], np.float32))).asnumpy()
+    masked = np.broadcast_to(mask == NEG_INF, probs.shape)
+    assert (probs[masked] == 0).all()
+    logits = np.where(masked, -np.inf, scores.astype(np.float64) * 0.5)
+    want = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, want / want.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_attention_softmax_kernel_with_a_prefix_equals_the_generic_ops(jit):
     """With a prefix (prefix tuning's keys and values) grouped_attention takes the host softmax alone, not the
