@@ -149,9 +149,9 @@ class HostAttentionSoftmax(nn.Cell):
 
     def __init__(self, scale: float):
         super().__init__()
-        self.scale = Tensor(np.array([scale], np.float32))
-        self.probs = _HostSoftmax(self.scale)
-        self.core = _HostAttentionCore(self.scale)
+        scale = Tensor(np.array([scale], np.float32))
+        self.probs = _HostSoftmax(scale)
+        self.core = _HostAttentionCore(scale)
 
 
 def grouped_attention(q, k, v, bias, scale: float, dropout: Optional[nn.Cell] = None, softmax=None,
