@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from sides import side_env
+from sides import print_targets, side_env, target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -170,6 +170,9 @@ def main():
             parts.append(f"{side} {rates(side, 1)['decode'] / bound:.2f} (weights {weight_bytes[side] / 2**20:.0f} MB)")
         print(f"batch-1 decode / memory bound (read bandwidth {bandwidth / 1e9:.1f} GB/s measured now, so at most "
               f"{bandwidth / weight_bytes['mindformers']:.0f} tokens/s): " + ", ".join(parts))
+    print_targets([target(f"batch {batch} decode / transformers",
+                          rates("mindformers", batch)["decode"] / rates("transformers", batch)["decode"], 1.2)
+                   for batch in args.batches])
 
 
 def read_bandwidth(threads: int, size: int = 2**28, repeats: int = 5) -> float:

@@ -91,7 +91,7 @@ import sys
 import tempfile
 import time
 
-from sides import SideFailed, read_reply, reply, side_env
+from sides import SideFailed, print_targets, read_reply, reply, side_env, target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -553,11 +553,7 @@ def report(args, sides, ready, runs, file_bytes):
     for key in (k for k in results if k.startswith("mindformers over ")):
         print(f"\n{key}, decode step time (its step / ours, median of the rounds' adjacent runs): "
               + ", ".join(f"{label(r)} {r['decode']:.3f}" for r in results[key]))
-    if results["targets"]:
-        print("\ntargets (issue 14):")
-        for target in results["targets"]:
-            print(f"  {target['name']:<46} {target['value']:6.3f} >= {target['goal']:.2f}: "
-                  f"{'met' if target['met'] else 'NOT met'}")
+    print_targets(results["targets"])
 
 
 # ---------------------------------------------------------------- the adapter cache (--lru)
@@ -656,7 +652,7 @@ def targets(results, names):
     found = []
 
     def add(name, value, goal):
-        found.append({"name": name, "value": value, "goal": goal, "met": value >= goal})
+        found.append(target(name, value, goal))
 
     if "transformers" in names:
         base = results["base"]

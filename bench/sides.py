@@ -72,3 +72,18 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def target(name: str, value: float, goal: float, at_most: bool = False) -> dict:
+    """One of issue 14's targets as this run measured it: ``value >= goal`` (``<= goal`` when ``at_most``)."""
+    return {"name": name, "value": value, "goal": goal, "at_most": at_most,
+            "met": value <= goal if at_most else value >= goal}
+
+
+def print_targets(found) -> None:
+    """The targets a bench measured, a line each, met or NOT met."""
+    if found:
+        print("\ntargets (issue 14):")
+    for t in found:
+        print(f"  {t['name']:<46} {t['value']:6.3f} {'<=' if t['at_most'] else '>='} {t['goal']:.2f}: "
+              f"{'met' if t['met'] else 'NOT met'}")

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-from sides import SideFailed, peak_rss_mb, read_reply, reply, reset_peak_rss, side_env
+from sides import SideFailed, peak_rss_mb, print_targets, read_reply, reply, reset_peak_rss, side_env, target
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -362,6 +362,12 @@ def main():
         print(f"{mode:>4} {flops / 1e9:.0f} GFLOP/step: mindformers {rates['mindformers'] / peak:.2f}, transformers "
               f"{rates['transformers'] / peak:.2f} of peak; peak RSS mindformers {mem['mindformers']:,.0f} MB, "
               f"transformers {mem['transformers']:,.0f} MB, ratio {mem['mindformers'] / mem['transformers']:.2f}")
+    found = []
+    for mode, sides in results.items():
+        ours, theirs = sides["mindformers"], sides["transformers"]
+        found.append(target(f"{mode} step speed / transformers", theirs["step_time"] / ours["step_time"], 1.3))
+        found.append(target(f"{mode} peak RSS / transformers", ours["peak_mb"] / theirs["peak_mb"], 1.0, at_most=True))
+    print_targets(found)
     if len(results) < len(modes):
         raise SystemExit(1)
 
