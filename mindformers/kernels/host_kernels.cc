@@ -55,26 +55,6 @@ int threads() {
   return n > 0 ? n : std::max(1, std::min(64, static_cast<int>(std::thread::hardware_concurrency())));
 }
 
-// Runs body(worker, begin, end) over [0, n) split into contiguous parts, one per thread, each at least
-// min_per_thread long: small tensors stay on the calling thread (starting a thread costs ~20 us).
-template <typename Body>
-void parallel_for(int64_t n, Body body, int64_t min_per_thread = 1 << 15) {
-  int parts = threads();
-  if (n / min_per_thread < parts) parts = static_cast<int>(n / min_per_thread);
-  if (parts <= 1) {
-    body(0, 0, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t chunk = (n + parts - 1) / parts;
-  for (int w = 1; w < parts; ++w) {
-    int64_t begin = w * chunk, end = begin + chunk < n ? begin + chunk : n;
-    pool.emplace_back(body, w, begin, end);
-  }
-  body(0, 0, chunk);
-  for (auto &t : pool) t.join();
-}
-
 // max(x[0:n]), n >= 1, in vector lanes: as one chain of compares it waited on each compare's latency (~4
 // cycles an element; the cross entropy of a [512, 49152] batch took 16 ms, 11 ms with the lanes).
 float row_max(const float *x, int64_t n) {
@@ -117,7 +97,8 @@ float exp_shifted_masked(const float *x, float *out, int64_t n, float shift) {
 }
 
 
-// A second thread for the small, frequent calls of lora_delta (210 per decode step): started once and parked
+// A second thread for the small, frequent calls of the kernels (lora_delta's 210 per decode step, the
+// ~1,100 elementwise and optimizer calls of a training step through parallel_for): started once and parked
 // between calls, so a call costs a wake-up (a few us) where starting a std::thread costs ~20. Both threads take
 // chunks of work from a shared counter, so a helper the OS runs late (the other core busy: MindSpore's own
 // threads, another process) costs the call only that wake-up: the caller takes the remaining chunks and waits
@@ -195,6 +176,40 @@ class Helper {
   bool busy_ = false;  // the helper is inside job_
 };
 
+// How many parts parallel_for splits n elements into (each at least min_per_thread long): one per thread, or
+// on two threads up to 8, which the caller and the helper take from a shared counter. Size per-part partial
+// sums by it.
+int parallel_parts(int64_t n, int64_t min_per_thread = 1 << 15) {
+  const int most = threads() == 2 ? 8 : threads();
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(most, n / min_per_thread)));
+}
+
+// Runs body(part, begin, end) over [0, n) split into parallel_parts(n, min_per_thread) contiguous parts; part
+// indexes a per-part partial sum. Small tensors stay on the calling thread. On two threads the parts go to the
+// caller and the parked helper (Helper below), so a call costs no thread start: starting and joining a
+// std::thread per call cost ~45 us, more than the whole of many calls (a squared_sum of 110K floats: 31 us
+// on one thread, 65 us on two; a training step makes ~1,100 such calls). Otherwise one std::thread per part.
+template <typename Body>
+void parallel_for(int64_t n, Body body, int64_t min_per_thread = 1 << 15) {
+  const int parts = parallel_parts(n, min_per_thread);
+  if (parts <= 1) {
+    body(0, 0, n);
+    return;
+  }
+  const int64_t chunk = (n + parts - 1) / parts;
+  auto part = [&](int64_t first, int64_t last) {
+    for (int64_t w = first; w < last; ++w) body(static_cast<int>(w), w * chunk, std::min(n, (w + 1) * chunk));
+  };
+  if (threads() == 2) {
+    Helper::get().run(parts, 1, part);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int w = 1; w < parts; ++w) pool.emplace_back(part, w, w + 1);
+  part(0, 1);
+  for (auto &t : pool) t.join();
+}
+
 // Vectors for the LoRA kernel, as GCC vector extensions (no intrinsics: any x86-64 or aarch64 g++ compiles
 // them; -march=native picks the instructions): 16 floats where AVX-512 has 32 such registers, 8 with AVX,
 // else 4 (SSE, NEON).
@@ -207,6 +222,7 @@ constexpr int VW = 4;
 #endif
 typedef float vfloat __attribute__((vector_size(VW * sizeof(float))));
 typedef float vfloat4 __attribute__((vector_size(4 * sizeof(float))));
+typedef double vdouble __attribute__((vector_size(VW * sizeof(double))));
 
 inline vfloat vload(const float *p) {  // unaligned
   vfloat v;
@@ -646,7 +662,7 @@ int adamw_update(int nparam, void **params, int *ndims, int64_t **shapes, const 
       if (decay > 0.0f) update = update + decay * p[i];
       p[i] = p[i] - lr * update;
     }
-  });
+  }, 1 << 16);  // parts of ~30 us on a core
   static_cast<float *>(params[5])[0] = 1.0f;
   return 0;
 }
@@ -659,19 +675,24 @@ int squared_sum(int nparam, void **params, int *ndims, int64_t **shapes, const c
   if (!all_float32(nparam, dtypes)) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const int64_t n = numel(ndims[0], shapes[0]);
-  std::vector<double> partial(threads() + 1, 0.0);
+  constexpr int64_t min_part = 1 << 17;  // ~20 us on a core: shorter parts cost more to hand over than they save
+  std::vector<double> partial(parallel_parts(n, min_part), 0.0);
   parallel_for(n, [&](int w, int64_t begin, int64_t end) {
-    double acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // four chains, so the adds pipeline
+    // in double lanes, two vectors' worth of chains (four scalar chains ran at 14 GB/s on a core, and GCC
+    // keeps an omp simd reduction over doubles in one in-order chain); a float's square is exact in double
+    vdouble a0 = {}, a1 = {};
     int64_t i = begin;
-    for (; i + 4 <= end; i += 4) {
-      acc0 += double(x[i]) * x[i];
-      acc1 += double(x[i + 1]) * x[i + 1];
-      acc2 += double(x[i + 2]) * x[i + 2];
-      acc3 += double(x[i + 3]) * x[i + 3];
+    for (; i + 2 * VW <= end; i += 2 * VW) {
+      const vdouble v0 = __builtin_convertvector(vload(x + i), vdouble);
+      const vdouble v1 = __builtin_convertvector(vload(x + i + VW), vdouble);
+      a0 += v0 * v0;
+      a1 += v1 * v1;
     }
-    for (; i < end; ++i) acc0 += double(x[i]) * x[i];
-    partial[w] = (acc0 + acc1) + (acc2 + acc3);
-  });
+    double acc = 0;
+    for (int l = 0; l < VW; ++l) acc += a0[l] + a1[l];
+    for (; i < end; ++i) acc += double(x[i]) * x[i];
+    partial[w] = acc;
+  }, min_part);
   double total = 0;
   for (double part : partial) total += part;
   static_cast<float *>(params[1])[0] = static_cast<float>(total);
@@ -695,7 +716,7 @@ int softmax_cross_entropy(int nparam, void **params, int *ndims, int64_t **shape
   float *grad = static_cast<float *>(params[nparam == 5 ? 4 : 0]);
   const int64_t rows = shapes[0][0], vocab = shapes[0][1];
   if (numel(ndims[1], shapes[1]) != rows) return 2;
-  std::vector<double> partial(threads() + 1, 0.0);
+  std::vector<double> partial(parallel_parts(rows * vocab), 0.0);
   // parallel over rows: split [0, rows * vocab) on row boundaries
   parallel_for(rows * vocab, [&](int w, int64_t begin, int64_t end) {
     double loss = 0;
@@ -761,9 +782,10 @@ int rms_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
   const float *dy = static_cast<const float *>(params[0]), *x = static_cast<const float *>(params[1]);
   const float *w = static_cast<const float *>(params[2]), *rstd = static_cast<const float *>(params[3]);
   float *dx = static_cast<float *>(params[4]), *dw = static_cast<float *>(params[5]);
-  std::vector<float> partial(static_cast<size_t>(threads()) * dim, 0.0f);  // dw of each worker's rows
-  parallel_for(rows * dim, [&](int worker, int64_t begin, int64_t end) {
-    float *acc = partial.data() + static_cast<int64_t>(worker) * dim;
+  const int parts = parallel_parts(rows * dim);
+  std::vector<float> partial(static_cast<size_t>(parts) * dim, 0.0f);  // dw of each part's rows
+  parallel_for(rows * dim, [&](int part, int64_t begin, int64_t end) {
+    float *acc = partial.data() + static_cast<int64_t>(part) * dim;
     for (int64_t r = (begin + dim - 1) / dim; r < rows && r * dim < end; ++r) {
       const float *dyr = dy + r * dim, *xr = x + r * dim;
       float *dxr = dx + r * dim;
@@ -780,7 +802,7 @@ int rms_norm_grad(int nparam, void **params, int *ndims, int64_t **shapes, const
     }
   });
   std::fill(dw, dw + dim, 0.0f);
-  for (int t = 0; t < threads(); ++t)
+  for (int t = 0; t < parts; ++t)
     for (int64_t j = 0; j < dim; ++j) dw[j] += partial[static_cast<size_t>(t) * dim + j];
   return 0;
 }

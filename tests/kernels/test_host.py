@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not host.enabled(), reason="no C++ compiler: the
 
 def test_squared_sum_matches_numpy_in_double():
     rng = np.random.default_rng(0)
-    for shape in [(3,), (257, 129), (70001,), ()]:  # below and above the threaded size, odd tails, 0-d
+    for shape in [(3,), (257, 129), (70001,), (1_000_003,), ()]:  # one part or seven, odd tails, 0-d
         x = np.asarray(rng.normal(size=shape) * 100, np.float32)
         got = ms.jit(host.squared_sum)(Tensor(x))
         assert got.shape == ()
@@ -26,6 +26,28 @@ def test_squared_sum_matches_numpy_in_double():
     norms = [float(ms.jit(global_norm, static_argnums=1)(ms.mutable(tuple(tensors)), fused).asnumpy())
              for fused in (False, True)]
     assert norms[0] == pytest.approx(norms[1], rel=1e-6)
+
+
+def test_kernels_sum_the_same_on_one_two_and_three_threads():
+    """parallel_for's three ways: one thread; two (the caller and the parked helper take up to 8 parts from a
+    counter); three (a std::thread per part). Partial sums are kept per part, so each gives numpy's sums."""
+    lib = ctypes.CDLL(host._library())
+    rng = np.random.default_rng(3)
+    x = np.asarray(rng.normal(size=1_000_003) * 100, np.float32)
+    logits = (rng.normal(size=(300, 1001)) * 4).astype(np.float32)  # 300K values: 9 parts
+    labels = rng.integers(0, 1001, 300).astype(np.int32)
+    x64 = logits.astype(np.float64)
+    top = x64.max(1)
+    want_loss = (np.log(np.exp(x64 - top[:, None]).sum(1)) + top - x64[np.arange(300), labels]).sum()
+    try:
+        for count in (1, 2, 3):
+            lib.set_threads(count)
+            got = float(ms.jit(host.squared_sum)(Tensor(x)).asnumpy())
+            np.testing.assert_allclose(got, float((x.astype(np.float64) ** 2).sum()), rtol=1e-7, err_msg=str(count))
+            loss, _ = ms.jit(host.softmax_cross_entropy)(Tensor(logits), Tensor(labels), Tensor([1.0], ms.float32))
+            np.testing.assert_allclose(float(loss.asnumpy()[0]), want_loss, rtol=1e-6, err_msg=str(count))
+    finally:
+        lib.set_threads(host.threads())
 
 
 class Weights(nn.Cell):
